@@ -1,0 +1,2 @@
+/* broker.c: being written. */
+#include "broker.h"

@@ -1,0 +1,2 @@
+/* broker.h: being written. */
+#include "ferry.h"

@@ -1,0 +1,2 @@
+/* ferryctl.c: being written. */
+int main (void) { return 1; }
