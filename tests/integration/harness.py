@@ -161,9 +161,11 @@ class Tap:
         self.failed = 0
         self.log_sources = []   # callables returning [(name, path)]
 
-    def test(self, name):
+    def test(self, name, needs="stack"):
+        """Registers fn as a test.  needs: "stack" (every daemon up), "pg"
+        (PostgreSQL migrated and loaded) or "none"."""
         def register(fn):
-            self.tests.append((name, fn))
+            self.tests.append((name, fn, needs))
             return fn
         return register
 
@@ -205,13 +207,19 @@ class Tap:
         else:
             self.result(True, name)
 
-    def run(self, setup_error=None):
-        """Runs every registered test; if the stack did not come up, each
-        one fails with the setup error so the plan stays the same."""
-        for name, fn in self.tests:
-            if setup_error is not None:
-                self.result(False, name, "stack setup failed: %s"
-                            % setup_error.splitlines()[-1])
+    def run(self, setup_error=None, pg_ready=True):
+        """Runs every registered test; when the stack did not come up, the
+        tests that need it fail with the setup error (already printed in
+        full) so the plan stays the same."""
+        for name, fn, needs in self.tests:
+            blocked = setup_error is not None and (
+                needs == "stack" or (needs == "pg" and not pg_ready))
+            if blocked:
+                self.count += 1
+                self.failed += 1
+                print("not ok %d - %s" % (self.count, name), flush=True)
+                self.diag("stack setup failed (see above): %s"
+                          % setup_error.strip().splitlines()[-1][:300])
             else:
                 self.run_one(name, fn)
 
@@ -397,6 +405,7 @@ class Stack:
         self.config = CONFIG
         self.sets = []
         self.migrate_error = None   # ferryctl migrate's failure, if any
+        self.pg_ready = False       # migrated and loaded
         self.env = dict(os.environ)
         self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
         self.env.pop("FERRY_CONFIG", None)
@@ -680,23 +689,24 @@ def bring_up(tap, stack, pools=("app", "reports"), ready=True, sets=(),
         stack.start_postgres()
         stack.migrate()
         stack.load_users(1000)
+        stack.pg_ready = True
         if extra_routes or extra_pools:
             stack.write_config(extra_routes, extra_pools)
         stack.plan_ports(heartbeat=heartbeat, grace=grace, sets=sets)
         stack.start_all(pools=pools, ready=ready)
         return None
-    except Exception:
-        err = traceback.format_exc()
+    except Exception as e:
         tap.diag("stack setup failed:")
-        tap.diag(err)
+        tap.diag(traceback.format_exc())
         tap.dump_logs()
-        return err
+        return "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0]
+                           if str(e).strip() else "")
 
 
 def sanitizer_test(tap, stack):
     """The last test of every file: stop everything, expect clean exits
     and no sanitizer report."""
-    @tap.test("no sanitizer reports / clean exits")
+    @tap.test("no sanitizer reports / clean exits", needs="none")
     def _():
         problems = stack.stop_all()
         check(not problems, "\n".join(problems))

@@ -43,13 +43,14 @@ def ctype(r):
     return (r.header("Content-Type") or "").split(";")[0].strip().lower()
 
 
-@tap.test("ferryctl migrate applies schemas/sql")
+@tap.test("ferryctl migrate applies schemas/sql", needs="pg")
 def _():
     check(stack.migrate_error is None, "ferryctl migrate failed (the suite "
           "fell back to psql): %s" % stack.migrate_error)
 
 
-@tap.test("ferryctl migrate is idempotent (second run, data intact)")
+@tap.test("ferryctl migrate is idempotent (second run, data intact)",
+          needs="pg")
 def _():
     err = stack.ctl_migrate()
     check(err is None, "second ferryctl migrate failed: %s" % err)
@@ -370,5 +371,5 @@ def _():
 harness.sanitizer_test(tap, stack)
 
 err = harness.bring_up(tap, stack)
-tap.run(setup_error=err)
+tap.run(setup_error=err, pg_ready=stack.pg_ready)
 tap.finish()

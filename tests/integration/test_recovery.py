@@ -138,5 +138,5 @@ def _():
 harness.sanitizer_test(tap, stack)
 
 err = harness.bring_up(tap, stack, sets=SETS)
-tap.run(setup_error=err)
+tap.run(setup_error=err, pg_ready=stack.pg_ready)
 tap.finish()

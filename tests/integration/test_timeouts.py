@@ -185,5 +185,5 @@ def start_ghost_edge():
 err = harness.bring_up(tap, stack, sets=SETS, extra_routes=SLOW400)
 if err is None:
     start_ghost_edge()
-tap.run(setup_error=err)
+tap.run(setup_error=err, pg_ready=stack.pg_ready)
 tap.finish()
