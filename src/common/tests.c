@@ -6,16 +6,32 @@
 int ferry_ids_test (bool verbose);
 int ferry_parse_test (bool verbose);
 int ferry_envelope_test (bool verbose);
+int ferry_envelope_check_test (bool verbose);
+int ferry_envelope_problem_test (bool verbose);
 int ferry_envelope_vectors_test (bool verbose);
 int ferry_json_test (bool verbose);
 int ferry_config_test (bool verbose);
+int ferry_config_errors_test (bool verbose);
+int ferry_config_units_test (bool verbose);
+int ferry_config_set_test (bool verbose);
+int ferry_config_unused_test (bool verbose);
+int ferry_config_demo_test (bool verbose);
+int ferry_config_cli_test (bool verbose);
 
 const ferry_test_t ferry_common_tests[] = {
     {"ids", ferry_ids_test},
     {"parse", ferry_parse_test},
     {"envelope", ferry_envelope_test},
+    {"envelope_check", ferry_envelope_check_test},
+    {"envelope_problem", ferry_envelope_problem_test},
     {"envelope_vectors", ferry_envelope_vectors_test},
     {"json", ferry_json_test},
     {"config", ferry_config_test},
+    {"config_errors", ferry_config_errors_test},
+    {"config_units", ferry_config_units_test},
+    {"config_set", ferry_config_set_test},
+    {"config_unused", ferry_config_unused_test},
+    {"config_demo", ferry_config_demo_test},
+    {"config_cli", ferry_config_cli_test},
     {NULL, NULL},
 };
