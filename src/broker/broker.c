@@ -1,2 +1,1929 @@
-/* broker.c: being written. */
+/*  broker.c: the broker actor, one thread that owns every piece of broker
+    state (services, workers, the in-flight table) and the two ROUTER
+    sockets, so nothing here takes a lock.
+
+    Edges send REQ on the frontend; the broker reads only the routing frames
+    (service, msg_id, deadline, flags) and either answers at once (503 when
+    the service queue is full or the in-flight table is, 504 when the
+    deadline already passed), dispatches the request to a worker of that
+    service that holds credit (round-robin), or queues it.  The payload
+    frame is never decoded or copied: the same zframe goes out to the worker
+    and the worker's reply frame goes back to the edge.  Replies are matched
+    by msg_id in the in-flight table, which remembers the edge's routing
+    identity.
+
+    Both ROUTERs set ZMQ_ROUTER_MANDATORY, so sending to a peer that went
+    away fails with EHOSTUNREACH instead of vanishing; every send is
+    non-blocking, so a slow peer can never stall the broker.  High-water
+    marks are only a backstop: the bounded service queues and the bounded
+    in-flight table are the overload policy.
+
+    Timers run from the monotonic clock (heartbeats, liveness, no-worker
+    grace) and the wall clock (request deadlines, which travel between
+    processes as absolute times); the poll timeout is the time to the
+    nearest of them.  Network input is never trusted: a malformed message is
+    logged at debug and dropped.  */
+
 #include "broker.h"
+#include "envelope.h"
+#include "log.h"
+#include "proto.h"
+#include "service.h"
+
+#include <errno.h>
+#include <string.h>
+
+/*  Caps that keep a misbehaving peer from growing broker state without
+    bound: services are created on first use by edges and workers, and a
+    worker's credit is a number it sends us.  */
+#define BROKER_SERVICES_MAX 1024
+#define BROKER_CREDIT_MAX 1000000
+/*  Messages read from one socket before looking at the other, so a busy
+    frontend cannot starve the backend (whose replies free credit).  */
+#define BROKER_BATCH 64
+#define BROKER_HWM 100000
+
+struct _broker_settings_t {
+    char *frontend;              /* endpoint edges connect to */
+    char *backend;               /* endpoint workers connect to */
+    int64_t heartbeat;           /* ms between heartbeats */
+    int64_t liveness;            /* heartbeats missed before a peer is dead */
+    int64_t no_worker_grace;     /* ms a request waits for a first worker */
+    uint64_t max_message;        /* ZMQ_MAXMSGSIZE on both ROUTERs */
+    size_t max_inflight;         /* dispatched and unanswered, whole broker */
+    size_t default_queue_limit;  /* per service unless listed in limits */
+    zhashx_t *limits;            /* service name -> size_t * queue limit */
+};
+
+/*  A message dispatched to a worker and not answered yet.  */
+typedef struct _s_worker_t s_worker_t;
+typedef struct {
+    char msg_id[BROKER_MSG_ID_MAX + 1];
+    char flags[BROKER_FLAGS_MAX + 1];
+    zframe_t *edge;             /* where the reply goes */
+    s_worker_t *worker;         /* who holds it */
+    void *handle;               /* in worker->inflight */
+    uint64_t deadline;          /* wall ms, 0 = none */
+    int64_t queued;             /* monotonic ms it first arrived */
+    zframe_t *payload;          /* kept (shared, not copied) only for
+                                   retryable requests, to requeue them */
+} s_inflight_t;
+
+struct _s_worker_t {
+    char *key;                  /* identity as hex, key of self->workers */
+    zframe_t *identity;         /* ROUTER routing identity */
+    broker_service_t *service;  /* the service it announced */
+    int64_t credit;             /* messages it may still be sent */
+    int64_t expiry;             /* monotonic ms; silent past this = dead */
+    void *ready;                /* handle in the service's ready ring */
+    zlistx_t *inflight;         /* s_inflight_t it holds, oldest first */
+    bool leaving;               /* sent BYE; removed when inflight empties */
+};
+
+typedef struct {
+    zsock_t *pipe;              /* to the actor's owner */
+    zsock_t *frontend;          /* ROUTER for edges */
+    zsock_t *backend;           /* ROUTER for workers */
+    broker_settings_t *settings; /* private copy */
+    zhashx_t *services;         /* name -> broker_service_t, owned */
+    zhashx_t *workers;          /* key -> s_worker_t, owned */
+    zhashx_t *inflight;         /* msg_id -> s_inflight_t, owned */
+    int64_t heartbeat_at;       /* monotonic ms of the next heartbeat */
+    bool verbose;               /* per-message lines at info level */
+    bool terminated;
+} s_broker_t;
+
+/*  Per-message detail: at debug, or at info after VERBOSE.  */
+#define s_trace(self, ...)                                                    \
+    do {                                                                      \
+        if ((self)->verbose)                                                  \
+            log_info (__VA_ARGS__);                                           \
+        else                                                                  \
+            log_debug (__VA_ARGS__);                                          \
+    } while (0)
+
+/* ---- settings ------------------------------------------------------------- */
+
+static void
+s_free_item (void **item_p)
+{
+    free (*item_p);
+    *item_p = NULL;
+}
+
+broker_settings_t *
+broker_settings_new (void)
+{
+    broker_settings_t *self = ferry_calloc (1, sizeof *self);
+    self->frontend = ferry_strdup ("tcp://127.0.0.1:5555");
+    self->backend = ferry_strdup ("tcp://127.0.0.1:5556");
+    self->heartbeat = 1000;
+    self->liveness = 3;
+    self->no_worker_grace = 2000;
+    self->max_message = FERRY_MAX_MESSAGE_DEFAULT;
+    self->max_inflight = 100000;
+    self->default_queue_limit = 1000;
+    self->limits = zhashx_new ();
+    assert (self->limits);
+    zhashx_set_destructor (self->limits, s_free_item);
+    return self;
+}
+
+void
+broker_settings_destroy (broker_settings_t **self_p)
+{
+    assert (self_p);
+    broker_settings_t *self = *self_p;
+    if (self) {
+        zhashx_destroy (&self->limits);
+        free (self->frontend);
+        free (self->backend);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+static broker_settings_t *
+s_settings_dup (const broker_settings_t *src)
+{
+    broker_settings_t *self = broker_settings_new ();
+    free (self->frontend);
+    free (self->backend);
+    self->frontend = ferry_strdup (src->frontend);
+    self->backend = ferry_strdup (src->backend);
+    self->heartbeat = src->heartbeat;
+    self->liveness = src->liveness;
+    self->no_worker_grace = src->no_worker_grace;
+    self->max_message = src->max_message;
+    self->max_inflight = src->max_inflight;
+    self->default_queue_limit = src->default_queue_limit;
+    for (size_t *limit = (size_t *) zhashx_first (src->limits); limit;
+         limit = (size_t *) zhashx_next (src->limits))
+        broker_settings_set_queue_limit (
+            self, (const char *) zhashx_cursor (src->limits), *limit);
+    return self;
+}
+
+bool
+broker_name_valid (const char *name)
+{
+    size_t len = strlen (name);
+    if (len == 0 || len > FERRY_NAME_MAX)
+        return false;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || (*p >= '0' && *p <= '9') || *p == '_' || *p == '.'
+              || *p == '-'))
+            return false;
+    return true;
+}
+
+int
+broker_settings_load (broker_settings_t *self, ferry_config_t *config)
+{
+    const char *frontend, *backend;
+    int64_t heartbeat, liveness, grace, inflight, dflt_limit;
+    uint64_t max_message;
+    if (ferry_config_str (config, NULL, "broker.frontend", self->frontend,
+                          &frontend)
+        || ferry_config_str (config, NULL, "broker.backend", self->backend,
+                             &backend)
+        || ferry_config_duration_ms (config, NULL, "broker.heartbeat", 10,
+                                     3600000, self->heartbeat, &heartbeat)
+        || ferry_config_int (config, NULL, "broker.liveness", 1, 1000,
+                             self->liveness, &liveness)
+        || ferry_config_duration_ms (config, NULL, "broker.no_worker_grace",
+                                     0, 3600000, self->no_worker_grace,
+                                     &grace)
+        || ferry_config_size (config, NULL, "broker.max_message", 1024,
+                              (uint64_t) INT64_MAX, self->max_message,
+                              &max_message)
+        || ferry_config_int (config, NULL, "broker.max_inflight", 1,
+                             100000000, (int64_t) self->max_inflight,
+                             &inflight)
+        || ferry_config_int (config, NULL, "broker.default_queue_limit", 0,
+                             100000000, (int64_t) self->default_queue_limit,
+                             &dflt_limit))
+        return -1;
+    /*  Copy before replacing: the strings may be our own defaults.  */
+    char *fe = ferry_strdup (frontend), *be = ferry_strdup (backend);
+    free (self->frontend);
+    free (self->backend);
+    self->frontend = fe;
+    self->backend = be;
+    self->heartbeat = heartbeat;
+    self->liveness = liveness;
+    self->no_worker_grace = grace;
+    self->max_message = max_message;
+    self->max_inflight = (size_t) inflight;
+    self->default_queue_limit = (size_t) dflt_limit;
+
+    const ferry_cnode_t *services
+        = ferry_config_node (config, NULL, "broker.services");
+    if (!services)
+        return 0;
+    if (ferry_cnode_type (services) != FERRY_CNODE_MAP)
+        return ferry_config_fail (config, services, "expected a map");
+    for (size_t i = 0; i < ferry_cnode_size (services); i++) {
+        const ferry_cnode_t *svc = ferry_cnode_child (services, i);
+        const char *name = ferry_cnode_key (svc);
+        if (!name || !broker_name_valid (name))
+            return ferry_config_fail (config, svc,
+                                      "service names are [A-Za-z0-9_.-]"
+                                      "{1,64}");
+        if (ferry_cnode_type (svc) != FERRY_CNODE_MAP)
+            return ferry_config_fail (config, svc, "expected a map");
+        int64_t limit;
+        if (ferry_config_int (config, svc, "queue_limit", 0, 100000000,
+                              (int64_t) self->default_queue_limit, &limit))
+            return -1;
+        broker_settings_set_queue_limit (self, name, (size_t) limit);
+    }
+    return 0;
+}
+
+const char *
+broker_settings_frontend (const broker_settings_t *self)
+{
+    return self->frontend;
+}
+
+const char *
+broker_settings_backend (const broker_settings_t *self)
+{
+    return self->backend;
+}
+
+void
+broker_settings_set_heartbeat (broker_settings_t *self, int64_t ms,
+                               int64_t liveness)
+{
+    assert (ms > 0 && liveness > 0);
+    self->heartbeat = ms;
+    self->liveness = liveness;
+}
+
+void
+broker_settings_set_no_worker_grace (broker_settings_t *self, int64_t ms)
+{
+    assert (ms >= 0);
+    self->no_worker_grace = ms;
+}
+
+void
+broker_settings_set_max_inflight (broker_settings_t *self, size_t n)
+{
+    assert (n > 0);
+    self->max_inflight = n;
+}
+
+void
+broker_settings_set_max_message (broker_settings_t *self, uint64_t n)
+{
+    self->max_message = n;
+}
+
+void
+broker_settings_set_default_queue_limit (broker_settings_t *self, size_t n)
+{
+    self->default_queue_limit = n;
+}
+
+void
+broker_settings_set_queue_limit (broker_settings_t *self,
+                                 const char *service, size_t limit)
+{
+    size_t *value = ferry_malloc (sizeof *value);
+    *value = limit;
+    zhashx_update (self->limits, service, value);
+}
+
+/* ---- sending -------------------------------------------------------------- */
+
+/*  Sends [identity, FRY1, parts..., payload] without blocking.  Returns 0,
+    or -1 when the peer is gone (EHOSTUNREACH, thanks to ROUTER_MANDATORY)
+    or its pipe is full; then nothing was sent.  The payload, when given, is
+    sent and destroyed, or with keep shared (ZFRAME_REUSE is a reference,
+    not a copy) and left with the caller.  */
+static int
+s_send (zsock_t *sock, zframe_t *identity, const char **parts, size_t count,
+        zframe_t **payload_p, bool keep)
+{
+    void *handle = zsock_resolve (sock);
+    /*  ROUTER decides routability on the identity frame; once that frame
+        is accepted the rest of the message goes to the same pipe.  */
+    if (zmq_send (handle, zframe_data (identity), zframe_size (identity),
+                  ZMQ_SNDMORE | ZMQ_DONTWAIT)
+        == -1)
+        return -1;
+    bool more = true;
+    if (zmq_send (handle, FERRY_PROTO, strlen (FERRY_PROTO),
+                  (count || payload_p) ? ZMQ_SNDMORE : 0)
+        == -1)
+        more = false;
+    for (size_t i = 0; more && i < count; i++)
+        if (zmq_send (handle, parts[i], strlen (parts[i]),
+                      (i + 1 < count || payload_p) ? ZMQ_SNDMORE : 0)
+            == -1)
+            more = false;
+    if (more && payload_p)
+        zframe_send (payload_p, sock, keep ? ZFRAME_REUSE : 0);
+    return 0;
+}
+
+/*  Forwards a reply to an edge.  An edge that went away loses its reply:
+    that is the edge's business (it has answered 504 or is gone).  */
+static void
+s_send_reply (s_broker_t *self, zframe_t *edge, const char *msg_id,
+              zframe_t **payload_p)
+{
+    const char *parts[] = {FERRY_CMD_REP, msg_id};
+    if (s_send (self->frontend, edge, parts, 2, payload_p, false))
+        s_trace (self, "broker: reply dropped msg=%s reason=%s", msg_id,
+                 zmq_strerror (errno));
+    zframe_destroy (payload_p);
+}
+
+/*  Answers a request with the broker's own problem reply.  */
+static void
+s_send_problem (s_broker_t *self, zframe_t *edge, const char *msg_id,
+                unsigned status, const char *detail, unsigned retry_after)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init (&buf);
+    if (ferry_problem_reply_encode (msg_id, status, detail, retry_after,
+                                    &buf)
+        == 0) {
+        zframe_t *payload = zframe_new (buf.data, buf.size);
+        s_trace (self, "broker: problem msg=%s status=%u detail=\"%s\"",
+                 msg_id, status, detail);
+        s_send_reply (self, edge, msg_id, &payload);
+    }
+    else
+        log_warn ("broker: cannot encode problem reply msg=%s status=%u",
+                  msg_id, status);
+    msgpack_sbuffer_destroy (&buf);
+}
+
+/* ---- workers -------------------------------------------------------------- */
+
+static void
+s_inflight_destructor (void **item_p)
+{
+    s_inflight_t *entry = (s_inflight_t *) *item_p;
+    if (entry) {
+        zframe_destroy (&entry->edge);
+        zframe_destroy (&entry->payload);
+        free (entry);
+        *item_p = NULL;
+    }
+}
+
+static void
+s_worker_destructor (void **item_p)
+{
+    s_worker_t *worker = (s_worker_t *) *item_p;
+    if (worker) {
+        zlistx_destroy (&worker->inflight);
+        zframe_destroy (&worker->identity);
+        free (worker->key);
+        free (worker);
+        *item_p = NULL;
+    }
+}
+
+static void
+s_service_destructor (void **item_p)
+{
+    broker_service_destroy ((broker_service_t **) item_p);
+}
+
+/*  The service by name, created on first use.  NULL when the broker
+    already holds BROKER_SERVICES_MAX services.  */
+static broker_service_t *
+s_service_require (s_broker_t *self, const char *name)
+{
+    broker_service_t *svc
+        = (broker_service_t *) zhashx_lookup (self->services, name);
+    if (svc)
+        return svc;
+    if (zhashx_size (self->services) >= BROKER_SERVICES_MAX) {
+        log_warn ("broker: too many services, refusing service=%s", name);
+        return NULL;
+    }
+    size_t limit = self->settings->default_queue_limit;
+    size_t *configured = (size_t *) zhashx_lookup (self->settings->limits,
+                                                   name);
+    if (configured)
+        limit = *configured;
+    svc = broker_service_new (name, limit, ferry_mono_ms ());
+    if (!svc)
+        return NULL;
+    zhashx_insert (self->services, name, svc);
+    return svc;
+}
+
+static void
+s_worker_refresh (s_broker_t *self, s_worker_t *worker)
+{
+    worker->expiry = ferry_mono_ms ()
+                     + self->settings->heartbeat * self->settings->liveness;
+}
+
+/*  Keeps the worker in its service's ready ring exactly while it may be
+    sent work.  */
+static void
+s_worker_update_ready (s_worker_t *worker)
+{
+    bool ready = worker->credit > 0 && !worker->leaving;
+    if (ready && !worker->ready)
+        worker->ready = broker_service_ready_add (worker->service, worker);
+    else if (!ready && worker->ready)
+        broker_service_ready_remove (worker->service, &worker->ready);
+}
+
+/*  Forgets a worker that holds nothing in flight.  */
+static void
+s_worker_remove (s_broker_t *self, s_worker_t *worker)
+{
+    assert (zlistx_size (worker->inflight) == 0);
+    broker_service_ready_remove (worker->service, &worker->ready);
+    broker_service_worker_left (worker->service, ferry_mono_ms ());
+    zhashx_delete (self->workers, worker->key);
+}
+
+/*  A worker died (silent, unreachable, or it registered again): what it
+    held has an unknown outcome.  Retryable requests go back to the head of
+    their queue, in their original order; the others are answered 502.
+    The caller dispatches afterwards.  */
+static void
+s_worker_lost (s_broker_t *self, s_worker_t *worker, const char *reason)
+{
+    log_info ("broker: worker lost id=%s service=%s inflight=%zu reason=%s",
+              worker->key, broker_service_name (worker->service),
+              zlistx_size (worker->inflight), reason);
+    s_inflight_t *entry;
+    while ((entry = (s_inflight_t *) zlistx_last (worker->inflight))) {
+        zlistx_detach_cur (worker->inflight);
+        if (entry->payload && strchr (entry->flags, FERRY_FLAG_RETRYABLE)) {
+            broker_request_t *req = broker_request_new (
+                &entry->edge, entry->msg_id, entry->flags, entry->deadline,
+                entry->queued, &entry->payload);
+            broker_service_push_front (worker->service, &req);
+        }
+        else
+            s_send_problem (self, entry->edge, entry->msg_id, 502,
+                            "worker died, outcome unknown", 0);
+        zhashx_delete (self->inflight, entry->msg_id);
+    }
+    s_worker_remove (self, worker);
+}
+
+/*  Sends *req_p to worker and records it in flight.  Returns 0 (the
+    request is consumed), or -1 when the worker cannot be reached (the
+    request stays with the caller, untouched).  */
+static int
+s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
+{
+    broker_request_t *req = *req_p;
+    char deadline[24];
+    snprintf (deadline, sizeof deadline, "%" PRIu64, req->deadline);
+    const char *parts[] = {FERRY_CMD_REQ, req->msg_id, deadline};
+    bool keep = broker_request_retryable (req);
+    if (s_send (self->backend, worker->identity, parts, 3, &req->payload,
+                keep))
+        return -1;
+    s_inflight_t *entry = ferry_calloc (1, sizeof *entry);
+    memcpy (entry->msg_id, req->msg_id, sizeof entry->msg_id);
+    memcpy (entry->flags, req->flags, sizeof entry->flags);
+    entry->edge = req->edge;
+    req->edge = NULL;
+    entry->payload = req->payload; /* NULL unless kept */
+    req->payload = NULL;
+    entry->deadline = req->deadline;
+    entry->queued = req->queued;
+    entry->worker = worker;
+    entry->handle = zlistx_add_end (worker->inflight, entry);
+    zhashx_insert (self->inflight, entry->msg_id, entry);
+    worker->credit--;
+    s_worker_update_ready (worker);
+    s_trace (self, "broker: dispatch msg=%s service=%s worker=%s", entry->msg_id,
+             broker_service_name (worker->service), worker->key);
+    broker_request_destroy (req_p);
+    return 0;
+}
+
+/*  Moves queued requests of svc to its workers while someone has credit
+    and the in-flight table has room.  Expired requests are answered 504 on
+    the way and never dispatched.  */
+static void
+s_dispatch (s_broker_t *self, broker_service_t *svc)
+{
+    while (broker_service_queued (svc) > 0 && broker_service_ready (svc) > 0
+           && zhashx_size (self->inflight) < self->settings->max_inflight) {
+        broker_request_t *req = broker_service_pop (svc);
+        if (req->deadline && req->deadline <= ferry_wall_ms ()) {
+            s_send_problem (self, req->edge, req->msg_id, 504,
+                            "deadline passed before dispatch", 0);
+            broker_request_destroy (&req);
+            continue;
+        }
+        if (zhashx_lookup (self->inflight, req->msg_id)) {
+            s_trace (self, "broker: duplicate msg=%s dropped", req->msg_id);
+            broker_request_destroy (&req);
+            continue;
+        }
+        s_worker_t *worker = (s_worker_t *) broker_service_ready_next (svc);
+        if (s_send_work (self, worker, &req)) {
+            broker_service_push_front (svc, &req);
+            s_worker_lost (self, worker, "unreachable");
+        }
+    }
+}
+
+static void
+s_dispatch_all (s_broker_t *self)
+{
+    for (broker_service_t *svc = (broker_service_t *) zhashx_first (
+             self->services);
+         svc; svc = (broker_service_t *) zhashx_next (self->services))
+        s_dispatch (self, svc);
+}
+
+/* ---- frames --------------------------------------------------------------- */
+
+/*  Copies a routing frame into buf as a string.  Returns 0, or -1 when it
+    is too long or holds anything but visible ASCII.  */
+static int
+s_frame_text (zframe_t *frame, char *buf, size_t size, bool allow_empty)
+{
+    size_t len = zframe_size (frame);
+    if (len >= size || (len == 0 && !allow_empty))
+        return -1;
+    const unsigned char *data = zframe_data (frame);
+    for (size_t i = 0; i < len; i++)
+        if (data[i] < 0x21 || data[i] > 0x7e)
+            return -1;
+    memcpy (buf, data, len);
+    buf[len] = '\0';
+    return 0;
+}
+
+/*  Splits [identity, FRY1, command, ...]: returns the identity and the
+    command (both owned by the caller) and leaves the rest in msg, or
+    returns -1 for anything that is not ferry's protocol.  */
+static int
+s_split (zmsg_t *msg, zframe_t **identity_p, char *command, size_t size)
+{
+    if (zmsg_size (msg) < 3)
+        return -1;
+    zframe_t *identity = zmsg_pop (msg);
+    zframe_t *proto = zmsg_pop (msg);
+    zframe_t *cmd = zmsg_pop (msg);
+    int rc = zframe_streq (proto, FERRY_PROTO) ? 0 : -1;
+    if (rc == 0)
+        rc = s_frame_text (cmd, command, size, false);
+    zframe_destroy (&proto);
+    zframe_destroy (&cmd);
+    if (rc == 0 && zframe_size (identity) > 0)
+        *identity_p = identity;
+    else {
+        zframe_destroy (&identity);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* ---- frontend: edges ------------------------------------------------------ */
+
+static void
+s_edge_request (s_broker_t *self, zframe_t **edge_p, zmsg_t *msg)
+{
+    char service[FERRY_NAME_MAX + 1], msg_id[BROKER_MSG_ID_MAX + 1];
+    char deadline_text[24], flags[BROKER_FLAGS_MAX + 1];
+    uint64_t deadline;
+    zframe_t *f_service = zmsg_pop (msg), *f_id = zmsg_pop (msg);
+    zframe_t *f_deadline = zmsg_pop (msg), *f_flags = zmsg_pop (msg);
+    zframe_t *payload = zmsg_pop (msg);
+    bool valid = s_frame_text (f_service, service, sizeof service, false) == 0
+                 && broker_name_valid (service)
+                 && s_frame_text (f_id, msg_id, sizeof msg_id, false) == 0
+                 && s_frame_text (f_deadline, deadline_text,
+                                  sizeof deadline_text, false)
+                        == 0
+                 && ferry_parse_uint64 (deadline_text, &deadline) == 0
+                 && s_frame_text (f_flags, flags, sizeof flags, true) == 0;
+    zframe_destroy (&f_service);
+    zframe_destroy (&f_id);
+    zframe_destroy (&f_deadline);
+    zframe_destroy (&f_flags);
+    if (!valid) {
+        log_debug ("broker: malformed REQ from edge dropped");
+        zframe_destroy (&payload);
+        return;
+    }
+    if (zhashx_lookup (self->inflight, msg_id)) {
+        s_trace (self, "broker: duplicate msg=%s dropped", msg_id);
+        zframe_destroy (&payload);
+        return;
+    }
+    s_trace (self, "broker: request msg=%s service=%s", msg_id, service);
+    if (deadline && deadline <= ferry_wall_ms ()) {
+        s_send_problem (self, *edge_p, msg_id, 504, "deadline passed", 0);
+        zframe_destroy (&payload);
+        return;
+    }
+    broker_service_t *svc = s_service_require (self, service);
+    if (!svc) {
+        s_send_problem (self, *edge_p, msg_id, 503, "too many services", 1);
+        zframe_destroy (&payload);
+        return;
+    }
+    if (zhashx_size (self->inflight) >= self->settings->max_inflight) {
+        s_send_problem (self, *edge_p, msg_id, 503, "broker overloaded", 1);
+        zframe_destroy (&payload);
+        return;
+    }
+    zframe_t *edge = *edge_p;
+    *edge_p = NULL;
+    broker_request_t *req = broker_request_new (&edge, msg_id, flags,
+                                                deadline, ferry_mono_ms (),
+                                                &payload);
+    if (broker_service_push (svc, &req)) {
+        s_send_problem (self, req->edge, msg_id, 503, "service queue full",
+                        1);
+        broker_request_destroy (&req);
+        return;
+    }
+    s_dispatch (self, svc);
+}
+
+/*  Answers an edge's heartbeat with the services that have live workers,
+    which is what the edge's /readyz reports.  */
+static void
+s_edge_heartbeat (s_broker_t *self, zframe_t *edge)
+{
+    size_t cap = 256, len = 0;
+    char *list = ferry_malloc (cap);
+    list[0] = '\0';
+    for (broker_service_t *svc = (broker_service_t *) zhashx_first (
+             self->services);
+         svc; svc = (broker_service_t *) zhashx_next (self->services)) {
+        if (broker_service_workers (svc) == 0)
+            continue;
+        const char *name = broker_service_name (svc);
+        size_t need = len + strlen (name) + 2;
+        if (need > cap) {
+            cap = need * 2;
+            list = ferry_realloc (list, cap);
+        }
+        len += (size_t) sprintf (list + len, "%s%s", len ? " " : "", name);
+    }
+    const char *parts[] = {FERRY_CMD_HB, list};
+    if (s_send (self->frontend, edge, parts, 2, NULL, false))
+        s_trace (self, "broker: heartbeat to edge dropped reason=%s",
+                 zmq_strerror (errno));
+    free (list);
+}
+
+static void
+s_frontend_recv (s_broker_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->frontend);
+    if (!msg)
+        return;
+    zframe_t *edge = NULL;
+    char command[16];
+    if (s_split (msg, &edge, command, sizeof command))
+        log_debug ("broker: malformed message from edge dropped");
+    else if (streq (command, FERRY_CMD_REQ) && zmsg_size (msg) == 5)
+        s_edge_request (self, &edge, msg);
+    else if (streq (command, FERRY_CMD_HB) && zmsg_size (msg) == 0)
+        s_edge_heartbeat (self, edge);
+    else
+        log_debug ("broker: unexpected %s from edge dropped", command);
+    zframe_destroy (&edge);
+    zmsg_destroy (&msg);
+}
+
+/* ---- backend: workers ----------------------------------------------------- */
+
+static void
+s_send_bye (s_broker_t *self, zframe_t *identity)
+{
+    const char *parts[] = {FERRY_CMD_BYE};
+    s_send (self->backend, identity, parts, 1, NULL, false);
+}
+
+static void
+s_worker_ready (s_broker_t *self, zframe_t **identity_p, const char *key,
+                zmsg_t *msg)
+{
+    char service[FERRY_NAME_MAX + 1], credit_text[24];
+    int64_t credit;
+    zframe_t *f_service = zmsg_pop (msg), *f_credit = zmsg_pop (msg);
+    bool valid = s_frame_text (f_service, service, sizeof service, false) == 0
+                 && broker_name_valid (service)
+                 && s_frame_text (f_credit, credit_text, sizeof credit_text,
+                                  false)
+                        == 0
+                 && ferry_parse_int64 (credit_text, &credit) == 0
+                 && credit >= 0 && credit <= BROKER_CREDIT_MAX;
+    zframe_destroy (&f_service);
+    zframe_destroy (&f_credit);
+    if (!valid) {
+        log_debug ("broker: malformed READY from worker %s dropped", key);
+        return;
+    }
+    /*  A worker that announces itself again started a new session: what
+        the old one held will not be answered.  */
+    s_worker_t *old = (s_worker_t *) zhashx_lookup (self->workers, key);
+    if (old) {
+        broker_service_t *old_svc = old->service;
+        s_worker_lost (self, old, "registered again");
+        s_dispatch (self, old_svc);
+    }
+    broker_service_t *svc = s_service_require (self, service);
+    if (!svc) {
+        s_send_bye (self, *identity_p);
+        return;
+    }
+    s_worker_t *worker = ferry_calloc (1, sizeof *worker);
+    worker->key = ferry_strdup (key);
+    worker->identity = *identity_p;
+    *identity_p = NULL;
+    worker->service = svc;
+    worker->credit = credit;
+    worker->inflight = zlistx_new ();
+    assert (worker->inflight);
+    s_worker_refresh (self, worker);
+    zhashx_insert (self->workers, key, worker);
+    broker_service_worker_joined (svc);
+    s_worker_update_ready (worker);
+    log_info ("broker: worker ready id=%s service=%s credit=%" PRId64, key,
+              service, credit);
+    s_dispatch (self, svc);
+}
+
+static void
+s_worker_reply (s_broker_t *self, s_worker_t *worker, zmsg_t *msg)
+{
+    char msg_id[BROKER_MSG_ID_MAX + 1];
+    zframe_t *f_id = zmsg_pop (msg), *payload = zmsg_pop (msg);
+    int rc = s_frame_text (f_id, msg_id, sizeof msg_id, false);
+    zframe_destroy (&f_id);
+    if (rc) {
+        log_debug ("broker: malformed REP from worker %s dropped",
+                   worker->key);
+        zframe_destroy (&payload);
+        return;
+    }
+    s_inflight_t *entry = (s_inflight_t *) zhashx_lookup (self->inflight,
+                                                         msg_id);
+    if (!entry || entry->worker != worker) {
+        s_trace (self, "broker: late reply msg=%s dropped", msg_id);
+        zframe_destroy (&payload);
+        return;
+    }
+    s_trace (self, "broker: reply msg=%s worker=%s", msg_id, worker->key);
+    s_send_reply (self, entry->edge, msg_id, &payload);
+    zlistx_delete (worker->inflight, entry->handle);
+    zhashx_delete (self->inflight, msg_id);
+    if (worker->leaving) {
+        if (zlistx_size (worker->inflight) == 0) {
+            broker_service_t *svc = worker->service;
+            log_info ("broker: worker left id=%s service=%s", worker->key,
+                      broker_service_name (svc));
+            s_worker_remove (self, worker);
+            s_dispatch_all (self);
+            return;
+        }
+    }
+    else if (worker->credit < BROKER_CREDIT_MAX)
+        worker->credit++;
+    s_worker_update_ready (worker);
+    /*  A freed in-flight slot may unblock any service, not only this one. */
+    s_dispatch_all (self);
+}
+
+static void
+s_worker_credit (s_broker_t *self, s_worker_t *worker, zmsg_t *msg)
+{
+    char text[24];
+    int64_t more;
+    zframe_t *frame = zmsg_pop (msg);
+    int rc = s_frame_text (frame, text, sizeof text, false);
+    zframe_destroy (&frame);
+    if (rc || ferry_parse_int64 (text, &more) || more < 0
+        || more > BROKER_CREDIT_MAX) {
+        log_debug ("broker: malformed CREDIT from worker %s dropped",
+                   worker->key);
+        return;
+    }
+    if (worker->leaving)
+        return;
+    worker->credit += more;
+    if (worker->credit > BROKER_CREDIT_MAX)
+        worker->credit = BROKER_CREDIT_MAX;
+    s_worker_update_ready (worker);
+    s_dispatch (self, worker->service);
+}
+
+static void
+s_worker_bye (s_broker_t *self, s_worker_t *worker)
+{
+    if (zlistx_size (worker->inflight) == 0) {
+        log_info ("broker: worker left id=%s service=%s", worker->key,
+                  broker_service_name (worker->service));
+        s_worker_remove (self, worker);
+        return;
+    }
+    /*  It still holds work: stop sending more and remove it once it has
+        answered (or when it goes silent).  */
+    worker->leaving = true;
+    worker->credit = 0;
+    s_worker_update_ready (worker);
+}
+
+static void
+s_backend_recv (s_broker_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->backend);
+    if (!msg)
+        return;
+    zframe_t *identity = NULL;
+    char command[16];
+    if (s_split (msg, &identity, command, sizeof command)) {
+        log_debug ("broker: malformed message from worker dropped");
+        zmsg_destroy (&msg);
+        return;
+    }
+    char *key = zframe_strhex (identity);
+    s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, key);
+    size_t rest = zmsg_size (msg);
+    if (streq (command, FERRY_CMD_READY) && rest == 2)
+        s_worker_ready (self, &identity, key, msg);
+    else if (!worker) {
+        /*  We declared it dead, or we restarted: it must say READY again. */
+        if (!streq (command, FERRY_CMD_BYE)) {
+            s_trace (self, "broker: %s from unknown worker %s, sending BYE",
+                     command, key);
+            s_send_bye (self, identity);
+        }
+    }
+    else {
+        s_worker_refresh (self, worker);
+        if (streq (command, FERRY_CMD_REP) && rest == 2)
+            s_worker_reply (self, worker, msg);
+        else if (streq (command, FERRY_CMD_HB) && rest == 0)
+            ;
+        else if (streq (command, FERRY_CMD_CREDIT) && rest == 1)
+            s_worker_credit (self, worker, msg);
+        else if (streq (command, FERRY_CMD_BYE) && rest == 0)
+            s_worker_bye (self, worker);
+        else
+            log_debug ("broker: unexpected %s from worker %s dropped",
+                       command, key);
+    }
+    free (key);
+    zframe_destroy (&identity);
+    zmsg_destroy (&msg);
+}
+
+/* ---- timers --------------------------------------------------------------- */
+
+/*  Sends HB to every worker and removes those silent for too long.  */
+static void
+s_heartbeat (s_broker_t *self, int64_t now)
+{
+    zlistx_t *dead = zlistx_new ();
+    assert (dead);
+    const char *parts[] = {FERRY_CMD_HB};
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers)) {
+        if (now >= worker->expiry
+            || s_send (self->backend, worker->identity, parts, 1, NULL,
+                       false))
+            zlistx_add_end (dead, worker);
+    }
+    bool lost = zlistx_size (dead) > 0;
+    for (s_worker_t *worker = (s_worker_t *) zlistx_first (dead); worker;
+         worker = (s_worker_t *) zlistx_next (dead))
+        s_worker_lost (self, worker,
+                       now >= worker->expiry ? "silent" : "unreachable");
+    zlistx_destroy (&dead);
+    if (lost)
+        s_dispatch_all (self);
+}
+
+static void
+s_timers (s_broker_t *self)
+{
+    int64_t now = ferry_mono_ms ();
+    if (now >= self->heartbeat_at) {
+        self->heartbeat_at = now + self->settings->heartbeat;
+        s_heartbeat (self, now);
+    }
+    uint64_t wall = ferry_wall_ms ();
+    int64_t grace = self->settings->no_worker_grace;
+    for (broker_service_t *svc = (broker_service_t *) zhashx_first (
+             self->services);
+         svc; svc = (broker_service_t *) zhashx_next (self->services)) {
+        broker_request_t *req;
+        while ((req = broker_service_pop_expired (svc, wall))) {
+            s_send_problem (self, req->edge, req->msg_id, 504,
+                            "deadline passed in the queue", 0);
+            broker_request_destroy (&req);
+        }
+        while ((req = broker_service_pop_orphaned (svc, now, grace))) {
+            s_send_problem (self, req->edge, req->msg_id, 503,
+                            "no worker for this service", 1);
+            broker_request_destroy (&req);
+        }
+    }
+}
+
+/*  Milliseconds to the nearest timer, for the poll.  */
+static long
+s_timeout (s_broker_t *self)
+{
+    int64_t now = ferry_mono_ms ();
+    uint64_t wall = ferry_wall_ms ();
+    int64_t next = self->heartbeat_at - now;
+    for (broker_service_t *svc = (broker_service_t *) zhashx_first (
+             self->services);
+         svc; svc = (broker_service_t *) zhashx_next (self->services)) {
+        int64_t t = broker_service_next_timer (
+            svc, wall, now, self->settings->no_worker_grace);
+        if (t >= 0 && t < next)
+            next = t;
+    }
+    return next < 0 ? 0 : (long) next;
+}
+
+/* ---- the actor ------------------------------------------------------------ */
+
+/*  Creates a ROUTER with ferry's options.  */
+static zsock_t *
+s_router (const broker_settings_t *settings)
+{
+    zsock_t *sock = zsock_new (ZMQ_ROUTER);
+    if (!sock)
+        return NULL;
+    int64_t max = settings->max_message > (uint64_t) INT64_MAX
+                      ? INT64_MAX
+                      : (int64_t) settings->max_message;
+    zsock_set_router_mandatory (sock, 1);
+    zmq_setsockopt (zsock_resolve (sock), ZMQ_MAXMSGSIZE, &max, sizeof max);
+    zsock_set_sndhwm (sock, BROKER_HWM);
+    zsock_set_rcvhwm (sock, BROKER_HWM);
+    zsock_set_linger (sock, 0);
+    return sock;
+}
+
+static void
+s_broker_destroy (s_broker_t **self_p)
+{
+    s_broker_t *self = *self_p;
+    if (self) {
+        /*  In-flight entries point at workers: free them first.  */
+        zhashx_destroy (&self->inflight);
+        zhashx_destroy (&self->workers);
+        zhashx_destroy (&self->services);
+        zsock_destroy (&self->frontend);
+        zsock_destroy (&self->backend);
+        broker_settings_destroy (&self->settings);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+static s_broker_t *
+s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
+{
+    s_broker_t *self = ferry_calloc (1, sizeof *self);
+    self->pipe = pipe;
+    self->settings = s_settings_dup (settings);
+    self->frontend = s_router (settings);
+    self->backend = s_router (settings);
+    self->services = zhashx_new ();
+    self->workers = zhashx_new ();
+    self->inflight = zhashx_new ();
+    if (!self->frontend || !self->backend || !self->services
+        || !self->workers || !self->inflight) {
+        s_broker_destroy (&self);
+        return NULL;
+    }
+    /*  A worker that reconnects with the same identity takes its place.  */
+    zsock_set_router_handover (self->backend, 1);
+    zhashx_set_destructor (self->services, s_service_destructor);
+    zhashx_set_destructor (self->workers, s_worker_destructor);
+    zhashx_set_destructor (self->inflight, s_inflight_destructor);
+    self->heartbeat_at = ferry_mono_ms () + self->settings->heartbeat;
+    return self;
+}
+
+static int
+s_bind (s_broker_t *self, zsock_t *sock, const char *endpoint, char **bound)
+{
+    if (zsock_bind (sock, "%s", endpoint) == -1) {
+        log_error ("broker: cannot bind endpoint=%s error=\"%s\"", endpoint,
+                   zmq_strerror (errno));
+        return -1;
+    }
+    *bound = zsock_last_endpoint (sock);
+    (void) self;
+    return *bound ? 0 : -1;
+}
+
+static void
+s_pipe_recv (s_broker_t *self)
+{
+    zmsg_t *msg = zmsg_recv (self->pipe);
+    if (!msg) {
+        self->terminated = true; /* interrupted */
+        return;
+    }
+    char *command = zmsg_popstr (msg);
+    if (!command)
+        log_warn ("broker: empty command on the pipe");
+    else if (streq (command, "$TERM"))
+        self->terminated = true;
+    else if (streq (command, "VERBOSE"))
+        self->verbose = true;
+    else if (streq (command, "BIND")) {
+        char *fe = zmsg_popstr (msg), *be = zmsg_popstr (msg);
+        char *fe_bound = NULL, *be_bound = NULL;
+        int rc = fe && be ? 0 : -1;
+        if (rc == 0)
+            rc = s_bind (self, self->frontend, fe, &fe_bound);
+        if (rc == 0)
+            rc = s_bind (self, self->backend, be, &be_bound);
+        zsock_send (self->pipe, "iss", rc, fe_bound ? fe_bound : "",
+                    be_bound ? be_bound : "");
+        free (fe);
+        free (be);
+        free (fe_bound);
+        free (be_bound);
+    }
+    else if (streq (command, "STATUS")) {
+        size_t queued = 0;
+        for (broker_service_t *svc = (broker_service_t *) zhashx_first (
+                 self->services);
+             svc; svc = (broker_service_t *) zhashx_next (self->services))
+            queued += broker_service_queued (svc);
+        zsock_send (self->pipe, "iiii", (int) zhashx_size (self->workers),
+                    (int) zhashx_size (self->inflight), (int) queued,
+                    (int) zhashx_size (self->services));
+    }
+    else
+        log_warn ("broker: unknown command %s on the pipe", command);
+    free (command);
+    zmsg_destroy (&msg);
+}
+
+void
+broker_actor (zsock_t *pipe, void *args)
+{
+    const broker_settings_t *settings = (const broker_settings_t *) args;
+    s_broker_t *self = s_broker_new (pipe, settings);
+    zsock_signal (pipe, 0);
+    if (!self) {
+        log_error ("broker: cannot create sockets");
+        /*  Answer commands with failure until told to end.  */
+        while (true) {
+            zmsg_t *msg = zmsg_recv (pipe);
+            char *command = msg ? zmsg_popstr (msg) : NULL;
+            bool term = !command || streq (command, "$TERM");
+            if (command && streq (command, "BIND"))
+                zsock_send (pipe, "iss", -1, "", "");
+            else if (command && streq (command, "STATUS"))
+                zsock_send (pipe, "iiii", 0, 0, 0, 0);
+            free (command);
+            zmsg_destroy (&msg);
+            if (term)
+                return;
+        }
+    }
+    while (!self->terminated) {
+        zmq_pollitem_t items[] = {
+            {zsock_resolve (self->pipe), 0, ZMQ_POLLIN, 0},
+            {zsock_resolve (self->frontend), 0, ZMQ_POLLIN, 0},
+            {zsock_resolve (self->backend), 0, ZMQ_POLLIN, 0},
+        };
+        if (zmq_poll (items, 3, s_timeout (self)) == -1) {
+            if (errno == EINTR)
+                continue;
+            if (errno == ETERM)
+                break; /* the process is ending under us */
+            log_error ("broker: poll failed error=\"%s\"",
+                       zmq_strerror (errno));
+            break;
+        }
+        if (items[0].revents & ZMQ_POLLIN)
+            s_pipe_recv (self);
+        /*  Replies first: they free credit for the requests behind.  */
+        for (int i = 0; i < BROKER_BATCH
+                        && (zsock_events (self->backend) & ZMQ_POLLIN);
+             i++)
+            s_backend_recv (self);
+        for (int i = 0; i < BROKER_BATCH
+                        && (zsock_events (self->frontend) & ZMQ_POLLIN);
+             i++)
+            s_frontend_recv (self);
+        s_timers (self);
+    }
+    s_broker_destroy (&self);
+}
+
+/* ---- tests -----------------------------------------------------------------
+    The actor runs in-process; DEALER sockets play edges and workers over
+    inproc:// (and tcp://127.0.0.1:* once, to check BIND's port report).
+    Heartbeats are 50 ms so timing tests stay short; every receive has a
+    timeout so a failing test ends instead of hanging.  */
+
+#define S_TEST_WAIT 2000
+
+typedef struct {
+    zactor_t *actor;
+    char *frontend;
+    char *backend;
+} s_test_t;
+
+/*  A settings object with test timings: a no-worker grace of 100 ms and,
+    unless fast, a heartbeat long enough that test workers (which do not
+    heartbeat) stay alive; fast is 50 ms x 3, for the liveness tests.  */
+static broker_settings_t *
+s_test_settings (bool fast)
+{
+    broker_settings_t *settings = broker_settings_new ();
+    broker_settings_set_heartbeat (settings, fast ? 50 : 1000, 3);
+    broker_settings_set_no_worker_grace (settings, 100);
+    return settings;
+}
+
+static int
+s_test_start (s_test_t *t, broker_settings_t **settings_p, bool tcp,
+              bool verbose)
+{
+    static int counter;
+    memset (t, 0, sizeof *t);
+    t->actor = zactor_new (broker_actor, *settings_p);
+    broker_settings_destroy (settings_p);
+    if (!t->actor)
+        return -1;
+    if (verbose)
+        zstr_send (t->actor, "VERBOSE");
+    char fe[64], be[64];
+    if (tcp) {
+        snprintf (fe, sizeof fe, "tcp://127.0.0.1:*");
+        snprintf (be, sizeof be, "tcp://127.0.0.1:*");
+    }
+    else {
+        counter++;
+        snprintf (fe, sizeof fe, "inproc://broker-test-fe-%d", counter);
+        snprintf (be, sizeof be, "inproc://broker-test-be-%d", counter);
+    }
+    zstr_sendx (t->actor, "BIND", fe, be, NULL);
+    int rc = -1;
+    if (zsock_recv (t->actor, "iss", &rc, &t->frontend, &t->backend) == -1)
+        return -1;
+    return rc;
+}
+
+static void
+s_test_stop (s_test_t *t)
+{
+    zactor_destroy (&t->actor);
+    free (t->frontend);
+    free (t->backend);
+    t->frontend = t->backend = NULL;
+}
+
+static zsock_t *
+s_test_dealer (const char *endpoint)
+{
+    zsock_t *sock = zsock_new_dealer (endpoint);
+    if (sock) {
+        zsock_set_rcvtimeo (sock, S_TEST_WAIT);
+        zsock_set_linger (sock, 0);
+    }
+    return sock;
+}
+
+/*  Asks the actor for its counters.  */
+static void
+s_test_status (s_test_t *t, int *workers, int *inflight, int *queued)
+{
+    int services;
+    zstr_send (t->actor, "STATUS");
+    zsock_recv (t->actor, "iiii", workers, inflight, queued, &services);
+}
+
+/*  Waits until the broker has the given number of workers.  */
+static bool
+s_test_wait_workers (s_test_t *t, int expected)
+{
+    int64_t until = ferry_mono_ms () + S_TEST_WAIT;
+    while (ferry_mono_ms () < until) {
+        int workers, inflight, queued;
+        s_test_status (t, &workers, &inflight, &queued);
+        if (workers == expected)
+            return true;
+        zclock_sleep (5);
+    }
+    return false;
+}
+
+static void
+s_test_request (zsock_t *edge, const char *service, const char *msg_id,
+                uint64_t deadline, const char *flags, const void *payload,
+                size_t size)
+{
+    char text[24];
+    snprintf (text, sizeof text, "%" PRIu64, deadline);
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, FERRY_PROTO);
+    zmsg_addstr (msg, FERRY_CMD_REQ);
+    zmsg_addstr (msg, service);
+    zmsg_addstr (msg, msg_id);
+    zmsg_addstr (msg, text);
+    zmsg_addstr (msg, flags);
+    zmsg_addmem (msg, payload, size);
+    zmsg_send (&msg, edge);
+}
+
+/*  Receives a message with the timeout set on sock (or ms when > 0), and
+    checks it is [FRY1, command, ...] with count frames after the command.
+    Returns NULL otherwise.  */
+static zmsg_t *
+s_test_recv (zsock_t *sock, const char *command, size_t count, int ms)
+{
+    if (ms > 0)
+        zsock_set_rcvtimeo (sock, ms);
+    zmsg_t *msg = zmsg_recv (sock);
+    if (ms > 0)
+        zsock_set_rcvtimeo (sock, S_TEST_WAIT);
+    if (!msg)
+        return NULL;
+    zframe_t *proto = zmsg_first (msg), *cmd = zmsg_next (msg);
+    if (zmsg_size (msg) != count + 2 || !zframe_streq (proto, FERRY_PROTO)
+        || !zframe_streq (cmd, command)) {
+        zmsg_destroy (&msg);
+        return NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        zframe_t *frame = zmsg_pop (msg);
+        zframe_destroy (&frame);
+    }
+    return msg;
+}
+
+/*  True when nothing arrives on sock within ms.  */
+static bool
+s_test_silent (zsock_t *sock, int ms)
+{
+    zpoller_t *poller = zpoller_new (sock, NULL);
+    void *which = zpoller_wait (poller, ms);
+    zpoller_destroy (&poller);
+    return which == NULL;
+}
+
+/*  Receives a broker problem reply to msg_id on edge and checks status and
+    (when retry_after) the retry-after header.  Returns 0 or -1.  */
+static int
+s_test_problem (zsock_t *edge, const char *msg_id, unsigned status,
+                bool retry_after)
+{
+    zmsg_t *msg = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
+    if (!msg)
+        return -1;
+    char *id = zmsg_popstr (msg);
+    zframe_t *payload = zmsg_pop (msg);
+    char err[160];
+    ferry_envelope_t *env = ferry_envelope_decode (
+        zframe_data (payload), zframe_size (payload), NULL, err, sizeof err);
+    int rc = env && streq (id, msg_id)
+                     && ferry_envelope_kind (env) == FERRY_KIND_REPLY
+                     && ferry_envelope_status (env) == status
+                     && ferry_envelope_re (env)
+                     && streq (ferry_envelope_re (env), msg_id)
+                 ? 0
+                 : -1;
+    if (rc == 0 && retry_after) {
+        const char *value = ferry_envelope_header (env, "retry-after");
+        rc = value && streq (value, "1") ? 0 : -1;
+    }
+    if (!env)
+        fprintf (stderr, "# problem reply does not decode: %s\n", err);
+    ferry_envelope_destroy (&env);
+    zframe_destroy (&payload);
+    free (id);
+    zmsg_destroy (&msg);
+    return rc;
+}
+
+static uint64_t
+s_test_deadline (void)
+{
+    return ferry_wall_ms () + 10000;
+}
+
+/*  A worker receives REQ for msg_id (any when NULL), skipping broker
+    heartbeats, and returns its frames [msg_id, deadline, payload].  */
+static zmsg_t *
+s_test_work_skip_hb (zsock_t *worker, const char *msg_id, int ms)
+{
+    int64_t until = ferry_mono_ms () + ms;
+    int64_t left;
+    while ((left = until - ferry_mono_ms ()) > 0) {
+        zsock_set_rcvtimeo (worker, (int) left);
+        zmsg_t *msg = zmsg_recv (worker);
+        zsock_set_rcvtimeo (worker, S_TEST_WAIT);
+        if (!msg)
+            return NULL;
+        if (zmsg_size (msg) == 5 && zframe_streq (zmsg_first (msg), "FRY1")
+            && zframe_streq (zmsg_next (msg), FERRY_CMD_REQ)) {
+            zframe_t *f = zmsg_pop (msg);
+            zframe_destroy (&f);
+            f = zmsg_pop (msg);
+            zframe_destroy (&f);
+            if (!msg_id || zframe_streq (zmsg_first (msg), msg_id))
+                return msg;
+        }
+        zmsg_destroy (&msg);
+    }
+    return NULL;
+}
+
+static void
+s_test_reply (zsock_t *worker, const char *msg_id, const void *data,
+              size_t size)
+{
+    zmsg_t *msg = zmsg_new ();
+    zmsg_addstr (msg, FERRY_PROTO);
+    zmsg_addstr (msg, FERRY_CMD_REP);
+    zmsg_addstr (msg, msg_id);
+    zmsg_addmem (msg, data, size);
+    zmsg_send (&msg, worker);
+}
+
+int
+broker_settings_test (bool verbose)
+{
+    (void) verbose;
+    const char *yaml
+        = "broker:\n"
+          "  frontend: tcp://127.0.0.1:21001\n"
+          "  heartbeat: 250ms\n"
+          "  liveness: 4\n"
+          "  no_worker_grace: 1s\n"
+          "  max_message: 1MiB\n"
+          "  default_queue_limit: 7\n"
+          "  services:\n"
+          "    app: {queue_limit: 3}\n"
+          "    reports: {}\n";
+    char err[256];
+    ferry_config_t *config = ferry_config_parse (yaml, strlen (yaml), "t.yaml",
+                                                 err, sizeof err);
+    FERRY_CHECK (config);
+    broker_settings_t *settings = broker_settings_new ();
+    FERRY_CHECK (broker_settings_load (settings, config) == 0);
+    FERRY_CHECK (ferry_config_check_unused (config, "broker") == 0);
+    FERRY_CHECK (streq (broker_settings_frontend (settings),
+                        "tcp://127.0.0.1:21001"));
+    FERRY_CHECK (streq (broker_settings_backend (settings),
+                        "tcp://127.0.0.1:5556"));
+    FERRY_CHECK (settings->heartbeat == 250 && settings->liveness == 4);
+    FERRY_CHECK (settings->no_worker_grace == 1000);
+    FERRY_CHECK (settings->max_message == 1024 * 1024);
+    FERRY_CHECK (settings->max_inflight == 100000);
+    FERRY_CHECK (settings->default_queue_limit == 7);
+    size_t *limit = (size_t *) zhashx_lookup (settings->limits, "app");
+    FERRY_CHECK (limit && *limit == 3);
+    limit = (size_t *) zhashx_lookup (settings->limits, "reports");
+    FERRY_CHECK (limit && *limit == 7);
+    broker_settings_destroy (&settings);
+    broker_settings_destroy (&settings);
+    ferry_config_destroy (&config);
+
+    /*  Errors name the key.  */
+    const char *bad[] = {
+        "broker:\n  liveness: 0\n",
+        "broker:\n  heartbeat: soon\n",
+        "broker:\n  services:\n    \"a b\": {queue_limit: 1}\n",
+        "broker:\n  services:\n    app: {queue_limit: -1}\n",
+        "broker:\n  services: [app]\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        config = ferry_config_parse (bad[i], strlen (bad[i]), "t.yaml", err,
+                                     sizeof err);
+        FERRY_CHECK (config);
+        settings = broker_settings_new ();
+        FERRY_CHECK (broker_settings_load (settings, config) == -1);
+        FERRY_CHECK (strstr (ferry_config_error (config), "t.yaml:"));
+        broker_settings_destroy (&settings);
+        ferry_config_destroy (&config);
+    }
+    FERRY_CHECK (broker_name_valid ("app.v2_x-y"));
+    FERRY_CHECK (!broker_name_valid (""));
+    FERRY_CHECK (!broker_name_valid ("a b"));
+    FERRY_CHECK (!broker_name_valid ("x/y"));
+    return 0;
+}
+
+int
+broker_dispatch_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (false);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, true, verbose) == 0);
+    FERRY_CHECK (strncmp (t.frontend, "tcp://127.0.0.1:", 16) == 0);
+    FERRY_CHECK (!strstr (t.frontend, "*"));
+    zsock_t *edge = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    FERRY_CHECK (edge && worker);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "1", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 1));
+
+    /*  Binary payload, zero bytes included: it must arrive as sent.  */
+    unsigned char payload[300];
+    for (size_t i = 0; i < sizeof payload; i++)
+        payload[i] = (unsigned char) (i * 7);
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    uint64_t deadline = s_test_deadline ();
+    s_test_request (edge, "app", id, deadline, "", payload, sizeof payload);
+    zmsg_t *work = s_test_work_skip_hb (worker, id, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    char *got_id = zmsg_popstr (work), *got_deadline = zmsg_popstr (work);
+    zframe_t *got = zmsg_pop (work);
+    FERRY_CHECK (streq (got_id, id));
+    uint64_t parsed;
+    FERRY_CHECK (ferry_parse_uint64 (got_deadline, &parsed) == 0
+                 && parsed == deadline);
+    FERRY_CHECK (zframe_size (got) == sizeof payload
+                 && memcmp (zframe_data (got), payload, sizeof payload) == 0);
+    free (got_id);
+    free (got_deadline);
+    zframe_destroy (&got);
+    zmsg_destroy (&work);
+
+    unsigned char answer[] = {0x81, 0xa1, 'x', 0x00};
+    s_test_reply (worker, id, answer, sizeof answer);
+    zmsg_t *reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
+    FERRY_CHECK (reply);
+    FERRY_CHECK (zframe_streq (zmsg_first (reply), id));
+    zframe_t *body = zmsg_next (reply);
+    FERRY_CHECK (zframe_size (body) == sizeof answer
+                 && memcmp (zframe_data (body), answer, sizeof answer) == 0);
+    zmsg_destroy (&reply);
+    int workers, inflight, queued;
+    s_test_status (&t, &workers, &inflight, &queued);
+    FERRY_CHECK (workers == 1 && inflight == 0 && queued == 0);
+
+    /*  The edge's heartbeat is answered with the live services.  */
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_HB, NULL);
+    zmsg_t *hb = s_test_recv (edge, FERRY_CMD_HB, 1, 0);
+    FERRY_CHECK (hb && zframe_streq (zmsg_first (hb), "app"));
+    zmsg_destroy (&hb);
+
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_routing_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (false);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge_a = s_test_dealer (t.frontend);
+    zsock_t *edge_b = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "2", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    char id_a[FERRY_ID_LEN + 1], id_b[FERRY_ID_LEN + 1];
+    ferry_id_generate (id_a);
+    ferry_id_generate (id_b);
+    s_test_request (edge_a, "app", id_a, s_test_deadline (), "", "A", 1);
+    zmsg_t *work_a = s_test_work_skip_hb (worker, id_a, S_TEST_WAIT);
+    s_test_request (edge_b, "app", id_b, s_test_deadline (), "", "B", 1);
+    zmsg_t *work_b = s_test_work_skip_hb (worker, id_b, S_TEST_WAIT);
+    FERRY_CHECK (work_a && work_b);
+    zmsg_destroy (&work_a);
+    zmsg_destroy (&work_b);
+
+    /*  Answer in the other order: each reply finds its own edge.  */
+    s_test_reply (worker, id_b, "for b", 5);
+    s_test_reply (worker, id_a, "for a", 5);
+    zmsg_t *reply = s_test_recv (edge_a, FERRY_CMD_REP, 2, 0);
+    FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), id_a)
+                 && zframe_streq (zmsg_next (reply), "for a"));
+    zmsg_destroy (&reply);
+    reply = s_test_recv (edge_b, FERRY_CMD_REP, 2, 0);
+    FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), id_b)
+                 && zframe_streq (zmsg_next (reply), "for b"));
+    zmsg_destroy (&reply);
+    FERRY_CHECK (s_test_silent (edge_a, 50) && s_test_silent (edge_b, 50));
+
+    /*  A second reply to the same message is late and dropped.  */
+    s_test_reply (worker, id_a, "again", 5);
+    FERRY_CHECK (s_test_silent (edge_a, 100));
+
+    /*  An edge that went away: its reply is dropped, the broker lives on
+        (ROUTER_MANDATORY turns the send into EHOSTUNREACH).  */
+    s_test_request (edge_b, "app", id_b, s_test_deadline (), "", "B", 1);
+    work_b = s_test_work_skip_hb (worker, id_b, S_TEST_WAIT);
+    FERRY_CHECK (work_b);
+    zmsg_destroy (&work_b);
+    zsock_destroy (&edge_b);
+    zclock_sleep (20);
+    s_test_reply (worker, id_b, "nobody", 6);
+    ferry_id_generate (id_a);
+    s_test_request (edge_a, "app", id_a, s_test_deadline (), "", "A", 1);
+    work_a = s_test_work_skip_hb (worker, id_a, S_TEST_WAIT);
+    FERRY_CHECK (work_a);
+    zmsg_destroy (&work_a);
+
+    zsock_destroy (&edge_a);
+    zsock_destroy (&worker);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_credit_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (false);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "1", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    char ids[3][FERRY_ID_LEN + 1];
+    for (int i = 0; i < 3; i++) {
+        ferry_id_generate (ids[i]);
+        s_test_request (edge, "app", ids[i], s_test_deadline (), "", "x", 1);
+    }
+    zmsg_t *work = s_test_work_skip_hb (worker, ids[0], S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    /*  One credit: nothing more until the reply.  */
+    FERRY_CHECK (s_test_work_skip_hb (worker, NULL, 150) == NULL);
+    int workers, inflight, queued;
+    s_test_status (&t, &workers, &inflight, &queued);
+    FERRY_CHECK (inflight == 1 && queued == 2);
+    s_test_reply (worker, ids[0], "r", 1);
+    work = s_test_work_skip_hb (worker, ids[1], S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    /*  CREDIT adds to what the reply will give back.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
+    work = s_test_work_skip_hb (worker, ids[2], S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    s_test_status (&t, &workers, &inflight, &queued);
+    FERRY_CHECK (inflight == 2 && queued == 0);
+    for (int i = 0; i < 3; i++) {
+        zmsg_t *reply = NULL;
+        if (i > 0) {
+            s_test_reply (worker, ids[i], "r", 1);
+        }
+        reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
+        FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), ids[i]));
+        zmsg_destroy (&reply);
+    }
+    /*  A worker that leaves with BYE is forgotten.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_BYE, NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 0));
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_queue_full_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (false);
+    broker_settings_set_queue_limit (settings, "app", 2);
+    broker_settings_set_default_queue_limit (settings, 5);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    /*  A worker without credit: everything queues.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "0", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    char ids[3][FERRY_ID_LEN + 1];
+    for (int i = 0; i < 3; i++) {
+        ferry_id_generate (ids[i]);
+        s_test_request (edge, "app", ids[i], s_test_deadline (), "", "x", 1);
+    }
+    int64_t start = ferry_mono_ms ();
+    FERRY_CHECK (s_test_problem (edge, ids[2], 503, true) == 0);
+    /*  "Immediate": well before any timer (grace 100 ms, deadline 10 s). */
+    FERRY_CHECK (ferry_mono_ms () - start < 90);
+    int workers, inflight, queued;
+    s_test_status (&t, &workers, &inflight, &queued);
+    FERRY_CHECK (queued == 2);
+    /*  Credit drains the queue in order.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "2", NULL);
+    for (int i = 0; i < 2; i++) {
+        zmsg_t *work = s_test_work_skip_hb (worker, ids[i], S_TEST_WAIT);
+        FERRY_CHECK (work);
+        zmsg_destroy (&work);
+    }
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_deadline_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (false);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "0", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 1));
+
+    /*  Already past on arrival: 504 at once.  */
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    s_test_request (edge, "app", id, ferry_wall_ms () - 1, "", "x", 1);
+    FERRY_CHECK (s_test_problem (edge, id, 504, false) == 0);
+
+    /*  Passes while queued: 504 near the deadline, never dispatched.  */
+    ferry_id_generate (id);
+    int64_t start = ferry_mono_ms ();
+    s_test_request (edge, "app", id, ferry_wall_ms () + 100, "", "x", 1);
+    FERRY_CHECK (s_test_problem (edge, id, 504, false) == 0);
+    int64_t took = ferry_mono_ms () - start;
+    FERRY_CHECK (took >= 90 && took < 1000);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
+    FERRY_CHECK (s_test_work_skip_hb (worker, NULL, 150) == NULL);
+    int workers, inflight, queued;
+    s_test_status (&t, &workers, &inflight, &queued);
+    FERRY_CHECK (workers == 1 && inflight == 0 && queued == 0);
+
+    /*  Deadline 0 means none: dispatched.  */
+    ferry_id_generate (id);
+    s_test_request (edge, "app", id, 0, "", "x", 1);
+    zmsg_t *work = s_test_work_skip_hb (worker, id, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_no_worker_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (false);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge = s_test_dealer (t.frontend);
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    int64_t start = ferry_mono_ms ();
+    s_test_request (edge, "ghost", id, s_test_deadline (), "", "x", 1);
+    FERRY_CHECK (s_test_problem (edge, id, 503, true) == 0);
+    int64_t took = ferry_mono_ms () - start;
+    FERRY_CHECK (took >= 90 && took < 1000);
+
+    /*  A worker that comes within the grace gets the request.  */
+    ferry_id_generate (id);
+    s_test_request (edge, "ghost", id, s_test_deadline (), "", "x", 1);
+    zsock_t *worker = s_test_dealer (t.backend);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "ghost", "1", NULL);
+    zmsg_t *work = s_test_work_skip_hb (worker, id, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
+    s_test_stop (&t);
+    return 0;
+}
+
+/*  Edge heartbeat answer: the services list, or NULL.  */
+static char *
+s_test_edge_hb (zsock_t *edge)
+{
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_HB, NULL);
+    zmsg_t *hb = s_test_recv (edge, FERRY_CMD_HB, 1, 0);
+    char *services = hb ? zmsg_popstr (hb) : NULL;
+    zmsg_destroy (&hb);
+    return services;
+}
+
+int
+broker_liveness_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (true);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    zsock_t *reports = s_test_dealer (t.backend);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "1", NULL);
+    zstr_sendx (reports, FERRY_PROTO, FERRY_CMD_READY, "reports", "1", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 2));
+    char *services = s_test_edge_hb (edge);
+    FERRY_CHECK (services
+                 && (streq (services, "app reports")
+                     || streq (services, "reports app")));
+    free (services);
+
+    /*  The broker heartbeats the worker; "reports" answers, "app" keeps
+        quiet and is removed after liveness (3) x 50 ms.  */
+    zmsg_t *hb = s_test_recv (worker, FERRY_CMD_HB, 0, 0);
+    FERRY_CHECK (hb);
+    zmsg_destroy (&hb);
+    int64_t until = ferry_mono_ms () + S_TEST_WAIT;
+    int workers = 2, inflight, queued;
+    while (workers != 1 && ferry_mono_ms () < until) {
+        zstr_sendx (reports, FERRY_PROTO, FERRY_CMD_HB, NULL);
+        zclock_sleep (20);
+        s_test_status (&t, &workers, &inflight, &queued);
+    }
+    FERRY_CHECK (workers == 1);
+    services = s_test_edge_hb (edge);
+    FERRY_CHECK (services && streq (services, "reports"));
+    free (services);
+
+    /*  The removed worker speaks again: BYE, then it can register.  */
+    zsock_set_rcvtimeo (worker, 0);
+    zmsg_t *drain;
+    while ((drain = zmsg_recv (worker)))
+        zmsg_destroy (&drain);
+    zsock_set_rcvtimeo (worker, S_TEST_WAIT);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_HB, NULL);
+    zmsg_t *bye = s_test_recv (worker, FERRY_CMD_BYE, 0, 0);
+    FERRY_CHECK (bye);
+    zmsg_destroy (&bye);
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
+    zsock_destroy (&reports);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_unknown_worker_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (false);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *worker = s_test_dealer (t.backend);
+    const char *commands[] = {FERRY_CMD_HB, FERRY_CMD_REP, FERRY_CMD_CREDIT};
+    for (size_t i = 0; i < 3; i++) {
+        if (streq (commands[i], FERRY_CMD_REP))
+            zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_REP, "0123", "x",
+                        NULL);
+        else if (streq (commands[i], FERRY_CMD_CREDIT))
+            zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
+        else
+            zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_HB, NULL);
+        zmsg_t *bye = s_test_recv (worker, FERRY_CMD_BYE, 0, 0);
+        FERRY_CHECK (bye);
+        zmsg_destroy (&bye);
+    }
+    /*  BYE from an unknown worker needs no answer.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_BYE, NULL);
+    FERRY_CHECK (s_test_silent (worker, 50));
+    int workers, inflight, queued;
+    s_test_status (&t, &workers, &inflight, &queued);
+    FERRY_CHECK (workers == 0);
+    zsock_destroy (&worker);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_malformed_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (false);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    /*  Garbage from an edge.  */
+    zstr_send (edge, "x");
+    zstr_sendx (edge, "FRY2", FERRY_CMD_HB, NULL);
+    zstr_sendx (edge, FERRY_PROTO, "WHAT", NULL);
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_REQ, "app", id, NULL);
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_REQ, "a b", id, "0", "", "x",
+                NULL);
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_REQ, "app", id, "soon", "", "x",
+                NULL);
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_REQ, "app", "bad id", "0", "",
+                "x", NULL);
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_REQ, "app", id, "0",
+                "flagsfarfartoolong", "x", NULL);
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_HB, "extra", NULL);
+    {
+        zmsg_t *msg = zmsg_new ();
+        zmsg_addstr (msg, FERRY_PROTO);
+        zmsg_addmem (msg, "\0\1", 2);
+        zmsg_send (&msg, edge);
+    }
+    /*  Garbage from a worker.  */
+    zstr_send (worker, "");
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "-1", NULL);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "many", NULL);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "", "1", NULL);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", NULL);
+    FERRY_CHECK (s_test_silent (edge, 50));
+    int workers, inflight, queued;
+    s_test_status (&t, &workers, &inflight, &queued);
+    FERRY_CHECK (workers == 0 && inflight == 0 && queued == 0);
+
+    /*  And the broker still works.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "1", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "x", NULL);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_REP, NULL);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_REP, "nobody", "x", NULL);
+    s_test_request (edge, "app", id, s_test_deadline (), "r", "ok", 2);
+    zmsg_t *work = s_test_work_skip_hb (worker, id, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    s_test_reply (worker, id, "done", 4);
+    zmsg_t *reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
+    FERRY_CHECK (reply && zframe_streq (zmsg_last (reply), "done"));
+    zmsg_destroy (&reply);
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_worker_death_test (bool verbose)
+{
+    broker_settings_t *settings = s_test_settings (true);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "2", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    char plain[FERRY_ID_LEN + 1], retry[FERRY_ID_LEN + 1];
+    ferry_id_generate (plain);
+    ferry_id_generate (retry);
+    s_test_request (edge, "app", plain, s_test_deadline (), "", "p", 1);
+    s_test_request (edge, "app", retry, s_test_deadline (), "r",
+                    "retry me", 8);
+    zmsg_t *work = s_test_work_skip_hb (worker, plain, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    work = s_test_work_skip_hb (worker, retry, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+
+    /*  A second worker joins with no credit, then the first goes silent:
+        the plain request gets 502, the retryable one goes to the second
+        worker, payload untouched.  */
+    zsock_t *second = s_test_dealer (t.backend);
+    zstr_sendx (second, FERRY_PROTO, FERRY_CMD_READY, "app", "0", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 2));
+    int64_t until = ferry_mono_ms () + S_TEST_WAIT;
+    int workers = 2, inflight, queued;
+    while (workers != 1 && ferry_mono_ms () < until) {
+        zstr_sendx (second, FERRY_PROTO, FERRY_CMD_HB, NULL);
+        zclock_sleep (20);
+        s_test_status (&t, &workers, &inflight, &queued);
+    }
+    FERRY_CHECK (workers == 1);
+    FERRY_CHECK (s_test_problem (edge, plain, 502, false) == 0);
+    FERRY_CHECK (inflight == 0 && queued == 1);
+    zstr_sendx (second, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
+    work = s_test_work_skip_hb (second, retry, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    FERRY_CHECK (zframe_streq (zmsg_last (work), "retry me"));
+    zmsg_destroy (&work);
+    s_test_reply (second, retry, "ok", 2);
+    zmsg_t *reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
+    FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), retry));
+    zmsg_destroy (&reply);
+    /*  The dead worker's late reply is dropped.  */
+    s_test_reply (worker, plain, "late", 4);
+    FERRY_CHECK (s_test_silent (edge, 50));
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
+    zsock_destroy (&second);
+    s_test_stop (&t);
+    return 0;
+}

@@ -1,2 +1,117 @@
-/* main.c: being written. */
-int main (void) { return 1; }
+/*  main.c: ferry-broker, the process around the broker actor.
+
+    Reads the configuration, starts the actor (broker.c) and binds it,
+    tells systemd it is ready, then waits for SIGTERM or SIGINT.  The signal
+    handlers only set a flag; this loop polls it a few times a second while
+    it watches the actor's pipe, so it also notices an actor that ended on
+    its own.  */
+
+#include "broker.h"
+#include "config.h"
+#include "daemon.h"
+#include "ferry.h"
+#include "log.h"
+
+#include <stdlib.h>
+
+static const ferry_flag_t s_flags[] = {
+    {"frontend", "broker.frontend", "endpoint edges connect to"},
+    {"backend", "broker.backend", "endpoint workers connect to"},
+    {NULL, NULL, NULL},
+};
+
+/*  Sets up logging from log.level and log.json.  Returns 0 or -1.  */
+static int
+s_log_setup (ferry_config_t *config)
+{
+    const char *level_name;
+    bool json;
+    if (ferry_config_str (config, NULL, "log.level", "info", &level_name)
+        || ferry_config_bool (config, NULL, "log.json", false, &json))
+        return -1;
+    int level = ferry_log_level_parse (level_name);
+    if (level < 0)
+        return ferry_config_fail (config,
+                                  ferry_config_node (config, NULL,
+                                                     "log.level"),
+                                  "expected error, warn, info or debug");
+    ferry_log_init ("ferry-broker", level, json);
+    return 0;
+}
+
+int
+main (int argc, char **argv)
+{
+    ferry_config_t *config = NULL;
+    int rc = ferry_cli_load (argc, argv, "ferry-broker",
+                             "Routes requests from ferry-edge to ferry-worker "
+                             "over ZeroMQ.",
+                             s_flags, &config);
+    if (rc == 1)
+        return 0;
+    if (rc < 0)
+        return 2;
+
+    broker_settings_t *settings = broker_settings_new ();
+    if (s_log_setup (config) || broker_settings_load (settings, config)
+        || ferry_config_check_unused (config, "broker")) {
+        fprintf (stderr, "ferry-broker: %s\n", ferry_config_error (config));
+        broker_settings_destroy (&settings);
+        ferry_config_destroy (&config);
+        return 2;
+    }
+    if (ferry_daemon_signals ()) {
+        log_error ("ferry-broker: cannot install signal handlers");
+        broker_settings_destroy (&settings);
+        ferry_config_destroy (&config);
+        return 1;
+    }
+
+    zactor_t *actor = zactor_new (broker_actor, settings);
+    int status = 1;
+    if (!actor) {
+        log_error ("ferry-broker: cannot start the broker actor");
+        goto done;
+    }
+    zstr_sendx (actor, "BIND", broker_settings_frontend (settings),
+                broker_settings_backend (settings), NULL);
+    int bind_rc = -1;
+    char *frontend = NULL, *backend = NULL;
+    if (zsock_recv (actor, "iss", &bind_rc, &frontend, &backend) == -1
+        || bind_rc != 0) {
+        log_error ("ferry-broker: cannot bind frontend=%s backend=%s",
+                   broker_settings_frontend (settings),
+                   broker_settings_backend (settings));
+        free (frontend);
+        free (backend);
+        goto done;
+    }
+    ferry_daemon_notify ("READY=1");
+    log_info ("ferry-broker: ready frontend=%s backend=%s", frontend,
+              backend);
+    free (frontend);
+    free (backend);
+
+    /*  The actor only talks on its pipe when asked; input there means it
+        ended (or the pipe broke), which is fatal.  */
+    zpoller_t *poller = zpoller_new (actor, NULL);
+    status = 0;
+    while (!ferry_daemon_terminating ()) {
+        void *which = zpoller_wait (poller, 150);
+        if (which == actor) {
+            log_error ("ferry-broker: the broker actor stopped");
+            status = 1;
+            break;
+        }
+        (void) ferry_daemon_reload_requested ();
+    }
+    zpoller_destroy (&poller);
+    if (status == 0)
+        log_info ("ferry-broker: stopping");
+
+done:
+    zactor_destroy (&actor);
+    broker_settings_destroy (&settings);
+    ferry_config_destroy (&config);
+    return status;
+}

@@ -2,7 +2,21 @@
     (tests/unit/selftest.c).  Each module keeps its test at its bottom.  */
 
 #include "ferry.h"
+#include "broker.h"
+#include "service.h"
 
 const ferry_test_t broker_tests[] = {
+    {"service", broker_service_test},
+    {"settings", broker_settings_test},
+    {"dispatch", broker_dispatch_test},
+    {"routing", broker_routing_test},
+    {"credit", broker_credit_test},
+    {"queue_full", broker_queue_full_test},
+    {"deadline", broker_deadline_test},
+    {"no_worker", broker_no_worker_test},
+    {"liveness", broker_liveness_test},
+    {"unknown_worker", broker_unknown_worker_test},
+    {"malformed", broker_malformed_test},
+    {"worker_death", broker_worker_death_test},
     {NULL, NULL},
 };
