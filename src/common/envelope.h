@@ -33,7 +33,10 @@ typedef struct {
     size_t max_total;  /* objects in the whole message */
 } ferry_limits_t;
 
-/*  2 MiB frame, depth 32, 1 MiB strings, 65,536 entries, 262,144 objects.  */
+/*  17 MiB frame (FERRY_MAX_MESSAGE_DEFAULT: the largest edge body, 16 MiB,
+    plus the envelope's own fields), depth 32, 16 MiB strings, 65,536
+    entries, 262,144 objects.  max_depth cannot exceed 32, the fixed stack
+    of msgpack-c's unpacker.  */
 extern const ferry_limits_t ferry_limits_default;
 
 typedef struct _ferry_envelope_t ferry_envelope_t;
@@ -50,7 +53,8 @@ ferry_envelope_t *ferry_envelope_decode (const void *data, size_t size,
                                          char *err, size_t errlen);
 
 /*  Appends the encoded envelope to out (caller's buffer).  Returns 0, or -1
-    when a required field for the kind is missing.  */
+    when a required field for the kind is missing or a field holds what the
+    decoder would refuse (a bad service name, a status out of range).  */
 int ferry_envelope_encode (const ferry_envelope_t *self,
                            msgpack_sbuffer *out);
 
@@ -63,7 +67,8 @@ int ferry_msgpack_check (const void *data, size_t size,
 
 /* ---- fields --------------------------------------------------------------
     String setters copy their argument; NULL clears the field.  Getters
-    return NULL (strings) or 0 (numbers) when a field is absent.  */
+    return NULL (strings) or 0 (numbers) when a field is absent.  Setters
+    do not check values; ferry_envelope_encode does.  */
 ferry_kind_t ferry_envelope_kind (const ferry_envelope_t *self);
 unsigned ferry_envelope_version (const ferry_envelope_t *self);
 
@@ -106,7 +111,9 @@ void ferry_envelope_set_status (ferry_envelope_t *self, unsigned status);
 
 /*  Arguments: a msgpack map of path and query parameters, string keys.
     set_args_raw and set_body_raw check and copy the bytes (one msgpack
-    value; args must be a map) and return 0, or -1 with a reason in err.  */
+    value within ferry_limits_default, one level shallower since it sits in
+    the envelope's map; args must be a map with unique string keys) and
+    return 0, or -1 with a reason in err.  */
 int ferry_envelope_set_args_raw (ferry_envelope_t *self, const void *data,
                                  size_t size, char *err, size_t errlen);
 const msgpack_object *ferry_envelope_args (const ferry_envelope_t *self);
@@ -119,7 +126,8 @@ int ferry_envelope_set_body_raw (ferry_envelope_t *self, const void *data,
 const msgpack_object *ferry_envelope_body (const ferry_envelope_t *self);
 
 /*  Headers: lowercase names, string values (map str -> str).  Setting a
-    header that exists replaces its value.  */
+    header that exists replaces its value, a NULL value removes it; names
+    are stored lowercase and looked up without regard to case.  */
 void ferry_envelope_set_header (ferry_envelope_t *self, const char *name,
                                 const char *value);
 const char *ferry_envelope_header (const ferry_envelope_t *self,

@@ -13,14 +13,17 @@
 #include "envelope.h"
 
 /*  Appends the msgpack form of the JSON text to out.  Returns 0, or -1 with
-    a reason (and position) in err.  */
+    a reason (and position) in err.  The value must fit as an envelope's
+    body: nesting at most limits->max_depth - 1, no duplicate object keys,
+    no \u0000, integers within int64.  limits may be NULL for defaults.  */
 int ferry_json_to_msgpack (const char *json, size_t len,
                            const ferry_limits_t *limits, msgpack_sbuffer *out,
                            char *err, size_t errlen);
 
-/*  JSON text of obj in a new NUL-ended buffer the caller frees with free();
-    *len gets its length.  Returns NULL when obj has no JSON form (a
-    non-string map key, a NaN).  */
+/*  Compact JSON text of obj in a new NUL-ended buffer the caller frees with
+    free(); *len gets its length.  Returns NULL when obj has no JSON form (a
+    non-string or duplicate map key, NaN or infinity, ext, invalid UTF-8, an
+    unsigned integer above INT64_MAX).  */
 char *ferry_msgpack_to_json (const msgpack_object *obj, size_t *len);
 
 /*  Packs a jansson value into pk.  Returns 0 or -1.  */

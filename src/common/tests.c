@@ -10,6 +10,7 @@ int ferry_envelope_check_test (bool verbose);
 int ferry_envelope_problem_test (bool verbose);
 int ferry_envelope_vectors_test (bool verbose);
 int ferry_json_test (bool verbose);
+int ferry_json_out_test (bool verbose);
 int ferry_config_test (bool verbose);
 int ferry_config_errors_test (bool verbose);
 int ferry_config_units_test (bool verbose);
@@ -26,6 +27,7 @@ const ferry_test_t ferry_common_tests[] = {
     {"envelope_problem", ferry_envelope_problem_test},
     {"envelope_vectors", ferry_envelope_vectors_test},
     {"json", ferry_json_test},
+    {"json_out", ferry_json_out_test},
     {"config", ferry_config_test},
     {"config_errors", ferry_config_errors_test},
     {"config_units", ferry_config_units_test},
