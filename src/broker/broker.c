@@ -649,7 +649,11 @@ s_edge_request (s_broker_t *self, zframe_t **edge_p, zmsg_t *msg)
     broker_request_t *req = broker_request_new (&edge, msg_id, flags,
                                                 deadline, ferry_mono_ms (),
                                                 &payload);
-    if (broker_service_push (svc, &req)) {
+    /*  Nobody waits ahead of it and a worker has credit: it goes straight
+        out, so even a service with queue_limit 0 is served.  */
+    if (broker_service_queued (svc) == 0 && broker_service_ready (svc) > 0)
+        broker_service_push_front (svc, &req);
+    else if (broker_service_push (svc, &req)) {
         s_send_problem (self, req->edge, msg_id, 503, "service queue full",
                         1);
         broker_request_destroy (&req);
@@ -787,6 +791,9 @@ s_worker_reply (s_broker_t *self, s_worker_t *worker, zmsg_t *msg)
     }
     s_trace (self, "broker: reply msg=%s worker=%s", msg_id, worker->key);
     s_send_reply (self, entry->edge, msg_id, &payload);
+    /*  Only a full in-flight table holds back other services.  */
+    bool was_full
+        = zhashx_size (self->inflight) >= self->settings->max_inflight;
     zlistx_delete (worker->inflight, entry->handle);
     zhashx_delete (self->inflight, msg_id);
     if (worker->leaving) {
@@ -795,15 +802,18 @@ s_worker_reply (s_broker_t *self, s_worker_t *worker, zmsg_t *msg)
             log_info ("broker: worker left id=%s service=%s", worker->key,
                       broker_service_name (svc));
             s_worker_remove (self, worker);
-            s_dispatch_all (self);
+            if (was_full)
+                s_dispatch_all (self);
             return;
         }
     }
     else if (worker->credit < BROKER_CREDIT_MAX)
         worker->credit++;
     s_worker_update_ready (worker);
-    /*  A freed in-flight slot may unblock any service, not only this one. */
-    s_dispatch_all (self);
+    if (was_full)
+        s_dispatch_all (self);
+    else
+        s_dispatch (self, worker->service);
 }
 
 static void
@@ -1924,6 +1934,45 @@ broker_worker_death_test (bool verbose)
     zsock_destroy (&edge);
     zsock_destroy (&worker);
     zsock_destroy (&second);
+    s_test_stop (&t);
+    return 0;
+}
+
+int
+broker_overload_test (bool verbose)
+{
+    /*  A full in-flight table answers 503 at once; a service with
+        queue_limit 0 is still served while a worker has credit.  */
+    broker_settings_t *settings = s_test_settings (false);
+    broker_settings_set_max_inflight (settings, 1);
+    broker_settings_set_queue_limit (settings, "zero", 0);
+    s_test_t t;
+    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
+    zsock_t *edge = s_test_dealer (t.frontend);
+    zsock_t *worker = s_test_dealer (t.backend);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "zero", "5", NULL);
+    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    char first[FERRY_ID_LEN + 1], second[FERRY_ID_LEN + 1];
+    ferry_id_generate (first);
+    ferry_id_generate (second);
+    s_test_request (edge, "zero", first, s_test_deadline (), "", "1", 1);
+    zmsg_t *work = s_test_work_skip_hb (worker, first, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    s_test_request (edge, "zero", second, s_test_deadline (), "", "2", 1);
+    FERRY_CHECK (s_test_problem (edge, second, 503, true) == 0);
+    s_test_reply (worker, first, "ok", 2);
+    zmsg_t *reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
+    FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), first));
+    zmsg_destroy (&reply);
+    /*  Room again: the next one goes through.  */
+    ferry_id_generate (second);
+    s_test_request (edge, "zero", second, s_test_deadline (), "", "3", 1);
+    work = s_test_work_skip_hb (worker, second, S_TEST_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    zsock_destroy (&edge);
+    zsock_destroy (&worker);
     s_test_stop (&t);
     return 0;
 }

@@ -63,5 +63,6 @@ int broker_liveness_test (bool verbose);
 int broker_unknown_worker_test (bool verbose);
 int broker_malformed_test (bool verbose);
 int broker_worker_death_test (bool verbose);
+int broker_overload_test (bool verbose);
 
 #endif

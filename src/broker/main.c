@@ -61,7 +61,7 @@ main (int argc, char **argv)
         return 2;
     }
     if (ferry_daemon_signals ()) {
-        log_error ("ferry-broker: cannot install signal handlers");
+        log_error ("cannot install signal handlers");
         broker_settings_destroy (&settings);
         ferry_config_destroy (&config);
         return 1;
@@ -70,7 +70,7 @@ main (int argc, char **argv)
     zactor_t *actor = zactor_new (broker_actor, settings);
     int status = 1;
     if (!actor) {
-        log_error ("ferry-broker: cannot start the broker actor");
+        log_error ("cannot start the broker actor");
         goto done;
     }
     zstr_sendx (actor, "BIND", broker_settings_frontend (settings),
@@ -79,7 +79,7 @@ main (int argc, char **argv)
     char *frontend = NULL, *backend = NULL;
     if (zsock_recv (actor, "iss", &bind_rc, &frontend, &backend) == -1
         || bind_rc != 0) {
-        log_error ("ferry-broker: cannot bind frontend=%s backend=%s",
+        log_error ("cannot bind frontend=%s backend=%s",
                    broker_settings_frontend (settings),
                    broker_settings_backend (settings));
         free (frontend);
@@ -87,7 +87,7 @@ main (int argc, char **argv)
         goto done;
     }
     ferry_daemon_notify ("READY=1");
-    log_info ("ferry-broker: ready frontend=%s backend=%s", frontend,
+    log_info ("ready frontend=%s backend=%s", frontend,
               backend);
     free (frontend);
     free (backend);
@@ -99,7 +99,7 @@ main (int argc, char **argv)
     while (!ferry_daemon_terminating ()) {
         void *which = zpoller_wait (poller, 150);
         if (which == actor) {
-            log_error ("ferry-broker: the broker actor stopped");
+            log_error ("the broker actor stopped");
             status = 1;
             break;
         }
@@ -107,7 +107,7 @@ main (int argc, char **argv)
     }
     zpoller_destroy (&poller);
     if (status == 0)
-        log_info ("ferry-broker: stopping");
+        log_info ("stopping");
 
 done:
     zactor_destroy (&actor);

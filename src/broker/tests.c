@@ -18,5 +18,6 @@ const ferry_test_t broker_tests[] = {
     {"unknown_worker", broker_unknown_worker_test},
     {"malformed", broker_malformed_test},
     {"worker_death", broker_worker_death_test},
+    {"overload", broker_overload_test},
     {NULL, NULL},
 };
