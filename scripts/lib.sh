@@ -43,7 +43,7 @@ need_packages() {
 ferry_configure() {
     local dir=$1
     shift
-    if [ ! -x "$FERRY_ROOT/configure" ]; then
+    if [ ! -x "$FERRY_ROOT/configure" ] || [ ! -f "$FERRY_ROOT/build-aux/install-sh" ]; then
         say "generating ./configure (autogen.sh)"
         (cd "$FERRY_ROOT" && ./autogen.sh) || { say "autogen.sh failed"; return 1; }
     fi
