@@ -9,10 +9,17 @@
     Getters mark the nodes they read; ferry_config_check_unused reports the
     first key nobody read, which catches typos.
 
-    Paths are dotted keys with [N] for sequence items: "edge.routes[0].path".
+    Paths are dotted keys with [N] for sequence items: "edge.routes[0].path";
+    a NULL or "" path names the base node itself.
     A getter whose node is absent stores the default and returns 0; one
     whose node has the wrong type or is out of range returns -1 and leaves
-    the message in ferry_config_error.  */
+    the message in ferry_config_error.  A YAML null (an empty value, "~",
+    unquoted "null") counts as absent.
+
+    "Read" means: ferry_config_node and the getters mark the node they find
+    and every node on the way to it; ferry_cnode_child marks the child it
+    returns and ferry_cnode_value the scalar.  A configuration belongs to
+    one thread.  */
 
 #ifndef FERRY_CONFIG_H_INCLUDED
 #define FERRY_CONFIG_H_INCLUDED
@@ -42,7 +49,10 @@ void ferry_config_destroy (ferry_config_t **self_p);
 
 /*  Applies "PATH=VALUE": creates the scalar (and maps on the way) or
     replaces it.  VALUE is one YAML scalar, or a YAML flow collection such as
-    "[a, b]" or "{k: v}".  Returns 0, or -1 (see ferry_config_error).  */
+    "[a, b]" or "{k: v}"; an empty VALUE is the empty string.  "[N]" may
+    name an existing item or append one (N == size).  Returns 0, or -1 (see
+    ferry_config_error).  The replaced node and the strings read from it
+    are freed: apply overrides before reading.  */
 int ferry_config_set (ferry_config_t *self, const char *assignment);
 
 /*  The message of the last failed call, "" if none.  */
