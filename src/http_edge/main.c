@@ -1,2 +1,142 @@
-/* main.c: being written. */
-int main (void) { return 1; }
+/*  main.c: ferry-edge, the HTTP front of ferry.
+
+    Reads the configuration, starts one event loop (a CZMQ actor, see
+    edge_loop.c) per configured loop or per core, tells systemd it is ready
+    once every loop listens, and on SIGTERM or SIGINT stops accepting,
+    lets the loops answer what is pending (at most 5 s) and exits 0.
+    The main thread does nothing else: all HTTP and ZeroMQ work happens in
+    the loops.  */
+
+#include "ferry.h"
+#include "config.h"
+#include "daemon.h"
+#include "log.h"
+#include "edge_config.h"
+#include "edge_loop.h"
+
+#include <czmq.h>
+#include <stdlib.h>
+
+static const ferry_flag_t s_flags[] = {
+    {"listen", "edge.listen", "HOST:PORT to serve HTTP on"},
+    {"broker", "edge.broker", "ZeroMQ endpoint of the broker frontend"},
+    {"loops", "edge.loops", "event loops (0 = one per core)"},
+    {NULL, NULL, NULL},
+};
+
+/*  Log settings come from the `log:` section (--log-level sets it too).  */
+static int
+s_log_setup (ferry_config_t *config)
+{
+    const char *level_name;
+    bool json;
+    if (ferry_config_str (config, NULL, "log.level", "info", &level_name) != 0
+        || ferry_config_bool (config, NULL, "log.json", false, &json) != 0)
+        return -1;
+    int level = ferry_log_level_parse (level_name);
+    if (level < 0)
+        return ferry_config_fail (
+            config, ferry_config_node (config, NULL, "log.level"),
+            "expected error, warn, info or debug");
+    ferry_log_init ("ferry-edge", level, json);
+    return 0;
+}
+
+/*  Waits for "DRAINED" from every loop, at most wait_ms in all.  */
+static void
+s_drain (zactor_t **loops, size_t count, int64_t wait_ms)
+{
+    zpoller_t *poller = zpoller_new (NULL);
+    for (size_t i = 0; i < count; i++) {
+        zstr_send (loops[i], "DRAIN");
+        zpoller_add (poller, loops[i]);
+    }
+    int64_t until = ferry_mono_ms () + wait_ms;
+    size_t drained = 0;
+    while (drained < count) {
+        int64_t left = until - ferry_mono_ms ();
+        if (left <= 0)
+            break;
+        zsock_t *which = zpoller_wait (poller, (int) left);
+        if (!which) {
+            if (zpoller_expired (poller))
+                break;
+            continue; /* a signal interrupted the wait */
+        }
+        char *reply = zstr_recv (which);
+        if (reply && streq (reply, "DRAINED")) {
+            drained++;
+            zpoller_remove (poller, which);
+        }
+        free (reply);
+    }
+    if (drained < count)
+        log_warn ("stopping with %zu loops not drained", count - drained);
+    zpoller_destroy (&poller);
+}
+
+int
+main (int argc, char **argv)
+{
+    ferry_config_t *config = NULL;
+    int rc = ferry_cli_load (
+        argc, argv, "ferry-edge",
+        "HTTP/1.1 edge: routes requests to ferry services over ZeroMQ",
+        s_flags, &config);
+    if (rc == 1)
+        return 0;
+    if (rc != 0)
+        return 2;
+    edge_settings_t *settings = NULL;
+    if (s_log_setup (config) != 0
+        || !(settings = edge_settings_load (config))
+        || ferry_config_check_unused (config, "edge") != 0) {
+        fprintf (stderr, "ferry-edge: %s\n", ferry_config_error (config));
+        edge_settings_destroy (&settings);
+        ferry_config_destroy (&config);
+        return 2;
+    }
+    if (ferry_daemon_signals () != 0) {
+        log_error ("cannot install signal handlers");
+        return 1;
+    }
+    /*  One CZMQ context for all loops, made before any thread uses it.  */
+    zsys_init ();
+    zsys_set_logstream (NULL);
+
+    size_t count = settings->loops;
+    zactor_t **loops = ferry_calloc (count, sizeof *loops);
+    edge_loop_args_t *args = ferry_calloc (count, sizeof *args);
+    int status = 0;
+    for (size_t i = 0; i < count; i++) {
+        args[i] = (edge_loop_args_t) {settings, i};
+        loops[i] = zactor_new (edge_loop_actor, &args[i]);
+        zstr_send (loops[i], "START");
+        if (zsock_wait (loops[i]) != 0) {
+            status = 1;
+            break;
+        }
+    }
+    if (status == 0) {
+        log_info ("ready listen=%s loops=%zu routes=%zu broker=%s",
+                  settings->listen, count, edge_routes_size (settings->routes),
+                  settings->broker);
+        ferry_daemon_notify ("READY=1");
+        while (!ferry_daemon_terminating ())
+            zclock_sleep (100);
+        log_info ("stopping: draining requests in flight");
+        ferry_daemon_notify ("STOPPING=1");
+        s_drain (loops, count, 6000);
+    }
+    for (size_t i = 0; i < count; i++)
+        zactor_destroy (&loops[i]);
+    free (loops);
+    free (args);
+    if (status == 0)
+        log_info ("stopped");
+    else
+        log_error ("start failed");
+    edge_settings_destroy (&settings);
+    ferry_config_destroy (&config);
+    return status;
+}

@@ -2,7 +2,21 @@
     (tests/unit/selftest.c).  Each module keeps its test at its bottom.  */
 
 #include "ferry.h"
+#include "edge_config.h"
+#include "edge_http.h"
+#include "edge_loop.h"
+#include "edge_routes.h"
 
 const ferry_test_t edge_tests[] = {
+    {"routes", edge_routes_test},
+    {"routes_match", edge_routes_match_test},
+    {"routes_args", edge_routes_args_test},
+    {"http_head", edge_http_head_test},
+    {"http_negotiation", edge_http_negotiation_test},
+    {"http_problem", edge_http_problem_test},
+    {"http_body", edge_http_body_test},
+    {"http_envelope", edge_http_envelope_test},
+    {"edge_config", edge_config_test},
+    {"edge_loop", edge_loop_test},
     {NULL, NULL},
 };

@@ -1,0 +1,375 @@
+/*  edge_config.c: reads ferry-edge's settings and routes from the
+    configuration (see edge_config.h and docs/edge.md).
+
+    Every error names file, line and key through ferry_config_fail, so an
+    operator sees "etc/ferry.yaml:41: edge.routes[2].route: unknown method
+    'FETCH'" and the edge exits non-zero before it binds anything.  */
+
+#include "ferry.h"
+#include "edge_config.h"
+
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define S_MAX_BODY_LIMIT (16ull * 1024 * 1024)
+
+/*  Splits "HOST:PORT" (HOST may be "[v6]", "*" or empty for any address)
+    and resolves it numerically.  Returns 0 or -1 with a reason.  */
+static int
+s_resolve (const char *listen, edge_settings_t *self, char *err,
+           size_t errlen)
+{
+    const char *colon = strrchr (listen, ':');
+    if (!colon || colon[1] == '\0') {
+        snprintf (err, errlen, "expected HOST:PORT");
+        return -1;
+    }
+    char host[256];
+    const char *h = listen;
+    size_t hlen = (size_t) (colon - listen);
+    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof host) {
+        snprintf (err, errlen, "host name too long");
+        return -1;
+    }
+    memcpy (host, h, hlen);
+    host[hlen] = '\0';
+    bool any = hlen == 0 || strcmp (host, "*") == 0;
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | (any ? 0 : AI_NUMERICHOST);
+    int rc = getaddrinfo (any ? NULL : host, colon + 1, &hints, &res);
+    if (rc != 0) {
+        snprintf (err, errlen, "cannot use '%s': %s", listen,
+                  gai_strerror (rc));
+        return -1;
+    }
+    memcpy (&self->address, res->ai_addr, res->ai_addrlen);
+    self->address_len = res->ai_addrlen;
+    freeaddrinfo (res);
+    return 0;
+}
+
+static void
+s_service_note (edge_settings_t *self, const char *service)
+{
+    for (size_t i = 0; i < self->nservices; i++)
+        if (strcmp (self->services[i], service) == 0)
+            return;
+    self->services = ferry_realloc (
+        self->services, (self->nservices + 1) * sizeof *self->services);
+    self->services[self->nservices++] = ferry_strdup (service);
+}
+
+/*  Reads the `query` map of one route: NAME: TYPE or NAME: {type,
+    required}.  Returns 0 or -1 (message set).  */
+static int
+s_load_query (ferry_config_t *config, const ferry_cnode_t *rnode,
+              edge_route_t *route)
+{
+    const ferry_cnode_t *query = ferry_config_node (config, rnode, "query");
+    if (!query)
+        return 0;
+    if (ferry_cnode_type (query) != FERRY_CNODE_MAP)
+        return ferry_config_fail (config, query,
+                                  "expected a map of NAME: TYPE");
+    for (size_t i = 0; i < ferry_cnode_size (query); i++) {
+        const ferry_cnode_t *q = ferry_cnode_child (query, i);
+        const char *type_name = NULL;
+        bool required = false;
+        if (ferry_cnode_type (q) == FERRY_CNODE_SCALAR)
+            type_name = ferry_cnode_value (q);
+        else if (ferry_cnode_type (q) == FERRY_CNODE_MAP) {
+            if (ferry_config_str (config, q, "type", "string", &type_name)
+                    != 0
+                || ferry_config_bool (config, q, "required", false, &required)
+                       != 0)
+                return -1;
+        }
+        else
+            return ferry_config_fail (config, q,
+                                      "expected a type or {type, required}");
+        edge_param_type_t type;
+        if (edge_param_type_parse (type_name, &type) != 0)
+            return ferry_config_fail (
+                config, q, "unknown type '%s' (int, number, bool, string, "
+                           "uuid)", type_name ? type_name : "");
+        char err[256];
+        if (edge_route_add_query (route, ferry_cnode_key (q), type, required,
+                                  err, sizeof err)
+            != 0)
+            return ferry_config_fail (config, q, "%s", err);
+    }
+    return 0;
+}
+
+static int
+s_load_routes (ferry_config_t *config, edge_settings_t *self,
+               int64_t default_timeout, uint64_t default_max_body)
+{
+    const ferry_cnode_t *routes = ferry_config_node (config, NULL,
+                                                     "edge.routes");
+    if (!routes)
+        return 0;
+    if (ferry_cnode_type (routes) != FERRY_CNODE_SEQ)
+        return ferry_config_fail (config, routes, "expected a list of routes");
+    for (size_t i = 0; i < ferry_cnode_size (routes); i++) {
+        const ferry_cnode_t *r = ferry_cnode_child (routes, i);
+        if (ferry_cnode_type (r) != FERRY_CNODE_MAP)
+            return ferry_config_fail (config, r, "expected a map");
+        const char *tmpl, *service, *operation;
+        int64_t timeout;
+        uint64_t max_body;
+        if (ferry_config_str (config, r, "route", NULL, &tmpl) != 0
+            || ferry_config_str (config, r, "service", NULL, &service) != 0
+            || ferry_config_str (config, r, "operation", NULL, &operation)
+                   != 0
+            || ferry_config_duration_ms (config, r, "timeout", 1, 3600000,
+                                         default_timeout, &timeout)
+                   != 0
+            || ferry_config_size (config, r, "max_body", 0, S_MAX_BODY_LIMIT,
+                                  default_max_body, &max_body)
+                   != 0)
+            return -1;
+        if (!tmpl)
+            return ferry_config_fail (config, r, "missing key 'route'");
+        if (!service)
+            return ferry_config_fail (config, r, "missing key 'service'");
+        if (!operation)
+            return ferry_config_fail (config, r, "missing key 'operation'");
+        char err[256];
+        edge_route_t *route
+            = edge_routes_add (self->routes, tmpl, service, operation,
+                               timeout, max_body, err, sizeof err);
+        if (!route)
+            return ferry_config_fail (
+                config, ferry_config_node (config, r, "route"), "%s", err);
+        if (s_load_query (config, r, route) != 0)
+            return -1;
+        s_service_note (self, service);
+    }
+    return 0;
+}
+
+edge_settings_t *
+edge_settings_load (ferry_config_t *config)
+{
+    edge_settings_t *self = ferry_calloc (1, sizeof *self);
+    self->routes = edge_routes_new ();
+    const char *listen, *broker;
+    int64_t loops, max_conn, max_inflight, conn_timeout, max_count;
+    int64_t default_timeout, liveness;
+    uint64_t max_line, max_total, default_max_body;
+    if (ferry_config_str (config, NULL, "edge.listen", "127.0.0.1:8080",
+                          &listen)
+            != 0
+        || ferry_config_str (config, NULL, "edge.broker",
+                             "tcp://127.0.0.1:5555", &broker)
+               != 0
+        || ferry_config_int (config, NULL, "edge.loops", 0, 256, 0, &loops)
+               != 0
+        || ferry_config_int (config, NULL, "edge.max_connections", 1, 1000000,
+                             1024, &max_conn)
+               != 0
+        || ferry_config_int (config, NULL, "edge.max_inflight", 1, 1000000,
+                             8192, &max_inflight)
+               != 0
+        || ferry_config_duration_ms (config, NULL, "edge.connection_timeout",
+                                     1000, 86400000, 30000, &conn_timeout)
+               != 0
+        || ferry_config_size (config, NULL, "edge.max_header_line", 256,
+                              1024 * 1024, 8192, &max_line)
+               != 0
+        || ferry_config_size (config, NULL, "edge.max_header_total", 1024,
+                              4 * 1024 * 1024, 16384, &max_total)
+               != 0
+        || ferry_config_int (config, NULL, "edge.max_header_count", 1, 10000,
+                             100, &max_count)
+               != 0
+        || ferry_config_duration_ms (config, NULL, "edge.default_timeout", 1,
+                                     3600000, 5000, &default_timeout)
+               != 0
+        || ferry_config_size (config, NULL, "edge.default_max_body", 0,
+                              S_MAX_BODY_LIMIT, 1024 * 1024,
+                              &default_max_body)
+               != 0
+        || ferry_config_duration_ms (config, NULL, "broker.heartbeat", 10,
+                                     600000, 1000, &self->heartbeat_ms)
+               != 0
+        || ferry_config_int (config, NULL, "broker.liveness", 1, 1000, 3,
+                             &liveness)
+               != 0)
+        goto fail;
+    char err[256];
+    if (s_resolve (listen, self, err, sizeof err) != 0) {
+        ferry_config_fail (config,
+                           ferry_config_node (config, NULL, "edge.listen"),
+                           "%s", err);
+        goto fail;
+    }
+    if (max_line > max_total) {
+        ferry_config_fail (config,
+                           ferry_config_node (config, NULL,
+                                              "edge.max_header_line"),
+                           "larger than edge.max_header_total");
+        goto fail;
+    }
+    self->listen = ferry_strdup (listen);
+    self->broker = ferry_strdup (broker);
+    if (loops == 0) {
+        long cores = sysconf (_SC_NPROCESSORS_ONLN);
+        loops = cores > 0 ? cores : 1;
+    }
+    self->loops = (size_t) loops;
+    self->max_connections = (unsigned) max_conn;
+    self->max_inflight = (size_t) max_inflight;
+    self->connection_timeout_s = (unsigned) ((conn_timeout + 999) / 1000);
+    self->max_header_line = (size_t) max_line;
+    self->max_header_total = (size_t) max_total;
+    self->max_header_count = (size_t) max_count;
+    self->liveness = liveness;
+    if (s_load_routes (config, self, default_timeout, default_max_body) != 0)
+        goto fail;
+    return self;
+fail:
+    edge_settings_destroy (&self);
+    return NULL;
+}
+
+void
+edge_settings_destroy (edge_settings_t **self_p)
+{
+    edge_settings_t *self = *self_p;
+    if (!self)
+        return;
+    free (self->listen);
+    free (self->broker);
+    edge_routes_destroy (&self->routes);
+    for (size_t i = 0; i < self->nservices; i++)
+        free (self->services[i]);
+    free (self->services);
+    free (self);
+    *self_p = NULL;
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+static edge_settings_t *
+s_load_text (const char *text, char *err, size_t errlen)
+{
+    ferry_config_t *config
+        = ferry_config_parse (text, strlen (text), "test.yaml", err, errlen);
+    if (!config)
+        return NULL;
+    edge_settings_t *s = edge_settings_load (config);
+    if (!s)
+        snprintf (err, errlen, "%s", ferry_config_error (config));
+    else if (ferry_config_check_unused (config, "edge") != 0) {
+        snprintf (err, errlen, "%s", ferry_config_error (config));
+        edge_settings_destroy (&s);
+    }
+    ferry_config_destroy (&config);
+    return s;
+}
+
+int
+edge_config_test (bool verbose)
+{
+    char err[512] = "";
+    const char *good = "broker:\n"
+                       "  heartbeat: 250ms\n"
+                       "  liveness: 4\n"
+                       "edge:\n"
+                       "  listen: 127.0.0.1:23001\n"
+                       "  loops: 2\n"
+                       "  connection_timeout: 1500ms\n"
+                       "  default_timeout: 2s\n"
+                       "  routes:\n"
+                       "    - route: GET /users/{id:int}\n"
+                       "      service: app\n"
+                       "      operation: get_user\n"
+                       "    - route: GET /reports/slow\n"
+                       "      service: reports\n"
+                       "      operation: slow\n"
+                       "      timeout: 30s\n"
+                       "      max_body: 64KiB\n"
+                       "      query:\n"
+                       "        seconds: {type: number, required: true}\n"
+                       "        verbose: bool\n"
+                       "    - route: POST /users\n"
+                       "      service: app\n"
+                       "      operation: create_user\n";
+    edge_settings_t *s = s_load_text (good, err, sizeof err);
+    if (!s)
+        fprintf (stderr, "# %s\n", err);
+    FERRY_CHECK (s);
+    FERRY_CHECK (s->loops == 2);
+    FERRY_CHECK (s->heartbeat_ms == 250 && s->liveness == 4);
+    FERRY_CHECK (s->connection_timeout_s == 2);
+    FERRY_CHECK (s->max_connections == 1024 && s->max_inflight == 8192);
+    FERRY_CHECK (s->max_header_line == 8192 && s->max_header_total == 16384);
+    FERRY_CHECK (s->max_header_count == 100);
+    FERRY_CHECK (s->address.ss_family == AF_INET);
+    FERRY_CHECK (edge_routes_size (s->routes) == 3);
+    FERRY_CHECK (s->nservices == 2);
+    FERRY_CHECK (strcmp (s->services[0], "app") == 0);
+    FERRY_CHECK (strcmp (s->services[1], "reports") == 0);
+    const edge_route_t *r = edge_routes_at (s->routes, 0);
+    FERRY_CHECK (edge_route_timeout_ms (r) == 2000);
+    FERRY_CHECK (edge_route_max_body (r) == 1024 * 1024);
+    r = edge_routes_at (s->routes, 1);
+    FERRY_CHECK (edge_route_timeout_ms (r) == 30000);
+    FERRY_CHECK (edge_route_max_body (r) == 64 * 1024);
+    edge_match_t m;
+    FERRY_CHECK (edge_routes_match (s->routes, "GET", "/reports/slow", &m)
+                 == 200);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init (&buf);
+    FERRY_CHECK (edge_route_pack_args (&m, NULL, NULL, &buf, err, sizeof err)
+                 == 400);
+    msgpack_sbuffer_destroy (&buf);
+    edge_settings_destroy (&s);
+
+    /*  Errors name the line and the key.  */
+    struct {
+        const char *text;
+        const char *expect;
+    } bad[] = {
+        {"edge:\n  routes:\n    - route: FETCH /x\n      service: a\n"
+         "      operation: b\n",
+         "test.yaml:3"},
+        {"edge:\n  routes:\n    - route: GET /x\n      operation: b\n",
+         "service"},
+        {"edge:\n  routes:\n    - route: GET /x\n      service: a\n"
+         "      operation: b\n    - route: GET /x\n      service: a\n"
+         "      operation: c\n",
+         "duplicates"},
+        {"edge:\n  routes:\n    - route: GET /x\n      service: a\n"
+         "      operation: b\n      query:\n        n: float\n",
+         "test.yaml:7"},
+        {"edge:\n  listen: nowhere\n", "edge.listen"},
+        {"edge:\n  lisen: 127.0.0.1:1\n", "lisen"},
+        {"edge:\n  routes:\n    - route: GET /x\n      service: a\n"
+         "      operation: b\n      timout: 1s\n",
+         "timout"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        s = s_load_text (bad[i].text, err, sizeof err);
+        if (s || !strstr (err, bad[i].expect)) {
+            fprintf (stderr, "# case %zu: got '%s', want '%s'\n", i, err,
+                     bad[i].expect);
+            edge_settings_destroy (&s);
+            return 1;
+        }
+        if (verbose)
+            printf ("# %s\n", err);
+    }
+    return 0;
+}

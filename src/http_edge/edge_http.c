@@ -1,0 +1,548 @@
+/*  edge_http.c: the HTTP rules of ferry-edge that need no socket (see
+    edge_http.h): head limits, negotiation, request bodies, the request
+    envelope and responses.  Called from every loop thread; nothing here
+    keeps state.
+
+    Media types are compared without their parameters and without case, so
+    "Application/JSON; charset=utf-8" is JSON.  JSON work goes through
+    jansson (src/common/json.c), msgpack through msgpack-c and the envelope
+    codec: nothing here parses a format by hand beyond splitting the
+    comma-separated Accept list.  */
+
+#include "edge_http.h"
+#include "json.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+void
+edge_head_init (edge_head_t *self, size_t max_line, size_t max_total,
+                size_t max_count, size_t line_len)
+{
+    *self = (edge_head_t) {max_line, max_total, max_count, 0, line_len};
+}
+
+int
+edge_head_add (edge_head_t *self, size_t name_len, size_t value_len,
+               char *err, size_t errlen)
+{
+    size_t line = name_len + 2 + value_len;
+    self->count++;
+    self->total += line + 2;
+    if (line > self->max_line) {
+        snprintf (err, errlen, "a header field is longer than %zu bytes",
+                  self->max_line);
+        return 431;
+    }
+    if (self->count > self->max_count) {
+        snprintf (err, errlen, "more than %zu header fields",
+                  self->max_count);
+        return 431;
+    }
+    if (self->total > self->max_total) {
+        snprintf (err, errlen, "the request head is larger than %zu bytes",
+                  self->max_total);
+        return 431;
+    }
+    return 0;
+}
+
+/*  Trims spaces and tabs from both ends of [*s, *s + *len).  */
+static void
+s_trim (const char **s, size_t *len)
+{
+    while (*len && (**s == ' ' || **s == '\t')) {
+        (*s)++;
+        (*len)--;
+    }
+    while (*len && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
+        (*len)--;
+}
+
+static bool
+s_media_is (const char *s, size_t len, const char *type)
+{
+    return strlen (type) == len && strncasecmp (s, type, len) == 0;
+}
+
+edge_ct_t
+edge_content_type (const char *value)
+{
+    if (!value)
+        return EDGE_CT_NONE;
+    const char *semi = strchr (value, ';');
+    size_t len = semi ? (size_t) (semi - value) : strlen (value);
+    s_trim (&value, &len);
+    if (len == 0)
+        return EDGE_CT_NONE;
+    if (s_media_is (value, len, "application/json"))
+        return EDGE_CT_JSON;
+    if (s_media_is (value, len, "application/msgpack")
+        || s_media_is (value, len, "application/x-msgpack"))
+        return EDGE_CT_MSGPACK;
+    return EDGE_CT_OTHER;
+}
+
+/*  The q value in the parameters of one Accept element ("; q=0.5").  */
+static double
+s_quality (const char *params, size_t len)
+{
+    while (len) {
+        const char *semi = memchr (params, ';', len);
+        size_t plen = semi ? (size_t) (semi - params) : len;
+        const char *p = params;
+        size_t n = plen;
+        s_trim (&p, &n);
+        if (n >= 2 && (p[0] == 'q' || p[0] == 'Q') && p[1] == '=') {
+            char buf[8];
+            size_t vlen = n - 2 < sizeof buf - 1 ? n - 2 : sizeof buf - 1;
+            memcpy (buf, p + 2, vlen);
+            buf[vlen] = '\0';
+            char *end;
+            double q = strtod (buf, &end);
+            return (end == buf || q < 0 || q > 1) ? 0 : q;
+        }
+        if (!semi)
+            break;
+        len -= plen + 1;
+        params = semi + 1;
+    }
+    return 1;
+}
+
+bool
+edge_accept_msgpack (const char *accept)
+{
+    if (!accept)
+        return false;
+    double q_msgpack = 0, q_json = -1, q_app = -1, q_any = -1;
+    const char *p = accept;
+    while (*p) {
+        const char *comma = strchr (p, ',');
+        size_t len = comma ? (size_t) (comma - p) : strlen (p);
+        const char *semi = memchr (p, ';', len);
+        const char *type = p;
+        size_t tlen = semi ? (size_t) (semi - p) : len;
+        s_trim (&type, &tlen);
+        double q = semi ? s_quality (semi + 1, (size_t) (p + len - semi - 1))
+                        : 1;
+        if (s_media_is (type, tlen, "application/msgpack")
+            || s_media_is (type, tlen, "application/x-msgpack"))
+            q_msgpack = q > q_msgpack ? q : q_msgpack;
+        else if (s_media_is (type, tlen, "application/json"))
+            q_json = q > q_json ? q : q_json;
+        else if (s_media_is (type, tlen, "application/*"))
+            q_app = q > q_app ? q : q_app;
+        else if (s_media_is (type, tlen, "*/*"))
+            q_any = q > q_any ? q : q_any;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    /*  The most specific range that covers JSON decides its quality.  */
+    double json = q_json >= 0 ? q_json : q_app >= 0 ? q_app : q_any;
+    return q_msgpack > 0 && q_msgpack >= json;
+}
+
+/*  Decoding limits for bodies: the defaults, widened so one string or the
+    whole value may be as large as the route allows.  */
+static ferry_limits_t
+s_body_limits (size_t max_body)
+{
+    ferry_limits_t limits = ferry_limits_default;
+    if (limits.max_frame < max_body)
+        limits.max_frame = max_body;
+    if (limits.max_string < max_body)
+        limits.max_string = max_body;
+    return limits;
+}
+
+int
+edge_body_to_msgpack (edge_ct_t type, const char *body, size_t len,
+                      size_t max_body, msgpack_sbuffer *out, char *err,
+                      size_t errlen)
+{
+    if (len == 0)
+        return 0;
+    ferry_limits_t limits = s_body_limits (max_body);
+    char why[200];
+    if (type == EDGE_CT_JSON) {
+        size_t start = out->size;
+        if (ferry_json_to_msgpack (body, len, &limits, out, why, sizeof why)
+            != 0) {
+            out->size = start;
+            snprintf (err, errlen, "invalid JSON body: %s", why);
+            return 400;
+        }
+        return 0;
+    }
+    if (type == EDGE_CT_MSGPACK) {
+        if (ferry_msgpack_check (body, len, &limits, why, sizeof why) != 0) {
+            snprintf (err, errlen, "invalid msgpack body: %s", why);
+            return 400;
+        }
+        msgpack_sbuffer_write (out, body, len);
+        return 0;
+    }
+    snprintf (err, errlen, "%s",
+              type == EDGE_CT_NONE
+                  ? "a body needs Content-Type application/json or "
+                    "application/msgpack"
+                  : "Content-Type must be application/json or "
+                    "application/msgpack");
+    return 415;
+}
+
+int
+edge_request_encode (const edge_request_info_t *info, msgpack_sbuffer *out,
+                     char *err, size_t errlen)
+{
+    ferry_envelope_t *env = ferry_envelope_new (FERRY_KIND_REQUEST);
+    ferry_envelope_set_id (env, info->msg_id);
+    ferry_envelope_set_cid (env, info->request_id);
+    ferry_envelope_set_service (env, info->service);
+    ferry_envelope_set_operation (env, info->operation);
+    ferry_envelope_set_traceparent (env, info->traceparent);
+    if (info->idempotency_key)
+        ferry_envelope_set_idempotency_key (env, info->idempotency_key);
+    ferry_envelope_set_created (env, info->created_ms);
+    ferry_envelope_set_deadline (env, info->deadline_ms);
+    ferry_envelope_set_attempt (env, 1);
+    int rc = ferry_envelope_set_args_raw (env, info->args, info->args_len,
+                                          err, errlen);
+    if (rc == 0 && info->body)
+        rc = ferry_envelope_set_body_raw (env, info->body, info->body_len,
+                                          err, errlen);
+    if (rc == 0 && ferry_envelope_encode (env, out) != 0) {
+        snprintf (err, errlen, "cannot encode the request envelope");
+        rc = -1;
+    }
+    ferry_envelope_destroy (&env);
+    return rc;
+}
+
+void
+edge_output_clear (edge_output_t *out)
+{
+    free (out->body);
+    memset (out, 0, sizeof *out);
+}
+
+void
+edge_output_problem (edge_output_t *out, unsigned status,
+                     const char *detail, const char *request_id)
+{
+    edge_output_clear (out);
+    json_t *problem = json_object ();
+    json_object_set_new (problem, "type", json_string ("about:blank"));
+    json_object_set_new (problem, "title",
+                         json_string (ferry_status_title (status)));
+    json_object_set_new (problem, "status", json_integer (status));
+    /*  detail comes from our own messages, which may quote request text
+        that is not UTF-8: json_string refuses it, so fall back.  */
+    if (detail) {
+        json_t *d = json_string (detail);
+        json_object_set_new (problem, "detail",
+                             d ? d : json_string ("(detail not UTF-8)"));
+    }
+    if (request_id)
+        json_object_set_new (problem, "request_id", json_string (request_id));
+    out->status = status;
+    out->body = json_dumps (problem, JSON_COMPACT);
+    out->len = out->body ? strlen (out->body) : 0;
+    out->content_type = "application/problem+json";
+    json_decref (problem);
+}
+
+/*  Adds "request_id" to a JSON problem object that lacks one.  Takes the
+    buffer at *body_p and may replace it.  */
+static void
+s_problem_add_request_id (char **body_p, size_t *len, const char *request_id)
+{
+    json_t *obj = json_loadb (*body_p, *len, 0, NULL);
+    if (obj && json_is_object (obj) && !json_object_get (obj, "request_id")) {
+        json_object_set_new (obj, "request_id", json_string (request_id));
+        char *text = json_dumps (obj, JSON_COMPACT);
+        if (text) {
+            free (*body_p);
+            *body_p = text;
+            *len = strlen (text);
+        }
+    }
+    json_decref (obj);
+}
+
+int
+edge_output_reply (edge_output_t *out, const ferry_envelope_t *reply,
+                   const char *request_id, bool want_msgpack)
+{
+    edge_output_clear (out);
+    unsigned status = ferry_envelope_status (reply);
+    if (status < 100 || status > 599) {
+        edge_output_problem (out, 502, "the reply has no valid status",
+                             request_id);
+        return -1;
+    }
+    const char *ctype = ferry_envelope_header (reply, "content-type");
+    bool problem = ctype && strncasecmp (ctype, "application/problem+json",
+                                         strlen ("application/problem+json"))
+                                == 0;
+    const msgpack_object *body = ferry_envelope_body (reply);
+    if (body && want_msgpack) {
+        msgpack_sbuffer buf;
+        msgpack_sbuffer_init (&buf);
+        msgpack_packer pk;
+        msgpack_packer_init (&pk, &buf, msgpack_sbuffer_write);
+        msgpack_pack_object (&pk, *body);
+        out->len = buf.size;
+        out->body = msgpack_sbuffer_release (&buf);
+        out->content_type = "application/msgpack";
+    }
+    else if (body) {
+        out->body = ferry_msgpack_to_json (body, &out->len);
+        if (!out->body) {
+            edge_output_problem (out, 502, "the reply body has no JSON form",
+                                 request_id);
+            return -1;
+        }
+        if (problem && request_id)
+            s_problem_add_request_id (&out->body, &out->len, request_id);
+        out->content_type
+            = problem ? "application/problem+json" : "application/json";
+    }
+    out->status = status;
+    const char *retry = ferry_envelope_header (reply, "retry-after");
+    if (retry && strlen (retry) < sizeof out->retry_after)
+        strcpy (out->retry_after, retry);
+    const char *tp = ferry_envelope_header (reply, "traceparent");
+    if (tp && ferry_traceparent_valid (tp))
+        strcpy (out->traceresponse, tp);
+    return 0;
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+int
+edge_http_head_test (bool verbose)
+{
+    char err[128];
+    edge_head_t h;
+    edge_head_init (&h, 8192, 16384, 100, 30);
+    FERRY_CHECK (edge_head_add (&h, 4, 10, err, sizeof err) == 0);
+    /*  8 KiB per line: name + ": " + value.  */
+    FERRY_CHECK (edge_head_add (&h, 4, 8192 - 6, err, sizeof err) == 0);
+    FERRY_CHECK (edge_head_add (&h, 4, 8192 - 5, err, sizeof err) == 431);
+    FERRY_CHECK (strstr (err, "8192"));
+    /*  16 KiB in all.  */
+    edge_head_init (&h, 8192, 16384, 100, 30);
+    FERRY_CHECK (edge_head_add (&h, 10, 8000, err, sizeof err) == 0);
+    FERRY_CHECK (edge_head_add (&h, 10, 8000, err, sizeof err) == 0);
+    FERRY_CHECK (edge_head_add (&h, 10, 400, err, sizeof err) == 431);
+    FERRY_CHECK (strstr (err, "16384"));
+    /*  100 fields.  */
+    edge_head_init (&h, 8192, 16384, 100, 30);
+    for (int i = 0; i < 100; i++)
+        FERRY_CHECK (edge_head_add (&h, 3, 3, err, sizeof err) == 0);
+    FERRY_CHECK (edge_head_add (&h, 3, 3, err, sizeof err) == 431);
+    if (verbose)
+        printf ("# %s\n", err);
+    FERRY_CHECK (strstr (err, "100 header fields"));
+    return 0;
+}
+
+int
+edge_http_negotiation_test (bool verbose)
+{
+    (void) verbose;
+    FERRY_CHECK (edge_content_type (NULL) == EDGE_CT_NONE);
+    FERRY_CHECK (edge_content_type ("") == EDGE_CT_NONE);
+    FERRY_CHECK (edge_content_type ("application/json") == EDGE_CT_JSON);
+    FERRY_CHECK (edge_content_type ("Application/JSON; charset=utf-8")
+                 == EDGE_CT_JSON);
+    FERRY_CHECK (edge_content_type (" application/json ;charset=UTF-8")
+                 == EDGE_CT_JSON);
+    FERRY_CHECK (edge_content_type ("application/msgpack") == EDGE_CT_MSGPACK);
+    FERRY_CHECK (edge_content_type ("application/x-msgpack")
+                 == EDGE_CT_MSGPACK);
+    FERRY_CHECK (edge_content_type ("text/plain") == EDGE_CT_OTHER);
+    FERRY_CHECK (edge_content_type ("application/jsonx") == EDGE_CT_OTHER);
+    FERRY_CHECK (edge_content_type ("application/x-www-form-urlencoded")
+                 == EDGE_CT_OTHER);
+
+    FERRY_CHECK (!edge_accept_msgpack (NULL));
+    FERRY_CHECK (!edge_accept_msgpack (""));
+    FERRY_CHECK (!edge_accept_msgpack ("*/*"));
+    FERRY_CHECK (!edge_accept_msgpack ("application/*"));
+    FERRY_CHECK (!edge_accept_msgpack ("application/json"));
+    FERRY_CHECK (edge_accept_msgpack ("application/msgpack"));
+    FERRY_CHECK (edge_accept_msgpack ("application/x-msgpack"));
+    FERRY_CHECK (edge_accept_msgpack ("application/msgpack, */*;q=0.1"));
+    FERRY_CHECK (edge_accept_msgpack ("application/msgpack, application/json"));
+    FERRY_CHECK (edge_accept_msgpack (
+        "application/json;q=0.5, application/msgpack"));
+    FERRY_CHECK (!edge_accept_msgpack (
+        "application/json, application/msgpack;q=0.5"));
+    FERRY_CHECK (!edge_accept_msgpack ("application/msgpack;q=0"));
+    FERRY_CHECK (edge_accept_msgpack ("text/html ; q=0.2 , APPLICATION/MSGPACK"
+                                      " ; charset=x ; q=0.9"));
+    FERRY_CHECK (!edge_accept_msgpack ("application/msgpack;q=0.4, "
+                                       "application/*;q=0.5"));
+    return 0;
+}
+
+int
+edge_http_problem_test (bool verbose)
+{
+    edge_output_t out = {0};
+    edge_output_problem (&out, 404, "no route for GET /x", "req-1");
+    FERRY_CHECK (out.status == 404);
+    FERRY_CHECK (strcmp (out.content_type, "application/problem+json") == 0);
+    FERRY_CHECK (out.body && out.len == strlen (out.body));
+    if (verbose)
+        printf ("# %s\n", out.body);
+    json_t *j = json_loadb (out.body, out.len, 0, NULL);
+    FERRY_CHECK (j);
+    FERRY_CHECK (json_integer_value (json_object_get (j, "status")) == 404);
+    FERRY_CHECK (strcmp (json_string_value (json_object_get (j, "title")),
+                         "Not Found")
+                 == 0);
+    FERRY_CHECK (strcmp (json_string_value (json_object_get (j, "type")),
+                         "about:blank")
+                 == 0);
+    FERRY_CHECK (strcmp (json_string_value (json_object_get (j, "request_id")),
+                         "req-1")
+                 == 0);
+    FERRY_CHECK (strstr (json_string_value (json_object_get (j, "detail")),
+                         "GET /x"));
+    json_decref (j);
+    /*  Without a detail, and a detail that is not UTF-8.  */
+    edge_output_problem (&out, 504, NULL, "r");
+    FERRY_CHECK (out.status == 504 && !strstr (out.body, "detail"));
+    edge_output_problem (&out, 400, "bad \xff byte", "r");
+    FERRY_CHECK (out.body && strstr (out.body, "not UTF-8"));
+    edge_output_clear (&out);
+    FERRY_CHECK (out.body == NULL && out.status == 0);
+    edge_output_clear (&out);
+    return 0;
+}
+
+int
+edge_http_body_test (bool verbose)
+{
+    char err[256];
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init (&buf);
+    FERRY_CHECK (edge_body_to_msgpack (EDGE_CT_JSON, "", 0, 100, &buf, err,
+                                       sizeof err)
+                 == 0);
+    FERRY_CHECK (buf.size == 0);
+    const char *json = "{\"a\":1}";
+    FERRY_CHECK (edge_body_to_msgpack (EDGE_CT_JSON, json, strlen (json), 100,
+                                       &buf, err, sizeof err)
+                 == 0);
+    /*  fixmap(1) "a" 1  */
+    FERRY_CHECK (buf.size == 4 && (uint8_t) buf.data[0] == 0x81
+                 && buf.data[3] == 1);
+    msgpack_sbuffer_clear (&buf);
+    FERRY_CHECK (edge_body_to_msgpack (EDGE_CT_JSON, "{\"a\":", 5, 100, &buf,
+                                       err, sizeof err)
+                 == 400);
+    if (verbose)
+        printf ("# %s\n", err);
+    FERRY_CHECK (buf.size == 0);
+    FERRY_CHECK (edge_body_to_msgpack (EDGE_CT_MSGPACK, "\x81\xa1" "a\x01", 4,
+                                       100, &buf, err, sizeof err)
+                 == 0);
+    FERRY_CHECK (buf.size == 4);
+    msgpack_sbuffer_clear (&buf);
+    /*  A truncated map, then a value followed by trailing bytes.  */
+    FERRY_CHECK (edge_body_to_msgpack (EDGE_CT_MSGPACK, "\x82\xa1" "a\x01", 4,
+                                       100, &buf, err, sizeof err)
+                 == 400);
+    FERRY_CHECK (edge_body_to_msgpack (EDGE_CT_MSGPACK, "\x01\x02", 2, 100,
+                                       &buf, err, sizeof err)
+                 == 400);
+    FERRY_CHECK (edge_body_to_msgpack (EDGE_CT_OTHER, "x", 1, 100, &buf, err,
+                                       sizeof err)
+                 == 415);
+    FERRY_CHECK (edge_body_to_msgpack (EDGE_CT_NONE, "x", 1, 100, &buf, err,
+                                       sizeof err)
+                 == 415);
+    FERRY_CHECK (buf.size == 0);
+    msgpack_sbuffer_destroy (&buf);
+    return 0;
+}
+
+int
+edge_http_envelope_test (bool verbose)
+{
+    (void) verbose;
+    char err[256];
+    /*  Request: encode, then decode as the worker would.  */
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init (&buf);
+    char msg_id[FERRY_ID_LEN + 1], tp[FERRY_TRACEPARENT_LEN + 1];
+    ferry_id_generate (msg_id);
+    ferry_traceparent_continue (NULL, tp);
+    edge_request_info_t info = {
+        .msg_id = msg_id, .request_id = "client-7", .traceparent = tp,
+        .idempotency_key = "k1", .service = "app", .operation = "get_user",
+        .args = "\x81\xa2id\x2a", .args_len = 5, .body = "\xc0",
+        .body_len = 1, .created_ms = 1000, .deadline_ms = 6000};
+    FERRY_CHECK (edge_request_encode (&info, &buf, err, sizeof err) == 0);
+    ferry_envelope_t *req
+        = ferry_envelope_decode (buf.data, buf.size, NULL, err, sizeof err);
+    FERRY_CHECK (req);
+    FERRY_CHECK (ferry_envelope_kind (req) == FERRY_KIND_REQUEST);
+    FERRY_CHECK (strcmp (ferry_envelope_id (req), msg_id) == 0);
+    FERRY_CHECK (strcmp (ferry_envelope_cid (req), "client-7") == 0);
+    FERRY_CHECK (strcmp (ferry_envelope_service (req), "app") == 0);
+    FERRY_CHECK (strcmp (ferry_envelope_operation (req), "get_user") == 0);
+    FERRY_CHECK (strcmp (ferry_envelope_traceparent (req), tp) == 0);
+    FERRY_CHECK (strcmp (ferry_envelope_idempotency_key (req), "k1") == 0);
+    FERRY_CHECK (ferry_envelope_deadline (req) == 6000);
+    FERRY_CHECK (ferry_envelope_attempt (req) == 1);
+    const msgpack_object *id = ferry_envelope_arg (req, "id");
+    FERRY_CHECK (id && id->via.u64 == 42);
+
+    /*  Reply: JSON, msgpack, problem with the request id added.  */
+    ferry_envelope_t *rep = ferry_envelope_new_reply (req, 200);
+    FERRY_CHECK (ferry_envelope_set_body_raw (rep, "\x81\xa1x\x01", 4, err,
+                                              sizeof err)
+                 == 0);
+    char tp2[FERRY_TRACEPARENT_LEN + 1];
+    ferry_traceparent_continue (tp, tp2);
+    ferry_envelope_set_header (rep, "traceparent", tp2);
+    edge_output_t out = {0};
+    FERRY_CHECK (edge_output_reply (&out, rep, "client-7", false) == 0);
+    FERRY_CHECK (out.status == 200);
+    FERRY_CHECK (strcmp (out.content_type, "application/json") == 0);
+    FERRY_CHECK (out.len == 7 && memcmp (out.body, "{\"x\":1}", 7) == 0);
+    FERRY_CHECK (strcmp (out.traceresponse, tp2) == 0);
+    FERRY_CHECK (edge_output_reply (&out, rep, "client-7", true) == 0);
+    FERRY_CHECK (strcmp (out.content_type, "application/msgpack") == 0);
+    FERRY_CHECK (out.len == 4 && memcmp (out.body, "\x81\xa1x\x01", 4) == 0);
+    ferry_envelope_destroy (&rep);
+
+    rep = ferry_envelope_new_reply (req, 503);
+    ferry_envelope_set_problem (rep, 503, NULL, "queue full", NULL);
+    ferry_envelope_set_header (rep, "retry-after", "1");
+    FERRY_CHECK (edge_output_reply (&out, rep, "client-7", false) == 0);
+    FERRY_CHECK (out.status == 503);
+    FERRY_CHECK (strcmp (out.content_type, "application/problem+json") == 0);
+    FERRY_CHECK (strcmp (out.retry_after, "1") == 0);
+    FERRY_CHECK (strstr (out.body, "\"request_id\":\"client-7\""));
+    ferry_envelope_destroy (&rep);
+
+    /*  No body: no content type.  */
+    rep = ferry_envelope_new_reply (req, 204);
+    FERRY_CHECK (edge_output_reply (&out, rep, "client-7", false) == 0);
+    FERRY_CHECK (out.status == 204 && out.body == NULL && !out.content_type);
+    ferry_envelope_destroy (&rep);
+    edge_output_clear (&out);
+    ferry_envelope_destroy (&req);
+    msgpack_sbuffer_destroy (&buf);
+    return 0;
+}

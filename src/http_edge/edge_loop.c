@@ -1,0 +1,1207 @@
+/*  edge_loop.c: one event loop of ferry-edge (see edge_loop.h).
+
+    The loop thread owns everything here: the libmicrohttpd daemon (run in
+    external mode: we wait on its epoll fd, then call MHD_run), the DEALER
+    socket to the broker, the pending table (msg_id -> parked request) and
+    a deadline heap.  Nothing is locked because nothing is shared except
+    the read-only settings.
+
+    A request goes through libmicrohttpd's access handler several times:
+      1st call   headers only: limits, request id, trace, route, query
+                 arguments, Content-Length and Content-Type checks;
+      next calls body chunks, counted against the route's max_body;
+      last call  upload complete: body to msgpack, envelope, send REQ,
+                 suspend the connection and park it under its msg_id;
+      resumed    the reply (or the deadline) resumed it: queue the response.
+    Responses are queued from the second call onwards, never the first,
+    except for errors on requests that announced a body: answering on the
+    first call makes libmicrohttpd 0.9.75 close the connection (fine for a
+    413: the body is never read; fatal to keep-alive otherwise).
+
+    ZeroMQ's ZMQ_FD only signals edges: after it fires, and after every
+    send (a send can consume the edge), the loop reads ZMQ_EVENTS and
+    drains until POLLIN clears, and never sleeps while POLLIN is set.  */
+
+#include "ferry.h"
+#include "log.h"
+#include "proto.h"
+#include "edge_http.h"
+#include "edge_loop.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+/*  How long a draining loop waits for its pending requests.  */
+#define S_DRAIN_MS 5000
+
+typedef enum {
+    S_HEAD = 0,   /* first call not yet seen */
+    S_BODY = 1,   /* accepted; reading the body */
+    S_PARKED = 2, /* suspended, waiting for the reply */
+    S_ANSWER = 3  /* out holds the response to queue */
+} s_stage_t;
+
+typedef struct _edge_loop_t edge_loop_t;
+
+/*  One HTTP request, from its first handler call to MHD's completion
+    callback.  */
+typedef struct {
+    edge_loop_t *loop;
+    struct MHD_Connection *conn;
+    s_stage_t stage;
+    const edge_route_t *route;   /* NULL for /healthz, /readyz and errors */
+    msgpack_sbuffer args;        /* packed on the first call */
+    char request_id[129];        /* X-Request-Id, kept or generated */
+    char msg_id[FERRY_ID_LEN + 1];
+    char traceparent[FERRY_TRACEPARENT_LEN + 1];
+    char *idempotency_key;       /* NULL when absent */
+    edge_ct_t ctype;             /* request Content-Type */
+    bool want_msgpack;           /* Accept prefers msgpack */
+    char *body;                  /* accumulated body */
+    size_t body_len, body_cap;
+    size_t heap_index;           /* in loop->heap, SIZE_MAX when not */
+    int64_t deadline_mono;       /* for the local timer */
+    uint64_t deadline_wall;      /* travels in the envelope */
+    int64_t started;             /* monotonic ms, for the access log */
+    edge_output_t out;           /* what to answer */
+} s_req_t;
+
+struct _edge_loop_t {
+    zsock_t *pipe;                   /* to the parent (main) */
+    const edge_settings_t *settings; /* shared, read-only */
+    size_t index;                    /* for logs */
+    struct MHD_Daemon *daemon;       /* NULL until START */
+    zsock_t *dealer;                 /* to the broker frontend */
+    void *dealer_handle;             /* libzmq handle of dealer */
+    int epoll_fd;
+    zhashx_t *pending;      /* msg_id -> s_req_t, not owning */
+    s_req_t **heap;         /* pending by deadline_mono, a binary heap */
+    size_t heap_size;       /* same as zhashx_size (pending) */
+    size_t active;          /* requests alive (handler seen, not done) */
+    int64_t next_heartbeat; /* monotonic ms */
+    int64_t last_broker;    /* monotonic ms of the last broker message */
+    char *services;         /* services with workers, last HB: " a b " */
+    bool draining;
+    int64_t drain_deadline;
+    bool drained_sent;
+    bool terminated;
+};
+
+/* ---- deadline heap ---------------------------------------------------------
+    Replies usually come long before the deadline, so removals from the
+    middle are the common case: each request knows its index.  */
+
+static void
+s_heap_swap (edge_loop_t *self, size_t a, size_t b)
+{
+    s_req_t *t = self->heap[a];
+    self->heap[a] = self->heap[b];
+    self->heap[b] = t;
+    self->heap[a]->heap_index = a;
+    self->heap[b]->heap_index = b;
+}
+
+static void
+s_heap_up (edge_loop_t *self, size_t i)
+{
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (self->heap[parent]->deadline_mono <= self->heap[i]->deadline_mono)
+            break;
+        s_heap_swap (self, i, parent);
+        i = parent;
+    }
+}
+
+static void
+s_heap_down (edge_loop_t *self, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < self->heap_size
+            && self->heap[l]->deadline_mono < self->heap[m]->deadline_mono)
+            m = l;
+        if (r < self->heap_size
+            && self->heap[r]->deadline_mono < self->heap[m]->deadline_mono)
+            m = r;
+        if (m == i)
+            return;
+        s_heap_swap (self, i, m);
+        i = m;
+    }
+}
+
+/*  Parks req: pending table and heap.  The heap array was sized for
+    max_inflight at start, and callers check the limit first.  */
+static void
+s_park (edge_loop_t *self, s_req_t *req)
+{
+    zhashx_insert (self->pending, req->msg_id, req);
+    req->heap_index = self->heap_size;
+    self->heap[self->heap_size++] = req;
+    s_heap_up (self, req->heap_index);
+    req->stage = S_PARKED;
+}
+
+static void
+s_unpark (edge_loop_t *self, s_req_t *req)
+{
+    if (req->heap_index == SIZE_MAX)
+        return;
+    zhashx_delete (self->pending, req->msg_id);
+    size_t i = req->heap_index;
+    self->heap_size--;
+    if (i != self->heap_size) {
+        s_heap_swap (self, i, self->heap_size);
+        s_heap_up (self, i);
+        s_heap_down (self, self->heap[i]->heap_index);
+    }
+    req->heap_index = SIZE_MAX;
+}
+
+/*  The reply (or the deadline) is in req->out: wake the connection so MHD
+    calls the handler again, which queues the response.  */
+static void
+s_answer_parked (edge_loop_t *self, s_req_t *req)
+{
+    s_unpark (self, req);
+    req->stage = S_ANSWER;
+    MHD_resume_connection (req->conn);
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+static s_req_t *
+s_req_new (edge_loop_t *self, struct MHD_Connection *conn)
+{
+    s_req_t *req = ferry_calloc (1, sizeof *req);
+    req->loop = self;
+    req->conn = conn;
+    req->heap_index = SIZE_MAX;
+    req->started = ferry_mono_ms ();
+    msgpack_sbuffer_init (&req->args);
+    self->active++;
+    return req;
+}
+
+static void
+s_req_destroy (s_req_t **req_p)
+{
+    s_req_t *req = *req_p;
+    if (!req)
+        return;
+    s_unpark (req->loop, req);
+    req->loop->active--;
+    msgpack_sbuffer_destroy (&req->args);
+    free (req->idempotency_key);
+    free (req->body);
+    edge_output_clear (&req->out);
+    free (req);
+    *req_p = NULL;
+}
+
+static void
+s_fail (s_req_t *req, unsigned status, const char *detail)
+{
+    edge_output_problem (&req->out, status, detail, req->request_id);
+    req->stage = S_ANSWER;
+}
+
+/*  Hands req->out to libmicrohttpd.  Returns MHD_YES, or MHD_NO when the
+    response could not be queued (MHD then closes the connection).  */
+static enum MHD_Result
+s_queue (s_req_t *req)
+{
+    edge_output_t *out = &req->out;
+    struct MHD_Response *resp;
+    if (out->body) {
+        resp = MHD_create_response_from_buffer (out->len, out->body,
+                                                MHD_RESPMEM_MUST_FREE);
+        if (resp)
+            out->body = NULL; /* MHD frees it with free() */
+    }
+    else
+        resp = MHD_create_response_from_buffer (0, NULL,
+                                                MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    if (out->content_type && out->len)
+        MHD_add_response_header (resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                 out->content_type);
+    MHD_add_response_header (resp, "X-Request-Id", req->request_id);
+    if (out->allow[0])
+        MHD_add_response_header (resp, MHD_HTTP_HEADER_ALLOW, out->allow);
+    if (out->retry_after[0])
+        MHD_add_response_header (resp, MHD_HTTP_HEADER_RETRY_AFTER,
+                                 out->retry_after);
+    if (out->traceresponse[0])
+        MHD_add_response_header (resp, "traceresponse", out->traceresponse);
+    if (req->loop->draining)
+        MHD_add_response_header (resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result rc = MHD_queue_response (req->conn, out->status, resp);
+    MHD_destroy_response (resp);
+    log_debug ("request id=%s route=\"%s\" status=%u ms=%lld",
+               req->request_id,
+               req->route ? edge_route_template (req->route) : "-",
+               out->status, (long long) (ferry_mono_ms () - req->started));
+    return rc;
+}
+
+typedef struct {
+    edge_head_t head;
+    int status;
+    char err[128];
+} s_head_ctx_t;
+
+static enum MHD_Result
+s_head_field (void *cls, enum MHD_ValueKind kind, const char *key,
+              size_t key_size, const char *value, size_t value_size)
+{
+    (void) kind;
+    (void) key;
+    (void) value;
+    s_head_ctx_t *ctx = cls;
+    ctx->status = edge_head_add (&ctx->head, key_size, value_size, ctx->err,
+                                 sizeof ctx->err);
+    return ctx->status ? MHD_NO : MHD_YES;
+}
+
+static const char *
+s_query_value (void *ctx, const char *name)
+{
+    return MHD_lookup_connection_value (ctx, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static const char *
+s_header (s_req_t *req, const char *name)
+{
+    return MHD_lookup_connection_value (req->conn, MHD_HEADER_KIND, name);
+}
+
+/*  /readyz: the broker answered heartbeats recently and every service a
+    route uses has a worker.  */
+static void
+s_readyz (edge_loop_t *self, s_req_t *req)
+{
+    const edge_settings_t *st = self->settings;
+    int64_t now = ferry_mono_ms ();
+    bool broker = self->last_broker
+                  && now - self->last_broker
+                         <= st->liveness * st->heartbeat_ms;
+    json_t *missing = json_array ();
+    for (size_t i = 0; i < st->nservices; i++) {
+        char needle[FERRY_NAME_MAX + 3];
+        snprintf (needle, sizeof needle, " %s ", st->services[i]);
+        if (!broker || !self->services || !strstr (self->services, needle))
+            json_array_append_new (missing, json_string (st->services[i]));
+    }
+    bool ready = broker && json_array_size (missing) == 0;
+    json_t *body = json_pack ("{s:s, s:b, s:o}", "status",
+                              ready ? "ready" : "not ready", "broker",
+                              broker, "missing_workers", missing);
+    edge_output_clear (&req->out);
+    req->out.status = ready ? 200 : 503;
+    req->out.body = json_dumps (body, JSON_COMPACT);
+    req->out.len = req->out.body ? strlen (req->out.body) : 0;
+    req->out.content_type = "application/json";
+    json_decref (body);
+    req->stage = S_ANSWER;
+}
+
+static void
+s_healthz (s_req_t *req)
+{
+    edge_output_clear (&req->out);
+    req->out.status = 200;
+    req->out.body = ferry_strdup ("{\"status\":\"ok\"}");
+    req->out.len = strlen (req->out.body);
+    req->out.content_type = "application/json";
+    req->stage = S_ANSWER;
+}
+
+/*  The first handler call: everything the head decides.  Leaves req in
+    S_BODY (go on) or S_ANSWER (out holds an error or a health answer).  */
+static void
+s_begin (edge_loop_t *self, s_req_t *req, const char *url,
+         const char *method, const char *version)
+{
+    const edge_settings_t *st = self->settings;
+    const char *rid = s_header (req, "X-Request-Id");
+    if (rid && ferry_request_id_valid (rid))
+        snprintf (req->request_id, sizeof req->request_id, "%s", rid);
+    else
+        ferry_id_generate (req->request_id);
+    ferry_traceparent_continue (s_header (req, "traceparent"),
+                                req->traceparent);
+    req->want_msgpack = edge_accept_msgpack (s_header (req, "Accept"));
+
+    s_head_ctx_t head = {.status = 0};
+    edge_head_init (&head.head, st->max_header_line, st->max_header_total,
+                    st->max_header_count,
+                    strlen (method) + strlen (url) + strlen (version) + 2);
+    MHD_get_connection_values_n (req->conn, MHD_HEADER_KIND, s_head_field,
+                                 &head);
+    if (head.status) {
+        s_fail (req, (unsigned) head.status, head.err);
+        return;
+    }
+    bool get = strcmp (method, "GET") == 0 || strcmp (method, "HEAD") == 0;
+    if (get && strcmp (url, "/healthz") == 0) {
+        s_healthz (req);
+        return;
+    }
+    if (get && strcmp (url, "/readyz") == 0) {
+        s_readyz (self, req);
+        return;
+    }
+    edge_match_t match;
+    char err[256];
+    int status = edge_routes_match (st->routes, method, url, &match);
+    if (status == 404) {
+        snprintf (err, sizeof err, "no route for %s %s", method, url);
+        s_fail (req, 404, err);
+        return;
+    }
+    if (status == 405) {
+        snprintf (err, sizeof err, "%s is not allowed here; use %s", method,
+                  match.allow);
+        s_fail (req, 405, err);
+        strcpy (req->out.allow, match.allow);
+        return;
+    }
+    req->route = match.route;
+    if (edge_route_pack_args (&match, s_query_value, req->conn, &req->args,
+                              err, sizeof err)
+        != 0) {
+        s_fail (req, 400, err);
+        return;
+    }
+    const char *length = s_header (req, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    uint64_t declared = 0;
+    if (length && ferry_parse_uint64 (length, &declared) == 0
+        && declared > edge_route_max_body (req->route)) {
+        snprintf (err, sizeof err, "the body is larger than %llu bytes",
+                  (unsigned long long) edge_route_max_body (req->route));
+        s_fail (req, 413, err);
+        return;
+    }
+    req->ctype = edge_content_type (s_header (req, "Content-Type"));
+    bool body = declared > 0
+                || s_header (req, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    if (body && req->ctype != EDGE_CT_JSON && req->ctype != EDGE_CT_MSGPACK) {
+        s_fail (req, 415,
+                "Content-Type must be application/json or "
+                "application/msgpack");
+        return;
+    }
+    const char *key = s_header (req, "Idempotency-Key");
+    if (key) {
+        if (!ferry_request_id_valid (key)) {
+            s_fail (req, 400,
+                    "Idempotency-Key must be 1 to 128 visible ASCII "
+                    "characters");
+            return;
+        }
+        req->idempotency_key = ferry_strdup (key);
+    }
+    req->stage = S_BODY;
+}
+
+/*  Sends the REQ for req.  Returns 0, or -1 when the DEALER refused it
+    (its queue to an absent broker is full).  */
+static int
+s_send (edge_loop_t *self, s_req_t *req, const msgpack_sbuffer *payload)
+{
+    const edge_route_t *route = req->route;
+    const char *service = edge_route_service (route);
+    char deadline[24];
+    snprintf (deadline, sizeof deadline, "%llu",
+              (unsigned long long) req->deadline_wall);
+    const char *flags = edge_route_retryable (route) ? "r" : "";
+    void *s = self->dealer_handle;
+    /*  A DEALER delivers all parts of a message or none, so only the first
+        send can fail, and DONTWAIT keeps the loop from blocking when the
+        broker is away and the queue is full.  */
+    if (zmq_send (s, FERRY_PROTO, 4, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    zmq_send (s, FERRY_CMD_REQ, strlen (FERRY_CMD_REQ), ZMQ_SNDMORE);
+    zmq_send (s, service, strlen (service), ZMQ_SNDMORE);
+    zmq_send (s, req->msg_id, FERRY_ID_LEN, ZMQ_SNDMORE);
+    zmq_send (s, deadline, strlen (deadline), ZMQ_SNDMORE);
+    zmq_send (s, flags, strlen (flags), ZMQ_SNDMORE);
+    zmq_send (s, payload->data, payload->size, 0);
+    return 0;
+}
+
+/*  The last handler call of a request in S_BODY: the body is complete.  */
+static void
+s_dispatch (edge_loop_t *self, s_req_t *req)
+{
+    char err[320];
+    const edge_route_t *route = req->route;
+    msgpack_sbuffer body;
+    msgpack_sbuffer_init (&body);
+    int status = edge_body_to_msgpack (req->ctype, req->body, req->body_len,
+                                       edge_route_max_body (route), &body, err,
+                                       sizeof err);
+    free (req->body);
+    req->body = NULL;
+    if (status) {
+        msgpack_sbuffer_destroy (&body);
+        s_fail (req, (unsigned) status, err);
+        return;
+    }
+    if (zhashx_size (self->pending) >= self->settings->max_inflight) {
+        msgpack_sbuffer_destroy (&body);
+        s_fail (req, 503, "too many requests in flight");
+        strcpy (req->out.retry_after, "1");
+        return;
+    }
+    ferry_id_generate (req->msg_id);
+    int64_t timeout = edge_route_timeout_ms (route);
+    uint64_t now = ferry_wall_ms ();
+    req->deadline_wall = now + (uint64_t) timeout;
+    req->deadline_mono = ferry_mono_ms () + timeout;
+    edge_request_info_t info = {
+        .msg_id = req->msg_id,
+        .request_id = req->request_id,
+        .traceparent = req->traceparent,
+        .idempotency_key = req->idempotency_key,
+        .service = edge_route_service (route),
+        .operation = edge_route_operation (route),
+        .args = req->args.data,
+        .args_len = req->args.size,
+        .body = body.size ? body.data : NULL,
+        .body_len = body.size,
+        .created_ms = now,
+        .deadline_ms = req->deadline_wall,
+    };
+    msgpack_sbuffer payload;
+    msgpack_sbuffer_init (&payload);
+    int rc = edge_request_encode (&info, &payload, err, sizeof err);
+    msgpack_sbuffer_destroy (&body);
+    if (rc != 0) {
+        msgpack_sbuffer_destroy (&payload);
+        log_warn ("envelope failed id=%s reason=\"%s\"", req->request_id,
+                  err);
+        s_fail (req, 500, "the request could not be encoded");
+        return;
+    }
+    rc = s_send (self, req, &payload);
+    msgpack_sbuffer_destroy (&payload);
+    if (rc != 0) {
+        s_fail (req, 503, "the broker is not reachable");
+        strcpy (req->out.retry_after, "1");
+        return;
+    }
+    MHD_suspend_connection (req->conn);
+    s_park (self, req);
+}
+
+static enum MHD_Result
+s_on_request (void *cls, struct MHD_Connection *conn, const char *url,
+              const char *method, const char *version,
+              const char *upload_data, size_t *upload_data_size,
+              void **req_cls)
+{
+    edge_loop_t *self = cls;
+    s_req_t *req = *req_cls;
+    if (!req) {
+        req = s_req_new (self, conn);
+        *req_cls = req;
+        s_begin (self, req, url, method, version);
+        /*  An error on a request that announced a body is answered now, so
+            the body is never read (MHD closes the connection after it).
+            Everything else waits for the next call: keep-alive.  */
+        if (req->stage == S_ANSWER
+            && (s_header (req, MHD_HTTP_HEADER_TRANSFER_ENCODING)
+                || (s_header (req, MHD_HTTP_HEADER_CONTENT_LENGTH)
+                    && strcmp (s_header (req, MHD_HTTP_HEADER_CONTENT_LENGTH),
+                               "0")
+                           != 0)))
+            return s_queue (req);
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t size = *upload_data_size;
+        *upload_data_size = 0;
+        if (req->stage != S_BODY)
+            return MHD_YES;
+        uint64_t max = edge_route_max_body (req->route);
+        if (req->body_len + size > max) {
+            char err[96];
+            snprintf (err, sizeof err, "the body is larger than %llu bytes",
+                      (unsigned long long) max);
+            free (req->body);
+            req->body = NULL;
+            s_fail (req, 413, err);
+            return s_queue (req);
+        }
+        if (req->body_len + size > req->body_cap) {
+            size_t cap = req->body_cap ? req->body_cap : 4096;
+            while (cap < req->body_len + size)
+                cap *= 2;
+            req->body = ferry_realloc (req->body, cap);
+            req->body_cap = cap;
+        }
+        memcpy (req->body + req->body_len, upload_data, size);
+        req->body_len += size;
+        return MHD_YES;
+    }
+    if (req->stage == S_BODY)
+        s_dispatch (self, req);
+    if (req->stage == S_ANSWER)
+        return s_queue (req);
+    return MHD_YES;
+}
+
+static void
+s_on_completed (void *cls, struct MHD_Connection *conn, void **req_cls,
+                enum MHD_RequestTerminationCode toe)
+{
+    (void) cls;
+    (void) conn;
+    s_req_t *req = *req_cls;
+    if (req && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        log_debug ("request ended id=%s code=%d", req->request_id, (int) toe);
+    s_req_destroy (&req);
+    *req_cls = NULL;
+}
+
+static void
+s_mhd_log (void *cls, const char *fmt, va_list ap)
+{
+    (void) cls;
+    char msg[512];
+    vsnprintf (msg, sizeof msg, fmt, ap);
+    size_t len = strlen (msg);
+    while (len && (msg[len - 1] == '\n' || msg[len - 1] == '\r'))
+        msg[--len] = '\0';
+    log_warn ("libmicrohttpd: %s", msg);
+}
+
+/* ---- broker side ----------------------------------------------------------- */
+
+static bool
+s_frame_is (zmq_msg_t *frame, const char *text)
+{
+    size_t len = strlen (text);
+    return zmq_msg_size (frame) == len
+           && memcmp (zmq_msg_data (frame), text, len) == 0;
+}
+
+/*  Handles one message from the broker (frames after the signature).  */
+static void
+s_broker_message (edge_loop_t *self, zmq_msg_t *frames, size_t count)
+{
+    self->last_broker = ferry_mono_ms ();
+    if (count >= 2 && s_frame_is (&frames[1], FERRY_CMD_HB)) {
+        /*  " a b " so that a service is found as " name ".  */
+        size_t len = count >= 3 ? zmq_msg_size (&frames[2]) : 0;
+        free (self->services);
+        self->services = ferry_malloc (len + 3);
+        self->services[0] = ' ';
+        if (len)
+            memcpy (self->services + 1, zmq_msg_data (&frames[2]), len);
+        self->services[len + 1] = ' ';
+        self->services[len + 2] = '\0';
+        return;
+    }
+    if (count != 4 || !s_frame_is (&frames[1], FERRY_CMD_REP)
+        || zmq_msg_size (&frames[2]) != FERRY_ID_LEN) {
+        log_warn ("loop=%zu unexpected message from the broker (%zu frames)",
+                  self->index, count);
+        return;
+    }
+    char msg_id[FERRY_ID_LEN + 1];
+    memcpy (msg_id, zmq_msg_data (&frames[2]), FERRY_ID_LEN);
+    msg_id[FERRY_ID_LEN] = '\0';
+    s_req_t *req = zhashx_lookup (self->pending, msg_id);
+    if (!req) {
+        log_debug ("late reply dropped msg_id=%s", msg_id);
+        return;
+    }
+    char err[256];
+    ferry_limits_t limits = ferry_limits_default;
+    limits.max_frame = FERRY_MAX_MESSAGE_DEFAULT;
+    if (limits.max_string < limits.max_frame)
+        limits.max_string = limits.max_frame;
+    ferry_envelope_t *reply
+        = ferry_envelope_decode (zmq_msg_data (&frames[3]),
+                                 zmq_msg_size (&frames[3]), &limits, err,
+                                 sizeof err);
+    if (!reply) {
+        log_warn ("bad reply id=%s msg_id=%s reason=\"%s\"", req->request_id,
+                  msg_id, err);
+        edge_output_problem (&req->out, 502, "the reply could not be decoded",
+                             req->request_id);
+    }
+    else {
+        if (edge_output_reply (&req->out, reply, req->request_id,
+                               req->want_msgpack)
+            != 0)
+            log_warn ("reply not shown id=%s msg_id=%s", req->request_id,
+                      msg_id);
+        ferry_envelope_destroy (&reply);
+    }
+    s_answer_parked (self, req);
+}
+
+/*  Reads everything the DEALER holds.  */
+static void
+s_dealer_drain (edge_loop_t *self)
+{
+    enum { MAX_FRAMES = 8 };
+    while (zsock_events (self->dealer) & ZMQ_POLLIN) {
+        zmq_msg_t frames[MAX_FRAMES];
+        size_t count = 0;
+        bool more = true, bad = false;
+        while (more) {
+            zmq_msg_t scratch, *f = count < MAX_FRAMES ? &frames[count]
+                                                       : &scratch;
+            zmq_msg_init (f);
+            if (zmq_msg_recv (f, self->dealer_handle, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close (f);
+                bad = true;
+                break;
+            }
+            more = zmq_msg_more (f);
+            if (f == &scratch) {
+                zmq_msg_close (f);
+                bad = true;
+            }
+            else
+                count++;
+        }
+        if (!bad && count >= 2 && s_frame_is (&frames[0], FERRY_PROTO))
+            s_broker_message (self, frames, count);
+        else
+            log_warn ("loop=%zu malformed message from the broker",
+                      self->index);
+        for (size_t i = 0; i < count; i++)
+            zmq_msg_close (&frames[i]);
+    }
+}
+
+static void
+s_heartbeat (edge_loop_t *self, int64_t now)
+{
+    if (now < self->next_heartbeat)
+        return;
+    self->next_heartbeat = now + self->settings->heartbeat_ms;
+    if (zmq_send (self->dealer_handle, FERRY_PROTO, 4,
+                  ZMQ_SNDMORE | ZMQ_DONTWAIT)
+        == 4)
+        zmq_send (self->dealer_handle, FERRY_CMD_HB, strlen (FERRY_CMD_HB),
+                  0);
+}
+
+/*  Answers every request whose deadline passed with 504; their late
+    replies will find nothing in the table and be dropped.  */
+static void
+s_expire (edge_loop_t *self, int64_t now)
+{
+    while (self->heap_size && self->heap[0]->deadline_mono <= now) {
+        s_req_t *req = self->heap[0];
+        char detail[96];
+        snprintf (detail, sizeof detail, "no reply within %lld ms",
+                  (long long) edge_route_timeout_ms (req->route));
+        log_debug ("deadline passed id=%s msg_id=%s", req->request_id,
+                   req->msg_id);
+        edge_output_problem (&req->out, 504, detail, req->request_id);
+        s_answer_parked (self, req);
+    }
+}
+
+/*  Answers everything still parked with 503 (shutting down).  */
+static void
+s_abandon_all (edge_loop_t *self)
+{
+    while (self->heap_size) {
+        s_req_t *req = self->heap[0];
+        edge_output_problem (&req->out, 503, "the edge is shutting down",
+                             req->request_id);
+        s_answer_parked (self, req);
+    }
+}
+
+/* ---- the loop --------------------------------------------------------------- */
+
+static edge_loop_t *
+s_loop_new (zsock_t *pipe, const edge_loop_args_t *args)
+{
+    edge_loop_t *self = ferry_calloc (1, sizeof *self);
+    self->pipe = pipe;
+    self->settings = args->settings;
+    self->index = args->index;
+    self->epoll_fd = -1;
+    self->pending = zhashx_new ();
+    /*  Keys are the requests' own msg_id buffers, alive while parked.  */
+    zhashx_set_key_duplicator (self->pending, NULL);
+    zhashx_set_key_destructor (self->pending, NULL);
+    self->heap = ferry_calloc (self->settings->max_inflight,
+                               sizeof *self->heap);
+    return self;
+}
+
+static void
+s_loop_destroy (edge_loop_t **self_p)
+{
+    edge_loop_t *self = *self_p;
+    if (!self)
+        return;
+    if (self->daemon) {
+        /*  Resume what is parked so MHD can finish and free it.  */
+        s_abandon_all (self);
+        MHD_run (self->daemon);
+        MHD_stop_daemon (self->daemon);
+    }
+    zsock_destroy (&self->dealer);
+    if (self->epoll_fd >= 0)
+        close (self->epoll_fd);
+    zhashx_destroy (&self->pending);
+    free (self->heap);
+    free (self->services);
+    free (self);
+    *self_p = NULL;
+}
+
+static int
+s_epoll_add (edge_loop_t *self, int fd)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data = {.fd = fd}};
+    return epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/*  START: listen and connect.  Returns 0 or -1 (logged).  */
+static int
+s_start (edge_loop_t *self)
+{
+    const edge_settings_t *st = self->settings;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME
+                     | MHD_USE_ERROR_LOG;
+    if (st->address.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    /*  The pool holds the request head (MHD answers 431 when it does not
+        fit) and the response head; our own checks give the exact limits. */
+    size_t memory = 2 * st->max_header_total + 16 * 1024;
+    self->daemon = MHD_start_daemon (
+        flags, 0, NULL, NULL, s_on_request, self,
+        /*  The logger first, so no message escapes to MHD's own.  */
+        MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self, MHD_OPTION_SOCK_ADDR,
+        (const struct sockaddr *) &st->address,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned) 1,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned) 1024,
+        MHD_OPTION_CONNECTION_LIMIT, st->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, st->connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
+        MHD_OPTION_STRICT_FOR_CLIENT, (int) 1, MHD_OPTION_NOTIFY_COMPLETED,
+        s_on_completed, self, MHD_OPTION_END);
+    if (!self->daemon) {
+        log_error ("loop=%zu cannot listen on %s", self->index, st->listen);
+        return -1;
+    }
+    self->dealer = zsock_new (ZMQ_DEALER);
+    if (!self->dealer) {
+        log_error ("loop=%zu cannot create the broker socket", self->index);
+        return -1;
+    }
+    self->dealer_handle = zsock_resolve (self->dealer);
+    zsock_set_maxmsgsize (self->dealer, FERRY_MAX_MESSAGE_DEFAULT);
+    /*  While the broker is away the DEALER queues: room for every request
+        the loop may have in flight, and their deadlines bound the wait. */
+    zsock_set_sndhwm (self->dealer, (int) st->max_inflight + 64);
+    zsock_set_rcvhwm (self->dealer, (int) st->max_inflight + 64);
+    zsock_set_linger (self->dealer, 0);
+    if (zsock_connect (self->dealer, "%s", st->broker) != 0) {
+        log_error ("loop=%zu cannot connect to the broker at %s",
+                   self->index, st->broker);
+        return -1;
+    }
+    self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
+    const union MHD_DaemonInfo *info
+        = MHD_get_daemon_info (self->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    if (self->epoll_fd < 0 || !info || s_epoll_add (self, info->epoll_fd)
+        || s_epoll_add (self, zsock_fd (self->dealer))
+        || s_epoll_add (self, zsock_fd (self->pipe))) {
+        log_error ("loop=%zu epoll: %s", self->index, strerror (errno));
+        return -1;
+    }
+    self->next_heartbeat = 0;
+    return 0;
+}
+
+static void
+s_pipe_command (edge_loop_t *self)
+{
+    while (zsock_events (self->pipe) & ZMQ_POLLIN) {
+        zmsg_t *msg = zmsg_recv (self->pipe);
+        if (!msg) {
+            self->terminated = true;
+            return;
+        }
+        char *cmd = zmsg_popstr (msg);
+        if (cmd && streq (cmd, "$TERM"))
+            self->terminated = true;
+        else if (cmd && streq (cmd, "START")) {
+            int rc = self->daemon ? -1 : s_start (self);
+            zsock_signal (self->pipe, rc == 0 ? 0 : 1);
+        }
+        else if (cmd && streq (cmd, "DRAIN") && self->daemon
+                 && !self->draining) {
+            self->draining = true;
+            self->drain_deadline = ferry_mono_ms () + S_DRAIN_MS;
+            /*  Stop accepting: other loops' sockets stay open until they
+                drain too, then the port closes.  */
+            MHD_socket fd = MHD_quiesce_daemon (self->daemon);
+            if (fd != MHD_INVALID_SOCKET)
+                close (fd);
+        }
+        else
+            log_warn ("loop=%zu unknown command %s", self->index,
+                      cmd ? cmd : "(none)");
+        free (cmd);
+        zmsg_destroy (&msg);
+    }
+}
+
+static int
+s_timeout (edge_loop_t *self, int64_t now)
+{
+    if (zsock_events (self->dealer) & ZMQ_POLLIN)
+        return 0;
+    int64_t t = self->next_heartbeat - now;
+    if (self->heap_size && self->heap[0]->deadline_mono - now < t)
+        t = self->heap[0]->deadline_mono - now;
+    if (self->draining && t > 50)
+        t = 50;
+    MHD_UNSIGNED_LONG_LONG mhd;
+    if (MHD_get_timeout (self->daemon, &mhd) == MHD_YES
+        && (int64_t) mhd < t)
+        t = (int64_t) mhd;
+    return t < 0 ? 0 : (int) t;
+}
+
+static void
+s_run (edge_loop_t *self)
+{
+    struct epoll_event events[4];
+    while (!self->terminated) {
+        if (self->draining && !self->drained_sent) {
+            int64_t now = ferry_mono_ms ();
+            if (self->active == 0 || now >= self->drain_deadline) {
+                if (self->active)
+                    log_warn ("loop=%zu drain timed out with %zu requests",
+                              self->index, self->active);
+                s_abandon_all (self);
+                MHD_run (self->daemon);
+                zstr_send (self->pipe, "DRAINED");
+                self->drained_sent = true;
+            }
+        }
+        int timeout = s_timeout (self, ferry_mono_ms ());
+        if (epoll_wait (self->epoll_fd, events, 4, timeout) < 0
+            && errno != EINTR) {
+            log_error ("loop=%zu epoll_wait: %s", self->index,
+                       strerror (errno));
+            break;
+        }
+        s_pipe_command (self);
+        if (self->terminated)
+            break;
+        s_dealer_drain (self);
+        int64_t now = ferry_mono_ms ();
+        s_expire (self, now);
+        s_heartbeat (self, now);
+        MHD_run (self->daemon);
+    }
+}
+
+void
+edge_loop_actor (zsock_t *pipe, void *args)
+{
+    edge_loop_t *self = s_loop_new (pipe, args);
+    zsock_signal (pipe, 0);
+    /*  Commands until START succeeds; then the epoll loop.  */
+    while (!self->terminated && !self->daemon) {
+        zmsg_t *msg = zmsg_recv (pipe);
+        if (!msg)
+            break;
+        char *cmd = zmsg_popstr (msg);
+        if (cmd && streq (cmd, "START")) {
+            int rc = s_start (self);
+            zsock_signal (pipe, rc == 0 ? 0 : 1);
+            if (rc != 0) {
+                /*  Keep the daemon pointer meaning "started": a half
+                    started loop waits for $TERM only.  */
+                if (self->daemon) {
+                    MHD_stop_daemon (self->daemon);
+                    self->daemon = NULL;
+                }
+            }
+        }
+        else if (cmd && streq (cmd, "$TERM"))
+            self->terminated = true;
+        free (cmd);
+        zmsg_destroy (&msg);
+    }
+    if (self->daemon)
+        s_run (self);
+    s_loop_destroy (&self);
+}
+
+/* ---- tests -------------------------------------------------------------------
+    A real loop on a free port, a ROUTER in the test standing in for the
+    broker, and plain sockets for the HTTP client: keep-alive, a reply
+    found by msg_id, 404, 405 with Allow, 504 with the late reply dropped,
+    /healthz.  */
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+
+static int
+s_test_port (void)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    if (fd < 0 || bind (fd, (struct sockaddr *) &sa, sizeof sa) != 0
+        || getsockname (fd, (struct sockaddr *) &sa, &len) != 0) {
+        if (fd >= 0)
+            close (fd);
+        return -1;
+    }
+    close (fd);
+    return ntohs (sa.sin_port);
+}
+
+static int
+s_test_connect (int port)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons ((uint16_t) port)};
+    sa.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    if (fd >= 0 && connect (fd, (struct sockaddr *) &sa, sizeof sa) == 0)
+        return fd;
+    if (fd >= 0)
+        close (fd);
+    return -1;
+}
+
+/*  Sends a request and reads one response (head and Content-Length body)
+    into buf.  Returns its length, or -1 on timeout or close.  */
+static ssize_t
+s_test_http (int fd, const char *request, char *buf, size_t size)
+{
+    if (request && write (fd, request, strlen (request))
+                       != (ssize_t) strlen (request))
+        return -1;
+    size_t got = 0;
+    int64_t until = ferry_mono_ms () + 3000;
+    for (;;) {
+        buf[got] = '\0';
+        char *end = strstr (buf, "\r\n\r\n");
+        if (end) {
+            const char *cl = strcasestr (buf, "Content-Length: ");
+            size_t body = cl && cl < end ? strtoul (cl + 16, NULL, 10) : 0;
+            if (got >= (size_t) (end + 4 - buf) + body)
+                return (ssize_t) got;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int64_t left = until - ferry_mono_ms ();
+        if (left <= 0 || poll (&p, 1, (int) left) != 1)
+            return -1;
+        ssize_t n = read (fd, buf + got, size - 1 - got);
+        if (n <= 0)
+            return -1;
+        got += (size_t) n;
+    }
+}
+
+/*  Receives the next REQ at the fake broker (skipping heartbeats).  */
+static zmsg_t *
+s_test_broker_req (zsock_t *router)
+{
+    for (int i = 0; i < 20; i++) {
+        zmsg_t *msg = zmsg_recv (router);
+        if (!msg)
+            return NULL;
+        zmsg_first (msg);             /* identity */
+        zframe_t *cmd = zmsg_next (msg); /* signature */
+        cmd = zmsg_next (msg);
+        if (cmd && zframe_streq (cmd, FERRY_CMD_REQ))
+            return msg;
+        zmsg_destroy (&msg);
+    }
+    return NULL;
+}
+
+/*  Answers a REQ with status and a JSON-ish body {"id": N}.  */
+static int
+s_test_broker_reply (zsock_t *router, zmsg_t *req, unsigned status)
+{
+    zframe_t *identity = zmsg_first (req);
+    zframe_t *msg_id = NULL;
+    for (int i = 0; i < 4; i++) /* signature, REQ, service, msg_id */
+        msg_id = zmsg_next (req);
+    zframe_t *payload = zmsg_last (req);
+    char err[200];
+    ferry_envelope_t *env = ferry_envelope_decode (
+        zframe_data (payload), zframe_size (payload), NULL, err, sizeof err);
+    if (!env)
+        return -1;
+    ferry_envelope_t *rep = ferry_envelope_new_reply (env, status);
+    const msgpack_object *id = ferry_envelope_arg (env, "id");
+    char body[16];
+    body[0] = (char) 0x81;
+    body[1] = (char) 0xa2;
+    body[2] = 'i';
+    body[3] = 'd';
+    body[4] = (char) (id ? id->via.u64 & 0x7f : 0);
+    ferry_envelope_set_body_raw (rep, body, 5, err, sizeof err);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init (&buf);
+    ferry_envelope_encode (rep, &buf);
+    zmsg_t *out = zmsg_new ();
+    zmsg_append (out, &(zframe_t *) {zframe_dup (identity)});
+    zmsg_addstr (out, FERRY_PROTO);
+    zmsg_addstr (out, FERRY_CMD_REP);
+    zmsg_append (out, &(zframe_t *) {zframe_dup (msg_id)});
+    zmsg_addmem (out, buf.data, buf.size);
+    int rc = zmsg_send (&out, router);
+    msgpack_sbuffer_destroy (&buf);
+    ferry_envelope_destroy (&rep);
+    ferry_envelope_destroy (&env);
+    return rc;
+}
+
+int
+edge_loop_test (bool verbose)
+{
+    zsock_t *router = zsock_new_router ("tcp://127.0.0.1:*");
+    FERRY_CHECK (router);
+    zsock_set_rcvtimeo (router, 3000);
+    int port = s_test_port ();
+    FERRY_CHECK (port > 0);
+
+    edge_settings_t st = {0};
+    char listen[32];
+    snprintf (listen, sizeof listen, "127.0.0.1:%d", port);
+    st.listen = listen;
+    struct sockaddr_in *sa = (struct sockaddr_in *) &st.address;
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons ((uint16_t) port);
+    sa->sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    st.address_len = sizeof *sa;
+    st.broker = (char *) zsock_endpoint (router);
+    st.loops = 1;
+    st.max_connections = 16;
+    st.max_inflight = 16;
+    st.connection_timeout_s = 5;
+    st.max_header_line = 8192;
+    st.max_header_total = 16384;
+    st.max_header_count = 100;
+    st.heartbeat_ms = 1000;
+    st.liveness = 3;
+    st.routes = edge_routes_new ();
+    char err[256];
+    FERRY_CHECK (edge_routes_add (st.routes, "GET /users/{id:int}", "app",
+                                  "get_user", 2000, 1024, err, sizeof err));
+    FERRY_CHECK (edge_routes_add (st.routes, "POST /users", "app",
+                                  "create_user", 2000, 16, err, sizeof err));
+    FERRY_CHECK (edge_routes_add (st.routes, "GET /slow", "app", "slow", 200,
+                                  1024, err, sizeof err));
+
+    edge_loop_args_t args = {&st, 0};
+    zactor_t *loop = zactor_new (edge_loop_actor, &args);
+    zstr_send (loop, "START");
+    FERRY_CHECK (zsock_wait (loop) == 0);
+    int fd = s_test_connect (port);
+    FERRY_CHECK (fd >= 0);
+    char buf[8192];
+
+    /*  A routed request: the reply finds its connection by msg_id.  */
+    const char *get = "GET /users/42 HTTP/1.1\r\nHost: t\r\n"
+                      "X-Request-Id: test-1\r\n\r\n";
+    FERRY_CHECK (write (fd, get, strlen (get)) == (ssize_t) strlen (get));
+    zmsg_t *req = s_test_broker_req (router);
+    FERRY_CHECK (req);
+    FERRY_CHECK (s_test_broker_reply (router, req, 200) == 0);
+    zmsg_destroy (&req);
+    FERRY_CHECK (s_test_http (fd, NULL, buf, sizeof buf) > 0);
+    if (verbose)
+        printf ("# %s\n", buf);
+    FERRY_CHECK (strncmp (buf, "HTTP/1.1 200", 12) == 0);
+    FERRY_CHECK (strcasestr (buf, "X-Request-Id: test-1\r\n"));
+    FERRY_CHECK (!strcasestr (buf, "Connection: close"));
+    FERRY_CHECK (strstr (buf, "\r\n\r\n{\"id\":42}"));
+
+    /*  Same connection (keep-alive): 404, 405 with Allow, /healthz.  */
+    FERRY_CHECK (s_test_http (fd, "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", buf,
+                              sizeof buf)
+                 > 0);
+    FERRY_CHECK (strncmp (buf, "HTTP/1.1 404", 12) == 0);
+    FERRY_CHECK (strcasestr (buf, "application/problem+json"));
+    FERRY_CHECK (strcasestr (buf, "X-Request-Id: "));
+    FERRY_CHECK (strstr (buf, "\"request_id\""));
+    FERRY_CHECK (s_test_http (fd, "PUT /users HTTP/1.1\r\nHost: t\r\n\r\n",
+                              buf, sizeof buf)
+                 > 0);
+    FERRY_CHECK (strncmp (buf, "HTTP/1.1 405", 12) == 0);
+    FERRY_CHECK (strcasestr (buf, "Allow: POST\r\n"));
+    FERRY_CHECK (s_test_http (fd, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+                              buf, sizeof buf)
+                 > 0);
+    FERRY_CHECK (strncmp (buf, "HTTP/1.1 200", 12) == 0);
+    FERRY_CHECK (strstr (buf, "{\"status\":\"ok\"}"));
+    /*  415 and 400 on bodies; the connection stays usable after both.  */
+    FERRY_CHECK (s_test_http (fd,
+                              "POST /users HTTP/1.1\r\nHost: t\r\n"
+                              "Content-Type: application/json\r\n"
+                              "Content-Length: 3\r\n\r\n{x}",
+                              buf, sizeof buf)
+                 > 0);
+    FERRY_CHECK (strncmp (buf, "HTTP/1.1 400", 12) == 0);
+    /*  413 from Content-Length, answered before the body is read.  */
+    FERRY_CHECK (s_test_http (fd,
+                              "POST /users HTTP/1.1\r\nHost: t\r\n"
+                              "Content-Type: application/json\r\n"
+                              "Content-Length: 100\r\n\r\n",
+                              buf, sizeof buf)
+                 > 0);
+    FERRY_CHECK (strncmp (buf, "HTTP/1.1 413", 12) == 0);
+    close (fd);
+
+    /*  504 when the backend stays silent; the late reply is dropped.  */
+    fd = s_test_connect (port);
+    FERRY_CHECK (fd >= 0);
+    int64_t t0 = ferry_mono_ms ();
+    FERRY_CHECK (s_test_http (fd, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n", buf,
+                              sizeof buf)
+                 > 0);
+    FERRY_CHECK (strncmp (buf, "HTTP/1.1 504", 12) == 0);
+    FERRY_CHECK (ferry_mono_ms () - t0 >= 190);
+    req = s_test_broker_req (router);
+    FERRY_CHECK (req);
+    FERRY_CHECK (s_test_broker_reply (router, req, 200) == 0);
+    zmsg_destroy (&req);
+    FERRY_CHECK (s_test_http (fd, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+                              buf, sizeof buf)
+                 > 0);
+    FERRY_CHECK (strncmp (buf, "HTTP/1.1 200", 12) == 0);
+    close (fd);
+
+    zactor_destroy (&loop);
+    edge_routes_destroy (&st.routes);
+    zsock_destroy (&router);
+    return 0;
+}
