@@ -218,7 +218,8 @@ invalid("duplicate unknown key", Pairs(list(request().items())
         "duplicate key 'x'")
 invalid("integer key", Pairs(list(request().items()) + [(7, 1)]),
         "key is not a string")
-invalid("bin key", Pairs([(Raw(b"\xc4\x01v"), 1)] + list(request().items())[1:]),
+invalid("bin key",
+        Pairs([(Raw(b"\xc4\x01v"), 1)] + list(request().items())[1:]),
         "key is not a string")
 invalid("missing kind", without(request(), "kind"), "missing field 'kind'")
 invalid("unknown kind", request(kind="command"), "field 'kind': unknown kind")

@@ -1184,7 +1184,7 @@ int ferry_envelope_problem_test (bool verbose);
 int ferry_envelope_vectors_test (bool verbose);
 
 static bool
-s_test_streq (const char *a, const char *b)
+s_eq (const char *a, const char *b)
 {
     return a && b && strcmp (a, b) == 0;
 }
@@ -1283,27 +1283,27 @@ ferry_envelope_test (bool verbose)
     FERRY_CHECK (copy);
     FERRY_CHECK (ferry_envelope_kind (copy) == FERRY_KIND_REQUEST);
     FERRY_CHECK (ferry_envelope_version (copy) == 1);
-    FERRY_CHECK (s_test_streq (ferry_envelope_id (copy), "m-1"));
-    FERRY_CHECK (s_test_streq (ferry_envelope_cid (copy), "req-42"));
+    FERRY_CHECK (s_eq (ferry_envelope_id (copy), "m-1"));
+    FERRY_CHECK (s_eq (ferry_envelope_cid (copy), "req-42"));
     FERRY_CHECK (ferry_envelope_re (copy) == NULL);
-    FERRY_CHECK (s_test_streq (ferry_envelope_service (copy), "app"));
-    FERRY_CHECK (s_test_streq (ferry_envelope_operation (copy), "get_user"));
-    FERRY_CHECK (s_test_streq (ferry_envelope_principal (copy), "user:ada"));
-    FERRY_CHECK (s_test_streq (ferry_envelope_idempotency_key (copy), "idem-1"));
+    FERRY_CHECK (s_eq (ferry_envelope_service (copy), "app"));
+    FERRY_CHECK (s_eq (ferry_envelope_operation (copy), "get_user"));
+    FERRY_CHECK (s_eq (ferry_envelope_principal (copy), "user:ada"));
+    FERRY_CHECK (s_eq (ferry_envelope_idempotency_key (copy), "idem-1"));
     FERRY_CHECK (strncmp (ferry_envelope_traceparent (copy), "00-4bf9", 7)
                  == 0);
-    FERRY_CHECK (s_test_streq (ferry_envelope_reply_to (copy), "ferry.replies"));
+    FERRY_CHECK (s_eq (ferry_envelope_reply_to (copy), "ferry.replies"));
     FERRY_CHECK (ferry_envelope_deadline (copy) == 1700000005000);
     FERRY_CHECK (ferry_envelope_created (copy) == 1700000000000);
     FERRY_CHECK (ferry_envelope_attempt (copy) == 2);
     FERRY_CHECK (ferry_envelope_status (copy) == 0);
     FERRY_CHECK (ferry_envelope_header_count (copy) == 2);
-    FERRY_CHECK (s_test_streq (ferry_envelope_header (copy, "ACCEPT"),
+    FERRY_CHECK (s_eq (ferry_envelope_header (copy, "ACCEPT"),
                          "application/json"));
     FERRY_CHECK (ferry_envelope_header (copy, "x-gone") == NULL);
     const char *name, *value;
     FERRY_CHECK (ferry_envelope_header_at (copy, 1, &name, &value) == 0);
-    FERRY_CHECK (s_test_streq (name, "x-b") && s_test_streq (value, "2"));
+    FERRY_CHECK (s_eq (name, "x-b") && s_eq (value, "2"));
     FERRY_CHECK (ferry_envelope_header_at (copy, 2, &name, &value) == -1);
     const msgpack_object *id = ferry_envelope_arg (copy, "id");
     FERRY_CHECK (id && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER
@@ -1464,9 +1464,9 @@ int
 ferry_envelope_problem_test (bool verbose)
 {
     char err[160];
-    FERRY_CHECK (s_test_streq (ferry_status_title (404), "Not Found"));
-    FERRY_CHECK (s_test_streq (ferry_status_title (503), "Service Unavailable"));
-    FERRY_CHECK (s_test_streq (ferry_status_title (299), "Unknown"));
+    FERRY_CHECK (s_eq (ferry_status_title (404), "Not Found"));
+    FERRY_CHECK (s_eq (ferry_status_title (503), "Service Unavailable"));
+    FERRY_CHECK (s_eq (ferry_status_title (299), "Unknown"));
 
     ferry_envelope_t *req = ferry_envelope_new (FERRY_KIND_REQUEST);
     ferry_envelope_set_id (req, "m-1");
@@ -1476,16 +1476,16 @@ ferry_envelope_problem_test (bool verbose)
     ferry_envelope_t *rep = ferry_envelope_new_reply (req, 200);
     FERRY_CHECK (ferry_envelope_kind (rep) == FERRY_KIND_REPLY);
     FERRY_CHECK (strlen (ferry_envelope_id (rep)) == FERRY_ID_LEN);
-    FERRY_CHECK (s_test_streq (ferry_envelope_re (rep), "m-1"));
-    FERRY_CHECK (s_test_streq (ferry_envelope_cid (rep), "req-42"));
-    FERRY_CHECK (s_test_streq (ferry_envelope_traceparent (rep),
+    FERRY_CHECK (s_eq (ferry_envelope_re (rep), "m-1"));
+    FERRY_CHECK (s_eq (ferry_envelope_cid (rep), "req-42"));
+    FERRY_CHECK (s_eq (ferry_envelope_traceparent (rep),
                          ferry_envelope_traceparent (req)));
     FERRY_CHECK (ferry_envelope_status (rep) == 200);
     FERRY_CHECK (ferry_envelope_created (rep) > 0);
 
     ferry_envelope_set_problem (rep, 409, NULL, "email taken", "23505");
     FERRY_CHECK (ferry_envelope_status (rep) == 409);
-    FERRY_CHECK (s_test_streq (ferry_envelope_header (rep, "content-type"),
+    FERRY_CHECK (s_eq (ferry_envelope_header (rep, "content-type"),
                          "application/problem+json"));
     FERRY_CHECK (s_test_json_is (
         ferry_envelope_body (rep),
@@ -1508,9 +1508,9 @@ ferry_envelope_problem_test (bool verbose)
     rep = ferry_envelope_decode (sb.data, sb.size, NULL, err, sizeof err);
     FERRY_CHECK (rep);
     FERRY_CHECK (ferry_envelope_kind (rep) == FERRY_KIND_REPLY);
-    FERRY_CHECK (s_test_streq (ferry_envelope_re (rep), "m-7"));
+    FERRY_CHECK (s_eq (ferry_envelope_re (rep), "m-7"));
     FERRY_CHECK (ferry_envelope_status (rep) == 503);
-    FERRY_CHECK (s_test_streq (ferry_envelope_header (rep, "retry-after"), "2"));
+    FERRY_CHECK (s_eq (ferry_envelope_header (rep, "retry-after"), "2"));
     FERRY_CHECK (s_test_json_is (
         ferry_envelope_body (rep),
         "{\"type\":\"about:blank\",\"title\":\"Service Unavailable\","
@@ -1577,7 +1577,7 @@ s_test_matches (const ferry_envelope_t *self, json_t *expect)
     json_object_foreach (expect, key, want) {
         size_t f;
         for (f = 0; f < F_COUNT; f++)
-            if (s_test_streq (key, s_fields[f].key))
+            if (s_eq (key, s_fields[f].key))
                 break;
         if (f == F_COUNT) {
             fprintf (stderr, "# unknown field '%s' in expect\n", key);
@@ -1599,13 +1599,13 @@ s_test_matches (const ferry_envelope_t *self, json_t *expect)
                           : !self->has[f];
             break;
         case T_KIND:
-            ok = want && s_test_streq (json_string_value (want),
+            ok = want && s_eq (json_string_value (want),
                                  s_kind_names[self->kind]);
             break;
         case T_HDRS:
             ok = self->hdr_count == json_object_size (want);
             for (size_t i = 0; i < self->hdr_count && ok; i++)
-                ok = s_test_streq (json_string_value (json_object_get (
+                ok = s_eq (json_string_value (json_object_get (
                                  want, self->hdr_name[i])),
                              self->hdr_value[i]);
             break;
@@ -1624,7 +1624,7 @@ s_test_matches (const ferry_envelope_t *self, json_t *expect)
             break;
         default:
             ok = want ? self->str[f]
-                            && s_test_streq (json_string_value (want), self->str[f])
+                            && s_eq (json_string_value (want), self->str[f])
                       : !self->str[f];
         }
         if (!ok) {
