@@ -2,7 +2,18 @@
     (tests/unit/selftest.c).  Each module keeps its test at its bottom.  */
 
 #include "ferry.h"
+#include "worker_ops.h"
+#include "worker_pgerror.h"
+#include "worker_pool.h"
+#include "worker_values.h"
 
 const ferry_test_t worker_tests[] = {
+    {"pgerror", worker_pgerror_test},
+    {"values_pack", worker_values_pack_test},
+    {"values_param", worker_values_param_test},
+    {"ops_param", worker_ops_param_test},
+    {"ops_config", worker_ops_config_test},
+    {"ops_bind", worker_ops_bind_test},
+    {"pool_config", worker_pool_config_test},
     {NULL, NULL},
 };

@@ -1,0 +1,32 @@
+/*  worker_actor.h: one worker actor: a broker DEALER socket, a
+    non-blocking PostgreSQL connection, its own credit and a local FIFO of
+    the messages it holds.  Run with zactor_new (worker_actor, &args).
+
+    Events the actor sends to its parent on the pipe, as single strings:
+    "CONNECTED" when its PostgreSQL connection is up and it has announced
+    itself to the broker, "DISCONNECTED" when it lost it and withdrew.  */
+
+#ifndef WORKER_ACTOR_H_INCLUDED
+#define WORKER_ACTOR_H_INCLUDED
+
+#include "worker_ops.h"
+
+#include <czmq.h>
+
+/*  What an actor is told at start.  The pool owns it and keeps it alive
+    (and unchanged) until the actor is destroyed.  */
+typedef struct {
+    const char *pool;         /* for logs */
+    const char *service;      /* announced with READY */
+    unsigned credit;          /* messages held at once */
+    const worker_ops_t *ops;  /* shared, read-only */
+    const char *conninfo;     /* libpq; "" = PG* environment */
+    const char *broker;       /* backend endpoint to connect to */
+    int64_t heartbeat_ms;
+    unsigned liveness;
+    unsigned index;           /* actor number in the pool, for logs */
+} worker_actor_args_t;
+
+void worker_actor (zsock_t *pipe, void *args);
+
+#endif
