@@ -258,7 +258,7 @@ edge_settings_destroy (edge_settings_t **self_p)
     *self_p = NULL;
 }
 
-/* ---- tests ---------------------------------------------------------------- */
+/* ---- tests --------------------------------------------------------------- */
 
 static edge_settings_t *
 s_load_text (const char *text, char *err, size_t errlen)

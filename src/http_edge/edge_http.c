@@ -322,7 +322,7 @@ edge_output_reply (edge_output_t *out, const ferry_envelope_t *reply,
     return 0;
 }
 
-/* ---- tests ---------------------------------------------------------------- */
+/* ---- tests --------------------------------------------------------------- */
 
 int
 edge_http_head_test (bool verbose)

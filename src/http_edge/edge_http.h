@@ -76,7 +76,7 @@ typedef struct {
 int edge_request_encode (const edge_request_info_t *info,
                          msgpack_sbuffer *out, char *err, size_t errlen);
 
-/* ---- responses ------------------------------------------------------------ */
+/* ---- responses ----------------------------------------------------------- */
 typedef struct {
     unsigned status;
     char *body;               /* owned, free(); NULL for no body */

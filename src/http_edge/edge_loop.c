@@ -39,6 +39,8 @@
 
 /*  How long a draining loop waits for its pending requests.  */
 #define S_DRAIN_MS 5000
+/*  Body bytes read and dropped after a 413 before the edge closes.  */
+#define S_DISCARD_MIN (1024 * 1024)
 
 typedef enum {
     S_HEAD = 0,   /* first call not yet seen */
@@ -65,6 +67,7 @@ typedef struct {
     bool want_msgpack;           /* Accept prefers msgpack */
     char *body;                  /* accumulated body */
     size_t body_len, body_cap;
+    size_t discarded;            /* body bytes dropped after a 413 */
     size_t heap_index;           /* in loop->heap, SIZE_MAX when not */
     int64_t deadline_mono;       /* for the local timer */
     uint64_t deadline_wall;      /* travels in the envelope */
@@ -175,7 +178,7 @@ s_answer_parked (edge_loop_t *self, s_req_t *req)
     MHD_resume_connection (req->conn);
 }
 
-/* ---- requests -------------------------------------------------------------- */
+/* ---- requests ------------------------------------------------------------ */
 
 static s_req_t *
 s_req_new (edge_loop_t *self, struct MHD_Connection *conn)
@@ -531,17 +534,25 @@ s_on_request (void *cls, struct MHD_Connection *conn, const char *url,
     if (*upload_data_size) {
         size_t size = *upload_data_size;
         *upload_data_size = 0;
-        if (req->stage != S_BODY)
-            return MHD_YES;
-        uint64_t max = edge_route_max_body (req->route);
+        uint64_t max = req->route ? edge_route_max_body (req->route) : 0;
+        if (req->stage != S_BODY) {
+            /*  Over the limit while reading: libmicrohttpd 0.9.75 cannot
+                answer in the middle of a body, so the rest is read and
+                dropped, up to as much again (or 1 MiB), and answered 413
+                at its end; a client that sends more is cut off.  */
+            uint64_t allowed = max > S_DISCARD_MIN ? max : S_DISCARD_MIN;
+            req->discarded += size;
+            return req->discarded > allowed ? MHD_NO : MHD_YES;
+        }
         if (req->body_len + size > max) {
             char err[96];
             snprintf (err, sizeof err, "the body is larger than %llu bytes",
                       (unsigned long long) max);
             free (req->body);
             req->body = NULL;
+            req->discarded = req->body_len + size;
             s_fail (req, 413, err);
-            return s_queue (req);
+            return MHD_YES;
         }
         if (req->body_len + size > req->body_cap) {
             size_t cap = req->body_cap ? req->body_cap : 4096;
@@ -586,7 +597,7 @@ s_mhd_log (void *cls, const char *fmt, va_list ap)
     log_warn ("libmicrohttpd: %s", msg);
 }
 
-/* ---- broker side ----------------------------------------------------------- */
+/* ---- broker side --------------------------------------------------------- */
 
 static bool
 s_frame_is (zmq_msg_t *frame, const char *text)
@@ -731,7 +742,7 @@ s_abandon_all (edge_loop_t *self)
     }
 }
 
-/* ---- the loop --------------------------------------------------------------- */
+/* ---- the loop ------------------------------------------------------------ */
 
 static edge_loop_t *
 s_loop_new (zsock_t *pipe, const edge_loop_args_t *args)
@@ -956,7 +967,7 @@ edge_loop_actor (zsock_t *pipe, void *args)
     s_loop_destroy (&self);
 }
 
-/* ---- tests -------------------------------------------------------------------
+/* ---- tests ------------------------------------------------------------------
     A real loop on a free port, a ROUTER in the test standing in for the
     broker, and plain sockets for the HTTP client: keep-alive, a reply
     found by msg_id, 404, 405 with Allow, 504 with the late reply dropped,

@@ -647,7 +647,7 @@ edge_route_retryable (const edge_route_t *self)
     return strcmp (self->method, "GET") == 0;
 }
 
-/* ---- tests ---------------------------------------------------------------- */
+/* ---- tests --------------------------------------------------------------- */
 
 static edge_route_t *
 s_add (edge_routes_t *t, const char *tmpl)
