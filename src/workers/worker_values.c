@@ -403,6 +403,9 @@ s_string_param (const msgpack_object *obj, char *err, size_t errlen,
         snprintf (err, errlen, "must be %s", what);
         return NULL;
     }
+    /*  msgpack-c leaves ptr NULL for an empty string.  */
+    if (obj->via.str.size == 0)
+        return ferry_strdup ("");
     if (memchr (obj->via.str.ptr, '\0', obj->via.str.size)) {
         snprintf (err, errlen, "must not contain NUL characters");
         return NULL;
@@ -441,7 +444,8 @@ static bool
 s_is_str (const msgpack_object *o, const char *s)
 {
     return o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen (s)
-           && memcmp (o->via.str.ptr, s, o->via.str.size) == 0;
+           && (o->via.str.size == 0
+               || memcmp (o->via.str.ptr, s, o->via.str.size) == 0);
 }
 
 int
