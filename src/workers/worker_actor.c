@@ -739,15 +739,11 @@ s_job_complete (s_actor_t *self)
             s_job_send (self);
             return;
         }
-        char detail[192];
-        if (self->constraint[0] && strncmp (self->sqlstate, "23", 2) == 0)
-            snprintf (detail, sizeof detail, "%s (constraint %s)", e.detail,
-                      self->constraint);
-        else
-            snprintf (detail, sizeof detail, "%s", e.detail);
+        /*  The constraint name stays in our log: schema names are
+            nobody's business outside.  */
         char sqlstate[6];
         memcpy (sqlstate, self->sqlstate, sizeof sqlstate);
-        s_job_problem (self, e.status, detail,
+        s_job_problem (self, e.status, e.detail,
                        e.show_sqlstate && sqlstate[0] ? sqlstate : NULL);
         if (e.reconnect)
             s_pg_lost (self, "server error");
@@ -1017,8 +1013,10 @@ s_slot_result (s_actor_t *self, const s_slot_t *slot, PGresult *r)
                           self->name, self->op ? self->op->name : "(setup)",
                           self->sqlstate, text ? text : "");
             else
-                log_debug ("statement failed actor=%s sqlstate=%s",
-                           self->name, self->sqlstate);
+                log_debug ("statement failed actor=%s sqlstate=%s "
+                           "constraint=%s",
+                           self->name, self->sqlstate,
+                           self->constraint[0] ? self->constraint : "-");
         }
         PQclear (r);
         return;

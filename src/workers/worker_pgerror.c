@@ -4,8 +4,8 @@
     mapping lives in one table (CONVENTIONS.md: "one function classifies
     PostgreSQL failures").  The details are our own fixed words per class:
     server messages can quote table contents and connection strings, so
-    none of them reaches a client.  The actor may add the constraint name
-    for class 23, which is schema, not data.  */
+    none of them reaches a client (nor do constraint names: they go to
+    the log).  */
 
 #include "ferry.h"
 #include "worker_pgerror.h"
