@@ -322,6 +322,67 @@ def _():
     check_eq(len(ids), 2, "distinct new trace ids")
 
 
+@tap.test("POST /users with an explicit id keeps it")
+def _():
+    r = post("/users", {"id": 5000, "name": "Chosen",
+                        "email": "chosen-%s@example.com" % RUN})
+    check(r.status == 201, r.describe())
+    check_eq(r.json().get("id"), 5000, "id")
+    check_eq(stack.psql("SELECT name FROM users WHERE id = 5000"), "Chosen",
+             "row in PostgreSQL")
+
+
+@tap.test("GET /reports/slow?seconds=0.01 (pool reports) answers 200")
+def _():
+    r = get("/reports/slow?seconds=0.01")
+    check(r.status == 200, r.describe())
+    b = r.json()
+    check_eq(b.get("seconds"), 0.01, "seconds (a JSON number)")
+    check_eq(b.get("slept"), True, "slept (a JSON boolean)")
+
+
+@tap.test("GET /reports/slow without the required query or with a bad "
+          "number is a 400 problem")
+def _():
+    check_problem(get("/reports/slow"), 400, "missing seconds")
+    check_problem(get("/reports/slow?seconds=abc"), 400, "seconds=abc")
+
+
+@tap.test("400 concurrent requests on 16 keep-alive connections each get "
+          "their own reply")
+def _():
+    import threading
+    errors = []
+
+    def client(k):
+        conn = harness.http.client.HTTPConnection(
+            "127.0.0.1", stack.http_port, timeout=15)
+        try:
+            for i in range(25):
+                n = 1 + (k * 25 + i) % 1000
+                rid = "c%d-%d-%s" % (k, i, RUN)
+                r = harness.request(stack.http_port, "GET", "/users/%d" % n,
+                                    headers={"X-Request-Id": rid}, conn=conn)
+                if (r.status != 200 or r.json().get("id") != n
+                        or r.header("X-Request-Id") != rid):
+                    errors.append("GET /users/%d as %s: %s"
+                                  % (n, rid, r.describe()))
+                    return
+        except Exception as e:
+            errors.append("client %d: %s" % (k, e))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True)
+               for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    check(not any(t.is_alive() for t in threads), "clients hung for 60 s")
+    check(not errors, "\n".join(errors[:5]))
+
+
 @tap.test("keep-alive: 5 requests on one connection")
 def _():
     conn = harness.http.client.HTTPConnection("127.0.0.1", stack.http_port,

@@ -36,7 +36,7 @@ GHOST = """\
       operation: nothing
 """
 SETS = ["broker.services.reports.queue_limit=2", "pools.reports.actors=1",
-        "pools.reports.credit=1"]
+        "pools.reports.credit=1", "edge.connection_timeout=1s"]
 ghost = {}
 
 
@@ -158,6 +158,35 @@ def _():
     check(r.status == 503, r.describe())
     r = get("/users/5", port=ghost["port"])
     check(r.status == 200, "other routes on that edge: " + r.describe())
+
+
+@tap.test("a client that stalls mid-header is cut off (408 or close)")
+def _():
+    import socket
+    s = socket.create_connection(("127.0.0.1", stack.http_port), timeout=10)
+    try:
+        s.sendall(b"GET /users/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slo")
+        t0 = time.monotonic()
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            raise harness.TestFailure("still open after 10 s (connection_"
+                                      "timeout is 1 s)")
+        except ConnectionResetError:
+            pass
+        took = time.monotonic() - t0
+        check(took < 5.0, "closed only after %.1f s" % took)
+        check(data == b"" or data.startswith(b"HTTP/1.1 408"),
+              "unexpected answer: %r" % data[:200])
+    finally:
+        s.close()
+    r = get("/users/1")
+    check(r.status == 200, "edge after the slow client: " + r.describe())
 
 
 harness.sanitizer_test(tap, stack)
