@@ -452,14 +452,36 @@ class Stack:
                                "-E", "UTF8", "--locale=C", "--no-sync"]),
                   timeout=120, what="initdb")
         self.pg_port = free_port()
-        opts = ("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c full_page_writes=off -c synchronous_commit=off "
-                "-c max_connections=200" % (self.pg_port, self.pg_sock))
+        # postgres runs in the foreground as our child with a parent-death
+        # signal (setpriv keeps it across the switch to the postgres user),
+        # so even a SIGKILLed test leaves no server behind.
+        argv = [os.path.join(PG_BINDIR, "postgres"), "-D", self.pg_data,
+                "-p", str(self.pg_port), "-k", self.pg_sock,
+                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
+                "-c", "max_connections=200"]
+        if os.geteuid() == 0:
+            argv = ["setpriv", "--reuid=postgres", "--regid=postgres",
+                    "--clear-groups", "--pdeathsig", "KILL"] + argv
+        self.pg_logf = open(self.pg_log, "ab")
+        self.pg_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                        stdout=self.pg_logf,
+                                        stderr=subprocess.STDOUT,
+                                        env=self.env, preexec_fn=_pdeathsig)
         self.pg_started = True
-        self._run(self._as_pg([os.path.join(PG_BINDIR, "pg_ctl"), "-D",
-                               self.pg_data, "-l", self.pg_log, "-w", "-t",
-                               "30", "-o", opts, "start"]),
-                  timeout=60, what="pg_ctl start")
+        t0 = time.monotonic()
+        while True:
+            if self.pg_proc.poll() is not None:
+                raise RuntimeError("postgres exited %s: %s" % (
+                    self.pg_proc.returncode, "\n".join(_tail(self.pg_log))))
+            try:
+                self.psql("SELECT 1", db="postgres", timeout=5)
+                break
+            except RuntimeError:
+                if time.monotonic() - t0 > 30:
+                    raise RuntimeError("postgres not ready in 30 s: %s"
+                                       % "\n".join(_tail(self.pg_log)))
+                time.sleep(0.1)
         self.psql("CREATE DATABASE ferry", db="postgres")
         self.conninfo = ("host=127.0.0.1 port=%d dbname=ferry user=postgres"
                          % self.pg_port)
@@ -657,22 +679,15 @@ class Stack:
                     d.stop(5)
             except Exception:
                 pass
-        if self.pg_started:
+        if self.pg_started and self.pg_proc.poll() is None:
+            self.pg_proc.send_signal(signal.SIGQUIT)    # immediate shutdown
             try:
-                subprocess.run(self._as_pg([os.path.join(PG_BINDIR, "pg_ctl"),
-                                            "-D", self.pg_data, "-m",
-                                            "immediate", "-w", "-t", "20",
-                                            "stop"]),
-                               stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=30)
-            except Exception:
-                pass
-            try:    # pg_ctl failed or timed out: the postmaster by its PID
-                with open(os.path.join(self.pg_data, "postmaster.pid")) as f:
-                    pid = int(f.readline())
-                os.kill(pid, signal.SIGKILL)
-            except Exception:
-                pass
+                self.pg_proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.pg_proc.kill()
+                self.pg_proc.wait(5)
+        if self.pg_started:
+            self.pg_logf.close()
         if self.keep:
             sys.stderr.write("FERRY_IT_KEEP: kept %s\n" % self.tmp)
         else:
