@@ -35,6 +35,9 @@
     builder recurses once per level.  */
 #define S_MAX_DEPTH 64
 
+/*  The "line" of messages about the whole file ("file: message").  */
+#define S_NO_LINE SIZE_MAX
+
 struct _ferry_cnode_t {
     ferry_cnode_type_t type;
     char *key;               /* key in the parent map, NULL otherwise */
@@ -54,6 +57,10 @@ struct _ferry_config_t {
     ferry_cnode_t *root;     /* always a map */
     char error[1024];        /* message of the last failed call */
 };
+
+/*  Indexed by ferry_cnode_type_t, for messages.  */
+static const char *s_type_names[] = {"a scalar", "a scalar", "a map",
+                                     "a sequence"};
 
 /* ---- nodes --------------------------------------------------------------- */
 
@@ -98,36 +105,19 @@ s_node_append (ferry_cnode_t *parent, ferry_cnode_t *child)
     child->parent = parent;
 }
 
-/*  Puts child in place of item i of parent and destroys the old item.  */
-static void
-s_node_replace (ferry_cnode_t *parent, size_t i, ferry_cnode_t *child)
-{
-    assert (i < parent->size);
-    s_node_destroy (&parent->items[i]);
-    parent->items[i] = child;
-    child->parent = parent;
-}
-
-/*  The path of a map entry or a sequence item below parent_path.  */
+/*  The path of the map entry key (key_len bytes) below parent, or of
+    sequence item index when key is NULL.  */
 static char *
-s_path_key (const char *parent_path, const char *key)
+s_path_child (const char *parent, const char *key, size_t key_len,
+              size_t index)
 {
-    size_t plen = strlen (parent_path), klen = strlen (key);
-    char *path = ferry_malloc (plen + klen + 2);
-    if (plen) {
-        memcpy (path, parent_path, plen);
-        path[plen++] = '.';
-    }
-    memcpy (path + plen, key, klen + 1);
-    return path;
-}
-
-static char *
-s_path_index (const char *parent_path, size_t index)
-{
-    size_t len = strlen (parent_path) + 24;
+    size_t len = strlen (parent) + key_len + 24;
     char *path = ferry_malloc (len);
-    snprintf (path, len, "%s[%zu]", parent_path, index);
+    if (key)
+        snprintf (path, len, "%s%s%.*s", parent, *parent ? "." : "",
+                  (int) key_len, key);
+    else
+        snprintf (path, len, "%s[%zu]", parent, index);
     return path;
 }
 
@@ -156,36 +146,26 @@ s_mark (const ferry_cnode_t *cnode)
         node->read = true;
 }
 
-static const char *
-s_type_name (const ferry_cnode_t *node)
-{
-    switch (node->type) {
-    case FERRY_CNODE_MAP:
-        return "a map";
-    case FERRY_CNODE_SEQ:
-        return "a sequence";
-    default:
-        return "a scalar";
-    }
-}
-
 /* ---- errors -------------------------------------------------------------- */
 
-/*  Formats "SOURCE:LINE: PATH: message", or "command line: PATH: message"
-    for line 0; the path part is left out when path is empty.  */
+/*  Formats "SOURCE:LINE: PATH: message", "command line: PATH: message" for
+    line 0, or "SOURCE: message" for S_NO_LINE; the path part is left out
+    when path is empty.  Returns -1.  */
 static int
 s_vfail (ferry_config_t *self, size_t line, const char *path,
          const char *fmt, va_list args)
 {
     char msg[768];
     vsnprintf (msg, sizeof msg, fmt, args);
-    const char *sep = path && *path ? ": " : "";
-    if (line)
-        snprintf (self->error, sizeof self->error, "%s:%zu: %s%s%s",
-                  self->source, line, path ? path : "", sep, msg);
-    else
-        snprintf (self->error, sizeof self->error, "command line: %s%s%s",
-                  path ? path : "", sep, msg);
+    size_t size = sizeof self->error;
+    int n = line == 0           ? snprintf (self->error, size, "command line")
+            : line == S_NO_LINE ? snprintf (self->error, size, "%s",
+                                            self->source)
+                                : snprintf (self->error, size, "%s:%zu",
+                                            self->source, line);
+    if (n >= 0 && (size_t) n < size)
+        snprintf (self->error + n, size - (size_t) n, ": %s%s%s",
+                  path ? path : "", path && *path ? ": " : "", msg);
     return -1;
 }
 
@@ -211,14 +191,8 @@ ferry_config_fail (ferry_config_t *self, const ferry_cnode_t *node,
     assert (self);
     va_list args;
     va_start (args, fmt);
-    if (node)
-        s_vfail (self, node->line, node->path, fmt, args);
-    else {
-        char msg[768];
-        vsnprintf (msg, sizeof msg, fmt, args);
-        snprintf (self->error, sizeof self->error, "%s: %s", self->source,
-                  msg);
-    }
+    s_vfail (self, node ? node->line : S_NO_LINE, node ? node->path : "", fmt,
+             args);
     va_end (args);
     return -1;
 }
@@ -245,27 +219,53 @@ s_next (s_builder_t *b, yaml_event_t *ev)
 {
     if (yaml_parser_parse (&b->parser, ev))
         return 0;
-    const char *problem = b->parser.problem ? b->parser.problem : "invalid";
-    size_t line = s_line (b, &b->parser.problem_mark);
+    const yaml_parser_t *p = &b->parser;
+    size_t line = s_line (b, &p->problem_mark);
     //  The context says what was open, and where, when that was earlier.
-    size_t context_line = s_line (b, &b->parser.context_mark);
-    if (b->parser.context && context_line && context_line != line)
-        return s_fail (b->config, line, b->where,
-                       "syntax error: %s %s (from line %zu)", problem,
-                       b->parser.context, context_line);
-    if (b->parser.context)
-        return s_fail (b->config, line, b->where, "syntax error: %s %s",
-                       problem, b->parser.context);
-    return s_fail (b->config, line, b->where, "syntax error: %s", problem);
+    size_t context_line = s_line (b, &p->context_mark);
+    char context[256] = "";
+    if (p->context && context_line && context_line != line)
+        snprintf (context, sizeof context, " %s (from line %zu)", p->context,
+                  context_line);
+    else if (p->context)
+        snprintf (context, sizeof context, " %s", p->context);
+    return s_fail (b->config, line, b->where, "syntax error: %s%s",
+                   p->problem ? p->problem : "invalid", context);
 }
 
-/*  Refuses what the YAML subset leaves out.  anchor and tag are the event's
-    fields (NULL when absent); implicit says the tag was only resolved.  */
+/*  Refuses the node events the YAML subset leaves out: aliases, anchors and
+    tags (a tag that was only resolved is fine).  */
 static int
-s_check_plain_yaml (s_builder_t *b, size_t line, const char *path,
-                    const yaml_char_t *anchor, const yaml_char_t *tag,
-                    bool implicit)
+s_check_event (s_builder_t *b, const yaml_event_t *ev, size_t line,
+               const char *path)
 {
+    const yaml_char_t *anchor, *tag;
+    bool implicit;
+    switch (ev->type) {
+    case YAML_SCALAR_EVENT:
+        anchor = ev->data.scalar.anchor;
+        tag = ev->data.scalar.tag;
+        implicit = ev->data.scalar.plain_implicit
+                   || ev->data.scalar.quoted_implicit;
+        break;
+    case YAML_MAPPING_START_EVENT:
+        anchor = ev->data.mapping_start.anchor;
+        tag = ev->data.mapping_start.tag;
+        implicit = ev->data.mapping_start.implicit;
+        break;
+    case YAML_SEQUENCE_START_EVENT:
+        anchor = ev->data.sequence_start.anchor;
+        tag = ev->data.sequence_start.tag;
+        implicit = ev->data.sequence_start.implicit;
+        break;
+    case YAML_ALIAS_EVENT:
+        return s_fail (b->config, line, path,
+                       "aliases (*%s) are not supported; write the value out",
+                       (const char *) ev->data.alias.anchor);
+    default:
+        return s_fail (b->config, line, path, "unexpected YAML event %d",
+                       (int) ev->type);
+    }
     if (anchor)
         return s_fail (b->config, line, path,
                        "anchors (&%s) are not supported; write the value out",
@@ -276,96 +276,82 @@ s_check_plain_yaml (s_builder_t *b, size_t line, const char *path,
     return 0;
 }
 
-static bool
-s_key_valid (const char *key)
+/*  The key of a map entry from its event, which this deletes; NULL with the
+    message set when the key is not a plain, new name.  */
+static char *
+s_build_key (s_builder_t *b, const ferry_cnode_t *map, yaml_event_t *ev,
+             size_t line)
 {
-    return *key && !strpbrk (key, ".[]=");
+    char *key = NULL;
+    int rc;
+    if (ev->type != YAML_SCALAR_EVENT)
+        rc = s_fail (b->config, line, map->path, "%s",
+                     ev->type == YAML_ALIAS_EVENT
+                         ? "aliases are not supported; write the value out"
+                         : "a key must be a plain name, not a collection");
+    else {
+        key = ferry_strndup ((const char *) ev->data.scalar.value,
+                             ev->data.scalar.length);
+        rc = s_check_event (b, ev, line, map->path);
+        if (rc == 0 && (strlen (key) != ev->data.scalar.length || !*key))
+            rc = s_fail (b->config, line, map->path, "empty key");
+    }
+    yaml_event_delete (ev);
+    if (rc == 0 && strpbrk (key, ".[]="))
+        rc = s_fail (b->config, line, map->path,
+                     "key '%s' contains '.', '[', ']' or '=', which a path "
+                     "cannot name",
+                     key);
+    for (size_t i = 0; rc == 0 && i < map->size; i++) {
+        const ferry_cnode_t *old = map->items[i];
+        if (strcmp (old->key, key) == 0)
+            rc = b->cmdline ? s_fail (b->config, 0, old->path, "duplicate key")
+                            : s_fail (b->config, line, old->path,
+                                      "duplicate key (first at line %zu)",
+                                      old->line);
+    }
+    if (rc)
+        free (key);
+    return rc ? NULL : key;
 }
 
 static int s_build (s_builder_t *b, yaml_event_t *ev, char *path,
                     const char *key, size_t line, int depth,
                     ferry_cnode_t **out);
 
-/*  Reads the entries of a map whose start event was consumed.  */
+/*  Reads the entries of a map, or the items of a sequence, whose start
+    event was consumed, up to its end event.  */
 static int
-s_build_map (s_builder_t *b, ferry_cnode_t *map, int depth)
+s_build_items (s_builder_t *b, ferry_cnode_t *parent, int depth)
 {
     while (true) {
         yaml_event_t ev;
         if (s_next (b, &ev))
             return -1;
-        if (ev.type == YAML_MAPPING_END_EVENT) {
+        if (ev.type == YAML_MAPPING_END_EVENT
+            || ev.type == YAML_SEQUENCE_END_EVENT) {
             yaml_event_delete (&ev);
             return 0;
         }
+        //  A map entry's line is its key's; its value is the next event.
         size_t line = s_line (b, &ev.start_mark);
-        if (ev.type == YAML_ALIAS_EVENT) {
-            yaml_event_delete (&ev);
-            return s_fail (b->config, line, map->path,
-                           "aliases are not supported; write the value out");
+        char *key = NULL;
+        if (parent->type == FERRY_CNODE_MAP) {
+            key = s_build_key (b, parent, &ev, line);
+            if (!key || s_next (b, &ev)) {
+                free (key);
+                return -1;
+            }
         }
-        if (ev.type != YAML_SCALAR_EVENT) {
-            yaml_event_delete (&ev);
-            return s_fail (b->config, line, map->path,
-                           "a key must be a plain name, not a collection");
-        }
-        size_t key_len = ev.data.scalar.length;
-        char *key = ferry_strndup ((const char *) ev.data.scalar.value,
-                                   key_len);
-        int rc = s_check_plain_yaml (b, line, map->path, ev.data.scalar.anchor,
-                                     ev.data.scalar.tag,
-                                     ev.data.scalar.plain_implicit
-                                         || ev.data.scalar.quoted_implicit);
+        char *path = s_path_child (parent->path, key, key ? strlen (key) : 0,
+                                   parent->size);
+        ferry_cnode_t *child;
+        int rc = s_build (b, &ev, path, key, line, depth + 1, &child);
         yaml_event_delete (&ev);
-        if (rc == 0 && (strlen (key) != key_len || !*key))
-            rc = s_fail (b->config, line, map->path, "empty key");
-        if (rc == 0 && !s_key_valid (key))
-            rc = s_fail (b->config, line, map->path,
-                         "key '%s' contains '.', '[', ']' or '=', which a "
-                         "path cannot name",
-                         key);
-        for (size_t i = 0; rc == 0 && i < map->size; i++)
-            if (strcmp (map->items[i]->key, key) == 0 && b->cmdline)
-                rc = s_fail (b->config, 0, map->items[i]->path,
-                             "duplicate key");
-            else if (strcmp (map->items[i]->key, key) == 0)
-                rc = s_fail (b->config, line, map->items[i]->path,
-                             "duplicate key (first at line %zu)",
-                             map->items[i]->line);
-        ferry_cnode_t *child = NULL;
-        if (rc == 0 && s_next (b, &ev) == 0) {
-            rc = s_build (b, &ev, s_path_key (map->path, key), key, line,
-                          depth + 1, &child);
-            yaml_event_delete (&ev);
-        }
-        else
-            rc = -1;
         free (key);
         if (rc)
             return -1;
-        s_node_append (map, child);
-    }
-}
-
-/*  Reads the items of a sequence whose start event was consumed.  */
-static int
-s_build_seq (s_builder_t *b, ferry_cnode_t *seq, int depth)
-{
-    while (true) {
-        yaml_event_t ev;
-        if (s_next (b, &ev))
-            return -1;
-        if (ev.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete (&ev);
-            return 0;
-        }
-        ferry_cnode_t *child = NULL;
-        int rc = s_build (b, &ev, s_path_index (seq->path, seq->size), NULL,
-                          s_line (b, &ev.start_mark), depth + 1, &child);
-        yaml_event_delete (&ev);
-        if (rc)
-            return -1;
-        s_node_append (seq, child);
+        s_node_append (parent, child);
     }
 }
 
@@ -376,64 +362,34 @@ static int
 s_build (s_builder_t *b, yaml_event_t *ev, char *path, const char *key,
          size_t line, int depth, ferry_cnode_t **out)
 {
-    ferry_cnode_t *node = NULL;
-    int rc = 0;
-    if (depth > S_MAX_DEPTH)
-        rc = s_fail (b->config, line, path, "nested more than %d levels",
-                     S_MAX_DEPTH);
-    else
-    switch (ev->type) {
-    case YAML_SCALAR_EVENT:
-        rc = s_check_plain_yaml (b, line, path, ev->data.scalar.anchor,
-                                 ev->data.scalar.tag,
-                                 ev->data.scalar.plain_implicit
-                                     || ev->data.scalar.quoted_implicit);
-        if (rc == 0
-            && strlen ((const char *) ev->data.scalar.value)
-                   != ev->data.scalar.length)
-            rc = s_fail (b->config, line, path, "NUL byte in a value");
-        if (rc == 0) {
-            node = s_node_new (FERRY_CNODE_SCALAR, path, key, line);
-            path = NULL;
-            node->value = ferry_strndup ((const char *) ev->data.scalar.value,
-                                         ev->data.scalar.length);
-            node->plain = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-        }
-        break;
-    case YAML_MAPPING_START_EVENT:
-        rc = s_check_plain_yaml (b, line, path, ev->data.mapping_start.anchor,
-                                 ev->data.mapping_start.tag,
-                                 ev->data.mapping_start.implicit);
-        if (rc == 0) {
-            node = s_node_new (FERRY_CNODE_MAP, path, key, line);
-            path = NULL;
-            rc = s_build_map (b, node, depth);
-        }
-        break;
-    case YAML_SEQUENCE_START_EVENT:
-        rc = s_check_plain_yaml (b, line, path, ev->data.sequence_start.anchor,
-                                 ev->data.sequence_start.tag,
-                                 ev->data.sequence_start.implicit);
-        if (rc == 0) {
-            node = s_node_new (FERRY_CNODE_SEQ, path, key, line);
-            path = NULL;
-            rc = s_build_seq (b, node, depth);
-        }
-        break;
-    case YAML_ALIAS_EVENT:
-        rc = s_fail (b->config, line, path,
-                     "aliases (*%s) are not supported; write the value out",
-                     (const char *) ev->data.alias.anchor);
-        break;
-    default:
-        rc = s_fail (b->config, line, path, "unexpected YAML event %d",
-                     (int) ev->type);
-        break;
-    }
-    free (path);
+    int rc = depth > S_MAX_DEPTH
+                 ? s_fail (b->config, line, path, "nested more than %d levels",
+                           S_MAX_DEPTH)
+                 : s_check_event (b, ev, line, path);
+    if (rc == 0 && ev->type == YAML_SCALAR_EVENT
+        && strlen ((const char *) ev->data.scalar.value)
+               != ev->data.scalar.length)
+        rc = s_fail (b->config, line, path, "NUL byte in a value");
     if (rc) {
-        s_node_destroy (&node);
+        free (path);
         return -1;
+    }
+    ferry_cnode_t *node;
+    if (ev->type == YAML_SCALAR_EVENT) {
+        node = s_node_new (FERRY_CNODE_SCALAR, path, key, line);
+        node->value = ferry_strndup ((const char *) ev->data.scalar.value,
+                                     ev->data.scalar.length);
+        node->plain = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+    }
+    else {
+        node = s_node_new (ev->type == YAML_MAPPING_START_EVENT
+                               ? FERRY_CNODE_MAP
+                               : FERRY_CNODE_SEQ,
+                           path, key, line);
+        if (s_build_items (b, node, depth)) {
+            s_node_destroy (&node);
+            return -1;
+        }
     }
     *out = node;
     return 0;
@@ -452,55 +408,43 @@ s_parse_document (ferry_config_t *self, const char *text, size_t len,
                        "cannot initialise the YAML parser");
     yaml_parser_set_input_string (&b.parser, (const unsigned char *) text,
                                   len);
-    *out = NULL;
     ferry_cnode_t *top = NULL;
-    bool in_document = false;
     int rc = 0;
-    while (rc == 0) {
+    yaml_event_type_t type = YAML_NO_EVENT;
+    while (rc == 0 && type != YAML_STREAM_END_EVENT) {
         yaml_event_t ev;
         if (s_next (&b, &ev)) {
             rc = -1;
             break;
         }
-        yaml_event_type_t type = ev.type;
+        type = ev.type;
         size_t line = s_line (&b, &ev.start_mark);
-        if (type == YAML_STREAM_START_EVENT || type == YAML_DOCUMENT_END_EVENT)
-            in_document = false;
-        else if (type == YAML_DOCUMENT_START_EVENT) {
-            if (top)
-                rc = s_fail (self, line, path,
-                             "more than one YAML document");
-            in_document = true;
-        }
-        else if (in_document && !top) {
-            bool block
-                = (type == YAML_MAPPING_START_EVENT
-                   && ev.data.mapping_start.style == YAML_BLOCK_MAPPING_STYLE)
-                  || (type == YAML_SEQUENCE_START_EVENT
-                      && ev.data.sequence_start.style
-                             == YAML_BLOCK_SEQUENCE_STYLE);
-            if (block && cmdline)
-                rc = s_fail (self, 0, path,
-                             "the value must be a scalar or a flow collection "
-                             "([a, b] or {k: v}); quote it");
-            else
-                rc = s_build (&b, &ev, ferry_strdup (path), NULL, line, 0,
-                              &top);
-        }
-        else if (type != YAML_STREAM_END_EVENT)
-            rc = s_fail (self, line, path, "unexpected YAML event %d",
-                         (int) type);
+        bool block
+            = (type == YAML_MAPPING_START_EVENT
+               && ev.data.mapping_start.style == YAML_BLOCK_MAPPING_STYLE)
+              || (type == YAML_SEQUENCE_START_EVENT
+                  && ev.data.sequence_start.style
+                         == YAML_BLOCK_SEQUENCE_STYLE);
+        if (type == YAML_DOCUMENT_START_EVENT && top)
+            rc = s_fail (self, line, path, "more than one YAML document");
+        else if (type == YAML_STREAM_START_EVENT
+                 || type == YAML_STREAM_END_EVENT
+                 || type == YAML_DOCUMENT_START_EVENT
+                 || type == YAML_DOCUMENT_END_EVENT)
+            ;
+        else if (block && cmdline)
+            rc = s_fail (self, 0, path,
+                         "the value must be a scalar or a flow collection "
+                         "([a, b] or {k: v}); quote it");
+        else
+            rc = s_build (&b, &ev, ferry_strdup (path), NULL, line, 0, &top);
         yaml_event_delete (&ev);
-        if (type == YAML_STREAM_END_EVENT)
-            break;
     }
     yaml_parser_delete (&b.parser);
-    if (rc) {
+    if (rc)
         s_node_destroy (&top);
-        return -1;
-    }
     *out = top;
-    return 0;
+    return rc;
 }
 
 /* ---- constructor and destructor ------------------------------------------ */
@@ -520,13 +464,6 @@ ferry_config_new (void)
     return s_config_new ("(none)");
 }
 
-static void
-s_set_err (char *err, size_t errlen, const char *msg)
-{
-    if (err && errlen)
-        snprintf (err, errlen, "%s", msg);
-}
-
 ferry_config_t *
 ferry_config_parse (const char *text, size_t len, const char *name, char *err,
                     size_t errlen)
@@ -534,28 +471,24 @@ ferry_config_parse (const char *text, size_t len, const char *name, char *err,
     assert (text || len == 0);
     ferry_config_t *self = s_config_new (name ? name : "(text)");
     ferry_cnode_t *top = NULL;
-    if (s_parse_document (self, text ? text : "", len, false, "", &top)) {
-        s_set_err (err, errlen, self->error);
-        ferry_config_destroy (&self);
-        return NULL;
-    }
+    int rc = s_parse_document (self, text ? text : "", len, false, "", &top);
     if (top && top->type == FERRY_CNODE_MAP) {
         s_node_destroy (&self->root);
         self->root = top;
+        top = NULL;
     }
-    else if (top && !s_is_null (top)) {
+    else if (top && !s_is_null (top))
         //  A file holding only "---" or "~" is as empty as an empty file.
-        s_fail (self, top->line, "",
-                "the top level must be a map of sections (log:, broker:, "
-                "...), not %s",
-                s_type_name (top));
-        s_node_destroy (&top);
-        s_set_err (err, errlen, self->error);
+        rc = s_fail (self, top->line, "",
+                     "the top level must be a map of sections (log:, "
+                     "broker:, ...), not %s",
+                     s_type_names[top->type]);
+    s_node_destroy (&top);
+    if (rc) {
+        if (err && errlen)
+            snprintf (err, errlen, "%s", self->error);
         ferry_config_destroy (&self);
-        return NULL;
     }
-    else
-        s_node_destroy (&top);
     return self;
 }
 
@@ -564,33 +497,27 @@ ferry_config_load (const char *path, char *err, size_t errlen)
 {
     assert (path);
     FILE *file = fopen (path, "rb");
-    if (!file) {
-        char msg[512];
-        snprintf (msg, sizeof msg, "%s: cannot open: %s", path,
-                  strerror (errno));
-        s_set_err (err, errlen, msg);
-        return NULL;
+    const char *failed = "open";
+    char *text = NULL;
+    size_t len = 0, alloc = 0, got;
+    if (file) {
+        do {
+            if (len == alloc) {
+                alloc = alloc ? alloc * 2 : 4096;
+                text = ferry_realloc (text, alloc);
+            }
+            got = fread (text + len, 1, alloc - len, file);
+            len += got;
+        } while (got > 0);
+        failed = ferror (file) ? "read" : NULL;
+        int saved = errno;
+        fclose (file);
+        errno = saved;
     }
-    size_t len = 0, alloc = 4096;
-    char *text = ferry_malloc (alloc);
-    while (true) {
-        if (len == alloc) {
-            alloc *= 2;
-            text = ferry_realloc (text, alloc);
-        }
-        size_t got = fread (text + len, 1, alloc - len, file);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    int failed = ferror (file);
-    int saved = errno;
-    fclose (file);
     if (failed) {
-        char msg[512];
-        snprintf (msg, sizeof msg, "%s: cannot read: %s", path,
-                  strerror (saved));
-        s_set_err (err, errlen, msg);
+        if (err && errlen)
+            snprintf (err, errlen, "%s: cannot %s: %s", path, failed,
+                      strerror (errno));
         free (text);
         return NULL;
     }
@@ -629,7 +556,7 @@ ferry_config_source (const ferry_config_t *self)
 /*  One step of a path: a key, or [index].  */
 typedef struct {
     const char *key;  /* NULL for an index step */
-    size_t key_len;
+    size_t key_len;   /* 0 for an index step */
     size_t index;
 } s_step_t;
 
@@ -641,33 +568,29 @@ s_path_next (const char **cursor, s_step_t *step)
     const char *s = *cursor;
     if (*s == '\0')
         return 0;
+    *step = (s_step_t) {NULL, 0, 0};
     if (*s == '[') {
-        s++;
-        size_t index = 0, digits = 0;
-        for (; *s >= '0' && *s <= '9'; s++, digits++) {
+        size_t digits = 0;
+        for (s++; *s >= '0' && *s <= '9'; s++, digits++) {
             if (digits == 9)
                 return -1;
-            index = index * 10 + (size_t) (*s - '0');
+            step->index = step->index * 10 + (size_t) (*s - '0');
         }
-        if (digits == 0 || *s != ']')
+        if (digits == 0 || *s++ != ']')
             return -1;
-        s++;
-        step->key = NULL;
-        step->index = index;
     }
     else {
         if (*s == '.')
             s++;
-        size_t len = strcspn (s, ".[]=");
-        if (len == 0)
-            return -1;
         step->key = s;
-        step->key_len = len;
-        s += len;
+        step->key_len = strcspn (s, ".[]=");
+        if (step->key_len == 0)
+            return -1;
+        s += step->key_len;
     }
     //  After a step comes the end, "." and a key, or "[".
-    if (*s != '\0' && *s != '[' && !(*s == '.' && s[1] && s[1] != '.'
-                                     && s[1] != '['))
+    if (*s != '\0' && *s != '['
+        && !(*s == '.' && s[1] && s[1] != '.' && s[1] != '['))
         return -1;
     *cursor = s;
     return 1;
@@ -676,25 +599,11 @@ s_path_next (const char **cursor, s_step_t *step)
 static bool
 s_path_valid (const char *path)
 {
-    if (*path == '.')
-        return false;
     s_step_t step;
-    int rc;
-    while ((rc = s_path_next (&path, &step)) == 1)
-        ;
+    int rc = *path == '.' ? -1 : 1;
+    while (rc == 1)
+        rc = s_path_next (&path, &step);
     return rc == 0;
-}
-
-/*  The path of the child that step names below parent_path.  */
-static char *
-s_path_step (const char *parent_path, const s_step_t *step)
-{
-    if (!step->key)
-        return s_path_index (parent_path, step->index);
-    char *key = ferry_strndup (step->key, step->key_len);
-    char *path = s_path_key (parent_path, key);
-    free (key);
-    return path;
 }
 
 /*  The index of the child of node that step names, or -1.  */
@@ -718,36 +627,34 @@ s_child_index (const ferry_cnode_t *node, const s_step_t *step)
 /*  Finds path below base (NULL = root).  Returns 0 with *out the node, or
     NULL when it is absent (or an ancestor on the way is a null); -1 when a
     node on the way is a scalar or the wrong kind of collection (message set
-    when self is writable).  With mark, every node on the way is marked read,
+    when report is given).  With mark, every node on the way is marked read,
     so an unknown key is reported where it is, not as its whole section.  */
 static int
-s_find (const ferry_config_t *cself, ferry_config_t *self,
+s_find (const ferry_config_t *self, ferry_config_t *report,
         const ferry_cnode_t *base, const char *path, bool mark,
         const ferry_cnode_t **out)
 {
-    const ferry_cnode_t *node = base ? base : cself->root;
+    const ferry_cnode_t *node = base ? base : self->root;
     *out = NULL;
     if (!path)
         path = "";
-    if (!s_path_valid (path)) {
-        if (self)
-            s_fail (self, node->line, node->path, "invalid path '%s'", path);
-        return -1;
-    }
+    if (!s_path_valid (path))
+        return report ? s_fail (report, node->line, node->path,
+                                "invalid path '%s'", path)
+                      : -1;
     s_step_t step;
     while (s_path_next (&path, &step) == 1) {
         if (mark)
             s_mark (node);
         if (s_is_null (node))
             return 0;
-        bool want_map = step.key != NULL;
-        if (node->type
-            != (want_map ? FERRY_CNODE_MAP : FERRY_CNODE_SEQ)) {
-            if (self)
-                s_fail (self, node->line, node->path, "expected %s, found %s",
-                        want_map ? "a map" : "a sequence", s_type_name (node));
-            return -1;
-        }
+        ferry_cnode_type_t want = step.key ? FERRY_CNODE_MAP : FERRY_CNODE_SEQ;
+        if (node->type != want)
+            return report ? s_fail (report, node->line, node->path,
+                                    "expected %s, found %s",
+                                    s_type_names[want],
+                                    s_type_names[node->type])
+                          : -1;
         ssize_t i = s_child_index (node, &step);
         if (i < 0)
             return 0;
@@ -772,9 +679,7 @@ ferry_config_node (const ferry_config_t *self, const ferry_cnode_t *node,
                    const char *path)
 {
     const ferry_cnode_t *found;
-    if (s_find (self, NULL, node, path, true, &found))
-        return NULL;
-    return found;
+    return s_find (self, NULL, node, path, true, &found) ? NULL : found;
 }
 
 ferry_cnode_type_t
@@ -827,6 +732,132 @@ ferry_cnode_path (const ferry_cnode_t *node)
 
 /* ---- typed getters ------------------------------------------------------- */
 
+/*  A unit suffix and what it multiplies by.  */
+typedef struct {
+    const char *name;
+    uint64_t scale;
+} s_unit_t;
+
+/*  Messages show a bound in the first unit of the list that keeps it
+    whole, so each list runs largest first and puts the units that are only
+    read after the bare number.  */
+static const s_unit_t s_duration_units[] = {
+    {"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1}, {"", 1}, {NULL, 0}};
+static const s_unit_t s_size_units[] = {
+    {"GiB", 1024ull * 1024 * 1024}, {"MiB", 1024 * 1024}, {"KiB", 1024},
+    {"", 1}, {"B", 1}, {"GB", 1000000000}, {"MB", 1000000}, {"KB", 1000},
+    {NULL, 0}};
+
+/*  What one typed getter reads.  Every getter but ferry_config_str goes
+    through s_get with its values in a uint64_t, which holds an int64_t
+    for the signed kinds.  */
+typedef struct {
+    const char *expected;       /* "expected %s, found '...'" */
+    int (*parse) (const char *text, uint64_t *v); /* NULL: a number+unit */
+    const s_unit_t *units;      /* NULL: shown as a plain integer */
+    bool fraction;              /* "1.5s" may be read */
+    bool is_signed;
+    uint64_t floor, ceiling;    /* bounds that leave the range open */
+} s_kind_t;
+
+static int
+s_parse_int (const char *text, uint64_t *v)
+{
+    int64_t i;
+    if (ferry_parse_int64 (text, &i))
+        return -1;
+    *v = (uint64_t) i;
+    return 0;
+}
+
+static int
+s_parse_bool (const char *text, uint64_t *v)
+{
+    static const char *words[] = {"false", "true", "no", "yes",
+                                  "off",   "on",   "0",  "1"};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (strcasecmp (text, words[i]) == 0) {
+            *v = i % 2;
+            return 0;
+        }
+    return -1;
+}
+
+static const s_kind_t s_int_kind = {
+    .expected = "an integer", .parse = s_parse_int, .is_signed = true,
+    .floor = (uint64_t) INT64_MIN, .ceiling = INT64_MAX};
+static const s_kind_t s_bool_kind = {
+    .expected = "true or false (also yes/no, on/off, 1/0)",
+    .parse = s_parse_bool, .ceiling = 1};
+//  A duration below zero cannot be written, so a minimum of 0 is none.
+static const s_kind_t s_duration_kind = {
+    .expected = "a duration such as 250ms, 5s, 1.5s, 2m or 1h",
+    .units = s_duration_units, .fraction = true, .is_signed = true,
+    .ceiling = INT64_MAX};
+static const s_kind_t s_size_kind = {
+    .expected = "a size such as 512, 64KiB, 1MiB or 1GB",
+    .units = s_size_units, .ceiling = UINT64_MAX};
+
+#define S_DIGIT(c) ((c) >= '0' && (c) <= '9')
+
+/*  Parses "DIGITS[.DIGITS]UNIT" with kind's units; -1 when the text is not
+    that, the result passes kind's ceiling or is not a whole number.  */
+static int
+s_parse_units (const char *s, const s_kind_t *kind, uint64_t *out)
+{
+    uint64_t whole = 0, frac = 0, div = 1;
+    if (!S_DIGIT (*s))
+        return -1;
+    for (; S_DIGIT (*s); s++) {
+        if (whole > (UINT64_MAX - 9) / 10)
+            return -1;
+        whole = whole * 10 + (uint64_t) (*s - '0');
+    }
+    if (*s == '.' && kind->fraction) {
+        if (!S_DIGIT (s[1]))
+            return -1;
+        s++;
+        for (; S_DIGIT (*s); s++) {
+            //  Nine digits reach a nanosecond of an hour: more is noise.
+            if (div == 1000000000)
+                return -1;
+            frac = frac * 10 + (uint64_t) (*s - '0');
+            div *= 10;
+        }
+    }
+    for (const s_unit_t *unit = kind->units; unit->name; unit++) {
+        if (strcmp (s, unit->name) != 0)
+            continue;
+        //  frac < 10^9 and a scale <= 2^30: the product fits.
+        uint64_t part = frac * unit->scale;
+        if (whole > kind->ceiling / unit->scale || part % div
+            || whole * unit->scale > kind->ceiling - part / div)
+            return -1;
+        *out = whole * unit->scale + part / div;
+        return 0;
+    }
+    return -1;
+}
+
+/*  A bound for messages, in the largest unit that keeps it whole.  */
+static void
+s_show (const s_kind_t *kind, uint64_t v, char *buf, size_t len)
+{
+    const s_unit_t *unit = kind->units;
+    while (unit && (v % unit->scale || (v == 0 && unit->scale != 1)))
+        unit++;
+    if (unit)
+        snprintf (buf, len, "%" PRIu64 "%s", v / unit->scale, unit->name);
+    else
+        snprintf (buf, len, "%" PRId64, (int64_t) v);
+}
+
+static bool
+s_less (const s_kind_t *kind, uint64_t a, uint64_t b)
+{
+    return kind->is_signed ? (int64_t) a < (int64_t) b : a < b;
+}
+
 /*  The scalar at path for a getter: returns 1 with *out set, 0 when it is
     absent or null (use the default), -1 on a type error.  */
 static int
@@ -842,9 +873,45 @@ s_scalar (ferry_config_t *self, const ferry_cnode_t *base, const char *path,
     if (node->type != FERRY_CNODE_SCALAR)
         return s_fail (self, node->line, node->path,
                        "expected a single value, found %s",
-                       s_type_name (node));
+                       s_type_names[node->type]);
     *out = node;
     return 1;
+}
+
+/*  The one path of the typed getters: finds the scalar, parses it as kind,
+    checks it against [min, max] and stores it (or dflt when absent).  */
+static int
+s_get (ferry_config_t *self, const ferry_cnode_t *base, const char *path,
+       const s_kind_t *kind, uint64_t min, uint64_t max, uint64_t dflt,
+       uint64_t *out)
+{
+    const ferry_cnode_t *node;
+    int rc = s_scalar (self, base, path, &node);
+    if (rc <= 0) {
+        if (rc == 0)
+            *out = dflt;
+        return rc;
+    }
+    uint64_t v;
+    if (kind->parse ? kind->parse (node->value, &v)
+                    : s_parse_units (node->value, kind, &v))
+        return s_fail (self, node->line, node->path, "expected %s, found '%s'",
+                       kind->expected, node->value);
+    if (s_less (kind, v, min) || s_less (kind, max, v)) {
+        char a[32], b[32];
+        s_show (kind, min, a, sizeof a);
+        s_show (kind, max, b, sizeof b);
+        if (!s_less (kind, max, kind->ceiling))
+            return s_fail (self, node->line, node->path,
+                           "%s must be at least %s", node->value, a);
+        if (!s_less (kind, kind->floor, min))
+            return s_fail (self, node->line, node->path,
+                           "%s must be at most %s", node->value, b);
+        return s_fail (self, node->line, node->path,
+                       "%s must be between %s and %s", node->value, a, b);
+    }
+    *out = v;
+    return 0;
 }
 
 int
@@ -859,17 +926,18 @@ ferry_config_str (ferry_config_t *self, const ferry_cnode_t *base,
     return 0;
 }
 
-/*  "between A and B", "at least A" or "at most B" for range messages.  */
-static void
-s_range_text (char *buf, size_t len, const char *min, const char *max,
-              bool no_min, bool no_max)
+/*  s_get for the kinds whose values are int64_t.  */
+static int
+s_get_int64 (ferry_config_t *self, const ferry_cnode_t *base, const char *path,
+             const s_kind_t *kind, int64_t min, int64_t max, int64_t dflt,
+             int64_t *out)
 {
-    if (no_max)
-        snprintf (buf, len, "at least %s", min);
-    else if (no_min)
-        snprintf (buf, len, "at most %s", max);
-    else
-        snprintf (buf, len, "between %s and %s", min, max);
+    uint64_t v;
+    if (s_get (self, base, path, kind, (uint64_t) min, (uint64_t) max,
+               (uint64_t) dflt, &v))
+        return -1;
+    *out = (int64_t) v;
+    return 0;
 }
 
 int
@@ -877,195 +945,18 @@ ferry_config_int (ferry_config_t *self, const ferry_cnode_t *base,
                   const char *path, int64_t min, int64_t max, int64_t dflt,
                   int64_t *out)
 {
-    const ferry_cnode_t *node;
-    int rc = s_scalar (self, base, path, &node);
-    if (rc < 0)
-        return -1;
-    if (rc == 0) {
-        *out = dflt;
-        return 0;
-    }
-    int64_t v;
-    if (ferry_parse_int64 (node->value, &v))
-        return s_fail (self, node->line, node->path,
-                       "expected an integer, found '%s'", node->value);
-    if (v < min || v > max) {
-        char a[32], b[32], range[96];
-        snprintf (a, sizeof a, "%" PRId64, min);
-        snprintf (b, sizeof b, "%" PRId64, max);
-        s_range_text (range, sizeof range, a, b, min == INT64_MIN,
-                      max == INT64_MAX);
-        return s_fail (self, node->line, node->path, "%s must be %s",
-                       node->value, range);
-    }
-    *out = v;
-    return 0;
+    return s_get_int64 (self, base, path, &s_int_kind, min, max, dflt, out);
 }
 
 int
 ferry_config_bool (ferry_config_t *self, const ferry_cnode_t *base,
                    const char *path, bool dflt, bool *out)
 {
-    static const char *yes[] = {"true", "yes", "on", "1"};
-    static const char *no[] = {"false", "no", "off", "0"};
-    const ferry_cnode_t *node;
-    int rc = s_scalar (self, base, path, &node);
-    if (rc < 0)
+    uint64_t v;
+    if (s_get (self, base, path, &s_bool_kind, 0, 1, dflt, &v))
         return -1;
-    if (rc == 0) {
-        *out = dflt;
-        return 0;
-    }
-    for (size_t i = 0; i < 4; i++) {
-        if (strcasecmp (node->value, yes[i]) == 0) {
-            *out = true;
-            return 0;
-        }
-        if (strcasecmp (node->value, no[i]) == 0) {
-            *out = false;
-            return 0;
-        }
-    }
-    return s_fail (self, node->line, node->path,
-                   "expected true or false (also yes/no, on/off, 1/0), "
-                   "found '%s'",
-                   node->value);
-}
-
-/*  Reads "DIGITS[.DIGITS]" at *s.  Returns 0 with the integer part, the
-    fraction's digits as a number and their count; -1 on overflow or when
-    there is no number.  */
-static int
-s_parse_decimal (const char **s, uint64_t *whole, uint64_t *frac,
-                 int *frac_digits, bool allow_fraction)
-{
-    const char *p = *s;
-    uint64_t w = 0;
-    if (!(*p >= '0' && *p <= '9'))
-        return -1;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        if (w > (UINT64_MAX - 9) / 10)
-            return -1;
-        w = w * 10 + (uint64_t) (*p - '0');
-    }
-    uint64_t f = 0;
-    int digits = 0;
-    if (*p == '.' && allow_fraction) {
-        p++;
-        if (!(*p >= '0' && *p <= '9'))
-            return -1;
-        for (; *p >= '0' && *p <= '9'; p++) {
-            //  Nine digits reach a nanosecond of an hour: more is noise.
-            if (digits == 9)
-                return -1;
-            f = f * 10 + (uint64_t) (*p - '0');
-            digits++;
-        }
-    }
-    *s = p;
-    *whole = w;
-    *frac = f;
-    *frac_digits = digits;
+    *out = v != 0;
     return 0;
-}
-
-/*  Multiplies a parsed decimal by unit; -1 on overflow past limit or when
-    the result is not a whole number.  */
-static int
-s_scale (uint64_t whole, uint64_t frac, int digits, uint64_t unit,
-         uint64_t limit, uint64_t *out)
-{
-    if (whole > limit / unit)
-        return -1;
-    uint64_t v = whole * unit;
-    if (digits) {
-        uint64_t div = 1;
-        for (int i = 0; i < digits; i++)
-            div *= 10;
-        //  frac < 10^9 and unit <= 2^30: the product fits.
-        uint64_t part = frac * unit;
-        if (part % div)
-            return -1;
-        if (v > limit - part / div)
-            return -1;
-        v += part / div;
-    }
-    *out = v;
-    return 0;
-}
-
-/*  Parses a duration in milliseconds: "250ms", "5s", "1.5s", "2m", "1h",
-    or a bare number of milliseconds.  */
-static int
-s_parse_duration (const char *s, int64_t *out)
-{
-    static const struct {
-        const char *unit;
-        uint64_t ms;
-    } units[] = {{"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000},
-                 {"h", 3600000}};
-    uint64_t whole, frac;
-    int digits;
-    if (s_parse_decimal (&s, &whole, &frac, &digits, true))
-        return -1;
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcmp (s, units[i].unit) == 0) {
-            uint64_t v;
-            if (s_scale (whole, frac, digits, units[i].ms, INT64_MAX, &v))
-                return -1;
-            *out = (int64_t) v;
-            return 0;
-        }
-    return -1;
-}
-
-static const struct {
-    const char *unit;
-    uint64_t bytes;
-} s_size_units[] = {
-    {"GiB", 1024ull * 1024 * 1024}, {"MiB", 1024 * 1024}, {"KiB", 1024},
-    {"GB", 1000000000}, {"MB", 1000000}, {"KB", 1000}, {"B", 1}, {"", 1}};
-
-/*  Parses a size in bytes: "512", "512B", "64KiB", "1MiB", "2GiB", "10KB",
-    "5MB", "1GB".  Whole numbers only.  */
-static int
-s_parse_size (const char *s, uint64_t *out)
-{
-    uint64_t whole, frac;
-    int digits;
-    if (s_parse_decimal (&s, &whole, &frac, &digits, false))
-        return -1;
-    for (size_t i = 0; i < sizeof s_size_units / sizeof s_size_units[0]; i++)
-        if (strcmp (s, s_size_units[i].unit) == 0)
-            return s_scale (whole, 0, 0, s_size_units[i].bytes, UINT64_MAX,
-                            out);
-    return -1;
-}
-
-/*  A duration in the largest unit that keeps it whole, for messages.  */
-static void
-s_format_duration (char *buf, size_t len, int64_t ms)
-{
-    if (ms != 0 && ms % 3600000 == 0)
-        snprintf (buf, len, "%" PRId64 "h", ms / 3600000);
-    else if (ms != 0 && ms % 60000 == 0)
-        snprintf (buf, len, "%" PRId64 "m", ms / 60000);
-    else if (ms != 0 && ms % 1000 == 0)
-        snprintf (buf, len, "%" PRId64 "s", ms / 1000);
-    else
-        snprintf (buf, len, "%" PRId64 "ms", ms);
-}
-
-static void
-s_format_size (char *buf, size_t len, uint64_t bytes)
-{
-    for (size_t i = 0; i < 3; i++)
-        if (bytes != 0 && bytes % s_size_units[i].bytes == 0) {
-            snprintf (buf, len, "%" PRIu64 "%s",
-                      bytes / s_size_units[i].bytes, s_size_units[i].unit);
-            return;
-        }
-    snprintf (buf, len, "%" PRIu64, bytes);
 }
 
 int
@@ -1073,31 +964,8 @@ ferry_config_duration_ms (ferry_config_t *self, const ferry_cnode_t *base,
                           const char *path, int64_t min_ms, int64_t max_ms,
                           int64_t dflt_ms, int64_t *out)
 {
-    const ferry_cnode_t *node;
-    int rc = s_scalar (self, base, path, &node);
-    if (rc < 0)
-        return -1;
-    if (rc == 0) {
-        *out = dflt_ms;
-        return 0;
-    }
-    int64_t v;
-    if (s_parse_duration (node->value, &v))
-        return s_fail (self, node->line, node->path,
-                       "expected a duration such as 250ms, 5s, 1.5s, 2m or "
-                       "1h, found '%s'",
-                       node->value);
-    if (v < min_ms || v > max_ms) {
-        char a[32], b[32], range[96];
-        s_format_duration (a, sizeof a, min_ms);
-        s_format_duration (b, sizeof b, max_ms);
-        s_range_text (range, sizeof range, a, b, min_ms <= 0,
-                      max_ms == INT64_MAX);
-        return s_fail (self, node->line, node->path, "%s must be %s",
-                       node->value, range);
-    }
-    *out = v;
-    return 0;
+    return s_get_int64 (self, base, path, &s_duration_kind, min_ms, max_ms,
+                        dflt_ms, out);
 }
 
 int
@@ -1105,30 +973,7 @@ ferry_config_size (ferry_config_t *self, const ferry_cnode_t *base,
                    const char *path, uint64_t min, uint64_t max, uint64_t dflt,
                    uint64_t *out)
 {
-    const ferry_cnode_t *node;
-    int rc = s_scalar (self, base, path, &node);
-    if (rc < 0)
-        return -1;
-    if (rc == 0) {
-        *out = dflt;
-        return 0;
-    }
-    uint64_t v;
-    if (s_parse_size (node->value, &v))
-        return s_fail (self, node->line, node->path,
-                       "expected a size such as 512, 64KiB, 1MiB or 1GB, "
-                       "found '%s'",
-                       node->value);
-    if (v < min || v > max) {
-        char a[32], b[32], range[96];
-        s_format_size (a, sizeof a, min);
-        s_format_size (b, sizeof b, max);
-        s_range_text (range, sizeof range, a, b, min == 0, max == UINT64_MAX);
-        return s_fail (self, node->line, node->path, "%s must be %s",
-                       node->value, range);
-    }
-    *out = v;
-    return 0;
+    return s_get (self, base, path, &s_size_kind, min, max, dflt, out);
 }
 
 /* ---- overrides ----------------------------------------------------------- */
@@ -1145,95 +990,74 @@ ferry_config_set (ferry_config_t *self, const char *assignment)
                        assignment);
     char *path = ferry_strndup (assignment, (size_t) (eq - assignment));
     const char *value = eq + 1;
-    if (path[0] == '[' || !s_path_valid (path)) {
-        s_fail (self, 0, "",
-                "'%s': invalid path (keys separated by '.', items as [N], "
-                "e.g. edge.routes[0].timeout)",
-                path);
-        free (path);
-        return -1;
-    }
-    //  The value first: when it is malformed the tree stays as it was.
     ferry_cnode_t *node = NULL;
-    if (*value == '\0') {
-        //  "--set worker.pool=" means the empty string, not a null.
-        node = s_node_new (FERRY_CNODE_SCALAR, ferry_strdup (path), NULL, 0);
+    int rc = 0;
+    //  The value first: when it is malformed the tree stays as it was.
+    if (path[0] == '[' || !s_path_valid (path))
+        rc = s_fail (self, 0, "",
+                     "'%s': invalid path (keys separated by '.', items as "
+                     "[N], e.g. edge.routes[0].timeout)",
+                     path);
+    else if (*value)
+        rc = s_parse_document (self, value, strlen (value), true, path, &node);
+    if (rc == 0 && !node) {
+        //  "--set worker.pool=" means the empty string, not a null; only a
+        //  comment ("#...") is an empty document, which is a null.
+        node = s_node_new (FERRY_CNODE_SCALAR, NULL, NULL, 0);
         node->value = ferry_strdup ("");
-    }
-    else if (s_parse_document (self, value, strlen (value), true, path,
-                               &node)) {
-        free (path);
-        return -1;
-    }
-    else if (!node) {
-        //  Only a comment ("#...") is an empty document: a null.
-        node = s_node_new (FERRY_CNODE_SCALAR, ferry_strdup (path), NULL, 0);
-        node->value = ferry_strdup ("");
-        node->plain = true;
+        node->plain = *value != '\0';
     }
     //  Walk to the parent, creating maps (and a sequence for "[0]") on the
     //  way; a null on the way is replaced, as an empty value stood for
     //  "nothing here yet".
     ferry_cnode_t *cur = self->root;
     const char *cursor = path;
-    s_step_t step, next;
-    int more = s_path_next (&cursor, &step);
-    assert (more == 1);
-    while (true) {
-        const char *peek = cursor;
-        bool last = s_path_next (&peek, &next) == 0;
+    s_step_t step, next = {NULL, 0, 0};
+    if (rc == 0)
+        s_path_next (&cursor, &step);
+    while (rc == 0) {
+        bool last = s_path_next (&cursor, &next) == 0;
+        ferry_cnode_type_t want = next.key ? FERRY_CNODE_MAP : FERRY_CNODE_SEQ;
         ssize_t i = s_child_index (cur, &step);
-        if (!step.key && i < 0 && step.index != cur->size) {
-            s_fail (self, 0, cur->path,
-                    "no item [%zu] to set (the sequence has %zu; [%zu] "
-                    "appends)",
-                    step.index, cur->size, cur->size);
-            break;
-        }
-        char *here = s_path_step (cur->path, &step);
         ferry_cnode_t *child = i >= 0 ? cur->items[i] : NULL;
-        ferry_cnode_t *put = NULL;
-        if (last) {
-            put = node;
-            node = NULL;
+        char *here = s_path_child (cur->path, step.key, step.key_len,
+                                   step.index);
+        if (!step.key && i < 0 && step.index != cur->size)
+            rc = s_fail (self, 0, cur->path,
+                         "no item [%zu] to set (the sequence has %zu; [%zu] "
+                         "appends)",
+                         step.index, cur->size, cur->size);
+        else if (!last && child && !s_is_null (child) && child->type != want)
+            rc = s_fail (self, 0, here, "expected %s, found %s",
+                         s_type_names[want], s_type_names[child->type]);
+        else if (!last && child && !s_is_null (child))
+            cur = child;
+        else {
+            ferry_cnode_t *put = last ? node : s_node_new (want, NULL, NULL, 0);
             free (put->path);
             put->path = here;
-        }
-        else if (child && !s_is_null (child)) {
-            ferry_cnode_type_t want
-                = next.key ? FERRY_CNODE_MAP : FERRY_CNODE_SEQ;
-            if (child->type != want) {
-                s_fail (self, 0, here, "expected %s, found %s",
-                        want == FERRY_CNODE_MAP ? "a map" : "a sequence",
-                        s_type_name (child));
-                free (here);
-                break;
-            }
-            free (here);
-            cur = child;
-        }
-        else
-            put = s_node_new (next.key ? FERRY_CNODE_MAP : FERRY_CNODE_SEQ,
-                              here, NULL, 0);
-        if (put) {
+            here = NULL;
             if (step.key)
                 put->key = ferry_strndup (step.key, step.key_len);
-            if (child)
-                s_node_replace (cur, (size_t) i, put);
+            if (child) {
+                s_node_destroy (&cur->items[i]);
+                cur->items[i] = put;
+                put->parent = cur;
+            }
             else
                 s_node_append (cur, put);
             if (last) {
-                free (path);
-                return 0;
+                node = NULL;
+                break;
             }
             cur = put;
         }
+        free (here);
         step = next;
-        cursor = peek;
     }
     s_node_destroy (&node);
     free (path);
-    return -1;
+    return rc;
 }
 
 /* ---- unused settings ----------------------------------------------------- */
@@ -1243,11 +1067,10 @@ s_first_unread (const ferry_cnode_t *node)
 {
     for (size_t i = 0; i < node->size; i++) {
         const ferry_cnode_t *child = node->items[i];
-        if (!child->read)
-            return child;
-        const ferry_cnode_t *deeper = s_first_unread (child);
-        if (deeper)
-            return deeper;
+        const ferry_cnode_t *unread = child->read ? s_first_unread (child)
+                                                  : child;
+        if (unread)
+            return unread;
     }
     return NULL;
 }
@@ -1261,12 +1084,12 @@ ferry_config_check_unused (ferry_config_t *self, const char *prefix)
         return -1;
     if (!top)
         return 0;
-    if (top->type == FERRY_CNODE_SCALAR && !top->read && top != self->root)
-        return s_fail (self, top->line, top->path, "unknown setting");
     const ferry_cnode_t *unread = s_first_unread (top);
-    if (unread)
-        return s_fail (self, unread->line, unread->path, "unknown setting");
-    return 0;
+    if (top->type == FERRY_CNODE_SCALAR && !top->read && top != self->root)
+        unread = top;
+    return unread ? s_fail (self, unread->line, unread->path,
+                            "unknown setting")
+                  : 0;
 }
 
 /* ---- command line -------------------------------------------------------- */
@@ -1354,33 +1177,23 @@ ferry_cli_load (int argc, char **argv, const char *program,
     int c;
     while (rc == 0
            && (c = getopt_long (argc, argv, "+:c:hV", options, NULL)) != -1) {
-        switch (c) {
-        case 'c':
+        if (c == 'c')
             file = optarg;
-            break;
-        case S_OPT_SET:
+        else if (c == S_OPT_SET)
             sets[nsets++] = ferry_strdup (optarg);
-            break;
-        case S_OPT_LOG_LEVEL: {
-            size_t len = strlen (optarg) + 16;
-            sets[nsets] = ferry_malloc (len);
-            snprintf (sets[nsets++], len, "log.level=%s", optarg);
-            break;
+        else if (c == 'h' || c == 'V') {
+            if (c == 'h')
+                s_help (program, summary, flags);
+            else
+                printf ("%s (ferry) %s\n", program, PACKAGE_VERSION);
+            rc = 1;
         }
-        case 'h':
-            s_help (program, summary, flags);
-            rc = 1;
-            break;
-        case 'V':
-            printf ("%s (ferry) %s\n", program, PACKAGE_VERSION);
-            rc = 1;
-            break;
-        case ':':
+        else if (c == ':') {
             fprintf (stderr, "%s: option '%s' needs a value\n", program,
                      argv[optind - 1]);
             rc = -1;
-            break;
-        case '?': {
+        }
+        else if (c == '?') {
             //  glibc leaves a long option's text in argv[optind - 1]; a
             //  short one may sit inside a group such as "-xc", so name it.
             const char *arg = argv[optind - 1];
@@ -1392,16 +1205,17 @@ ferry_cli_load (int argc, char **argv, const char *program,
                 fprintf (stderr, "%s: unknown option '-%c' (see --help)\n",
                          program, optopt);
             rc = -1;
-            break;
         }
-        default: {
-            assert (c >= S_OPT_FLAG && (size_t) (c - S_OPT_FLAG) < nflags);
-            const char *path = flags[c - S_OPT_FLAG].path;
+        else {
+            //  --log-level and the daemon's flags are --set shorthands.
+            assert (c == S_OPT_LOG_LEVEL
+                    || (c >= S_OPT_FLAG && (size_t) (c - S_OPT_FLAG) < nflags));
+            const char *path = c == S_OPT_LOG_LEVEL
+                                   ? "log.level"
+                                   : flags[c - S_OPT_FLAG].path;
             size_t len = strlen (path) + strlen (optarg) + 2;
             sets[nsets] = ferry_malloc (len);
             snprintf (sets[nsets++], len, "%s=%s", path, optarg);
-            break;
-        }
         }
     }
     if (rc == 0 && optind < argc) {
@@ -1481,9 +1295,8 @@ static const char s_sample[] =
 static ferry_config_t *
 s_sample_config (void)
 {
-    char err[256];
     return ferry_config_parse (s_sample, strlen (s_sample), "sample.yaml",
-                               err, sizeof err);
+                               NULL, 0);
 }
 
 /*  Parses text named name; returns the error message ("" on success).  */
@@ -1516,6 +1329,49 @@ s_starts (const char *s, const char *prefix)
     return strncmp (s, prefix, strlen (prefix)) == 0;
 }
 
+/*  The string getter finds want at path (NULL: it gave NULL).  */
+static bool
+s_str_is (ferry_config_t *config, const ferry_cnode_t *base, const char *path,
+          const char *dflt, const char *want)
+{
+    const char *s = NULL;
+    if (ferry_config_str (config, base, path, dflt, &s))
+        return false;
+    return want ? s && strcmp (s, want) == 0 : s == NULL;
+}
+
+/*  Reads path with the getter kind ('i' int, 'd' duration, 'z' size, 'b'
+    bool, 's' string) in [min, max] (INT64_MAX stands for UINT64_MAX for
+    sizes); returns the getter's status with the value in *out.  */
+static int
+s_get_as (ferry_config_t *config, char kind, const char *path, int64_t min,
+          int64_t max, int64_t *out)
+{
+    uint64_t u = 0;
+    bool b = false;
+    const char *s;
+    int rc;
+    switch (kind) {
+    case 'i':
+        return ferry_config_int (config, NULL, path, min, max, -1, out);
+    case 'd':
+        return ferry_config_duration_ms (config, NULL, path, min, max, -1,
+                                         out);
+    case 'z':
+        rc = ferry_config_size (config, NULL, path, (uint64_t) min,
+                                max == INT64_MAX ? UINT64_MAX : (uint64_t) max,
+                                0, &u);
+        *out = (int64_t) u;
+        return rc;
+    case 'b':
+        rc = ferry_config_bool (config, NULL, path, true, &b);
+        *out = b;
+        return rc;
+    default:
+        return ferry_config_str (config, NULL, path, NULL, &s);
+    }
+}
+
 int ferry_config_test (bool verbose);
 int
 ferry_config_test (bool verbose)
@@ -1525,47 +1381,39 @@ ferry_config_test (bool verbose)
     FERRY_CHECK (strcmp (ferry_config_source (config), "sample.yaml") == 0);
     FERRY_CHECK (strcmp (ferry_config_error (config), "") == 0);
 
-    const char *s;
+    static const struct {
+        char kind;
+        const char *path;
+        int64_t min, max, value;
+    } values[] = {
+        {'b', "log.json", 0, 0, 0},
+        {'d', "broker.heartbeat", 1, INT64_MAX, 1000},
+        {'i', "broker.liveness", 1, 100, 3},
+        {'z', "broker.max_message", 1, INT64_MAX, 17 * 1024 * 1024},
+    };
     int64_t i;
     bool b;
-    uint64_t u;
-    FERRY_CHECK (ferry_config_str (config, NULL, "log.level", "warn", &s) == 0);
-    FERRY_CHECK (strcmp (s, "info") == 0);
-    FERRY_CHECK (ferry_config_bool (config, NULL, "log.json", true, &b) == 0);
-    FERRY_CHECK (!b);
-    FERRY_CHECK (ferry_config_duration_ms (config, NULL, "broker.heartbeat", 1,
-                                           INT64_MAX, 5, &i)
-                 == 0);
-    FERRY_CHECK (i == 1000);
-    FERRY_CHECK (ferry_config_int (config, NULL, "broker.liveness", 1, 100, 7,
-                                   &i)
-                 == 0);
-    FERRY_CHECK (i == 3);
-    FERRY_CHECK (ferry_config_size (config, NULL, "broker.max_message", 1,
-                                    UINT64_MAX, 0, &u)
-                 == 0);
-    FERRY_CHECK (u == 17 * 1024 * 1024);
+    for (size_t k = 0; k < sizeof values / sizeof values[0]; k++)
+        FERRY_CHECK (s_get_as (config, values[k].kind, values[k].path,
+                               values[k].min, values[k].max, &i)
+                         == 0
+                     && i == values[k].value);
+    FERRY_CHECK (s_str_is (config, NULL, "log.level", "warn", "info"));
 
     //  Absent keys and items give the default.
     FERRY_CHECK (ferry_config_int (config, NULL, "edge.max_connections", 1,
                                    100000, 1024, &i)
-                 == 0);
-    FERRY_CHECK (i == 1024);
+                     == 0
+                 && i == 1024);
     FERRY_CHECK (ferry_config_duration_ms (config, NULL,
                                            "edge.routes[7].timeout", 1,
                                            INT64_MAX, 5000, &i)
-                 == 0);
-    FERRY_CHECK (i == 5000);
-    FERRY_CHECK (ferry_config_str (config, NULL, "nothing.here", NULL, &s)
-                 == 0);
-    FERRY_CHECK (s == NULL);
+                     == 0
+                 && i == 5000);
+    FERRY_CHECK (s_str_is (config, NULL, "nothing.here", NULL, NULL));
     //  "" is an empty string; an empty value is a null, so the default.
-    FERRY_CHECK (ferry_config_str (config, NULL, "worker.pool", "x", &s) == 0);
-    FERRY_CHECK (strcmp (s, "") == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "worker.database", "dflt",
-                                   &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "dflt") == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "worker.pool", "x", ""));
+    FERRY_CHECK (s_str_is (config, NULL, "worker.database", "dflt", "dflt"));
 
     //  Nodes: sequences, flow maps, lines and paths.
     const ferry_cnode_t *routes = ferry_config_node (config, NULL,
@@ -1580,16 +1428,13 @@ ferry_config_test (bool verbose)
     FERRY_CHECK (ferry_cnode_key (route) == NULL);
     FERRY_CHECK (ferry_cnode_line (route) == 20);
     FERRY_CHECK (ferry_cnode_child (routes, 2) == NULL);
-    FERRY_CHECK (ferry_config_str (config, route, "route", NULL, &s) == 0);
-    FERRY_CHECK (strcmp (s, "GET /reports/slow") == 0);
-    FERRY_CHECK (ferry_config_str (config, route, "query.seconds.type", NULL,
-                                   &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "number") == 0);
+    FERRY_CHECK (s_str_is (config, route, "route", NULL, "GET /reports/slow"));
+    FERRY_CHECK (s_str_is (config, route, "query.seconds.type", NULL,
+                           "number"));
     FERRY_CHECK (ferry_config_bool (config, route, "query.seconds.required",
                                     false, &b)
-                 == 0);
-    FERRY_CHECK (b);
+                     == 0
+                 && b);
     const ferry_cnode_t *seconds
         = ferry_config_node (config, NULL, "edge.routes[1].query.seconds");
     FERRY_CHECK (seconds && ferry_cnode_line (seconds) == 23);
@@ -1599,8 +1444,8 @@ ferry_config_test (bool verbose)
     FERRY_CHECK (ferry_config_node (config, routes, "[0].service")
                  == ferry_config_node (config, NULL,
                                        "edge.routes[0].service"));
-    FERRY_CHECK (ferry_config_node (config, NULL, "") == ferry_config_root
-                                                            (config));
+    FERRY_CHECK (ferry_config_node (config, NULL, "")
+                 == ferry_config_root (config));
     FERRY_CHECK (ferry_config_node (config, NULL, "edge..listen") == NULL);
     FERRY_CHECK (ferry_cnode_value (routes) == NULL);
 
@@ -1624,8 +1469,8 @@ ferry_config_test (bool verbose)
     //  Folded scalars and flow sequences.
     const ferry_cnode_t *op
         = ferry_config_node (config, NULL, "pools.app.operations.get_user");
-    FERRY_CHECK (ferry_config_str (config, op, "sql", NULL, &s) == 0);
-    FERRY_CHECK (strcmp (s, "SELECT id FROM users WHERE id = $1") == 0);
+    FERRY_CHECK (s_str_is (config, op, "sql", NULL,
+                           "SELECT id FROM users WHERE id = $1"));
     const ferry_cnode_t *params = ferry_config_node (config, op, "params");
     FERRY_CHECK (ferry_cnode_type (params) == FERRY_CNODE_SEQ);
     FERRY_CHECK (ferry_cnode_size (params) == 2);
@@ -1655,8 +1500,8 @@ ferry_config_test (bool verbose)
     //  Empty input is an empty configuration.
     config = ferry_config_new ();
     FERRY_CHECK (strcmp (ferry_config_source (config), "(none)") == 0);
-    FERRY_CHECK (ferry_config_int (config, NULL, "a.b", 0, 10, 5, &i) == 0);
-    FERRY_CHECK (i == 5);
+    FERRY_CHECK (ferry_config_int (config, NULL, "a.b", 0, 10, 5, &i) == 0
+                 && i == 5);
     FERRY_CHECK (ferry_config_check_unused (config, NULL) == 0);
     ferry_config_destroy (&config);
     const char *empties[] = {"", "# nothing\n", "---\n", "~\n", "---\n...\n"};
@@ -1674,144 +1519,114 @@ int ferry_config_errors_test (bool verbose);
 int
 ferry_config_errors_test (bool verbose)
 {
+    //  Getters refusing a value, each with file, line and path.
+    static const struct {
+        char kind;
+        const char *path;
+        int64_t min, max;
+        const char *message;
+    } refused[] = {
+        {'i', "log.level", 0, 9,
+         "sample.yaml:3: log.level: expected an integer, found 'info'"},
+        {'i', "broker.liveness", 5, 10,
+         "sample.yaml:8: broker.liveness: 3 must be between 5 and 10"},
+        {'i', "broker.liveness", 5, INT64_MAX,
+         "sample.yaml:8: broker.liveness: 3 must be at least 5"},
+        {'d', "broker.heartbeat", 2000, 60000,
+         "sample.yaml:7: broker.heartbeat: 1s must be between 2s and 1m"},
+        {'d', "log.level", 0, 60000,
+         "sample.yaml:3: log.level: expected a duration such as 250ms, 5s, "
+         "1.5s, 2m or 1h, found 'info'"},
+        {'z', "broker.max_message", 1024, 16 * 1024 * 1024,
+         "sample.yaml:9: broker.max_message: 17MiB must be between 1KiB and "
+         "16MiB"},
+        {'b', "log.level", 0, 0,
+         "sample.yaml:3: log.level: expected true or false (also yes/no, "
+         "on/off, 1/0), found 'info'"},
+        //  A map or a sequence where a value belongs, and the other way.
+        {'s', "broker.services", 0, 0,
+         "sample.yaml:10: broker.services: expected a single value, found a "
+         "map"},
+        {'i', "edge.routes", 0, 1,
+         "sample.yaml:17: edge.routes: expected a single value, found a "
+         "sequence"},
+        {'s', "log.level.name", 0, 0,
+         "sample.yaml:3: log.level: expected a map, found a scalar"},
+        {'s', "edge.routes.route", 0, 0,
+         "sample.yaml:17: edge.routes: expected a map, found a sequence"},
+        {'s', "edge[0]", 0, 0,
+         "sample.yaml:15: edge: expected a sequence, found a map"},
+    };
     ferry_config_t *config = s_sample_config ();
     FERRY_CHECK (config);
-    int64_t i;
-    uint64_t u;
-    bool b;
-    const char *s;
-    FERRY_CHECK (ferry_config_int (config, NULL, "log.level", 0, 9, 0, &i)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:3: log.level: expected an integer, "
-                             "found 'info'",
-                             verbose));
-    FERRY_CHECK (ferry_config_int (config, NULL, "broker.liveness", 5, 10, 0,
-                                   &i)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:8: broker.liveness: 3 must be "
-                             "between 5 and 10",
-                             verbose));
-    FERRY_CHECK (ferry_config_int (config, NULL, "broker.liveness", 5,
-                                   INT64_MAX, 0, &i)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:8: broker.liveness: 3 must be at "
-                             "least 5",
-                             verbose));
-    FERRY_CHECK (ferry_config_duration_ms (config, NULL, "broker.heartbeat",
-                                           2000, 60000, 0, &i)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:7: broker.heartbeat: 1s must be "
-                             "between 2s and 1m",
-                             verbose));
-    FERRY_CHECK (ferry_config_duration_ms (config, NULL, "log.level", 0,
-                                           60000, 0, &i)
-                 == -1);
-    FERRY_CHECK (s_starts (ferry_config_error (config),
-                           "sample.yaml:3: log.level: expected a duration"));
-    FERRY_CHECK (ferry_config_size (config, NULL, "broker.max_message", 1024,
-                                    16 * 1024 * 1024, 0, &u)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:9: broker.max_message: 17MiB must "
-                             "be between 1KiB and 16MiB",
-                             verbose));
-    FERRY_CHECK (ferry_config_bool (config, NULL, "log.level", false, &b)
-                 == -1);
-    FERRY_CHECK (s_starts (ferry_config_error (config),
-                           "sample.yaml:3: log.level: expected true or false"));
-    //  A map or a sequence where a value belongs, and the other way round.
-    FERRY_CHECK (ferry_config_str (config, NULL, "broker.services", NULL, &s)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:10: broker.services: expected a "
-                             "single value, found a map",
-                             verbose));
-    FERRY_CHECK (ferry_config_int (config, NULL, "edge.routes", 0, 1, 0, &i)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:17: edge.routes: expected a single "
-                             "value, found a sequence",
-                             verbose));
-    FERRY_CHECK (ferry_config_str (config, NULL, "log.level.name", NULL, &s)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:3: log.level: expected a map, found "
-                             "a scalar",
-                             verbose));
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.routes.route", NULL,
-                                   &s)
-                 == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:17: edge.routes: expected a map, "
-                             "found a sequence",
-                             verbose));
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge[0]", NULL, &s) == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "sample.yaml:15: edge: expected a sequence, "
-                             "found a map",
-                             verbose));
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.", NULL, &s) == -1);
+    int64_t v;
+    for (size_t k = 0; k < sizeof refused / sizeof refused[0]; k++)
+        FERRY_CHECK (s_get_as (config, refused[k].kind, refused[k].path,
+                               refused[k].min, refused[k].max, &v)
+                         == -1
+                     && s_error_is (config, refused[k].message, verbose));
+    FERRY_CHECK (s_get_as (config, 's', "edge.", 0, 0, &v) == -1);
     FERRY_CHECK (strstr (ferry_config_error (config), "invalid path 'edge.'"));
     ferry_config_destroy (&config);
 
     //  Structure the subset refuses, each with file, line and path.
-    FERRY_CHECK (strcmp (s_parse_error ("a:\n  b: 1\n  b: 2\n", "dup.yaml"),
-                         "dup.yaml:3: a.b: duplicate key (first at line 2)")
-                 == 0);
-    FERRY_CHECK (strcmp (s_parse_error ("x: 1\nx: [2]\n", "dup.yaml"),
-                         "dup.yaml:2: x: duplicate key (first at line 1)")
-                 == 0);
-    FERRY_CHECK (s_starts (s_parse_error ("a: &x 1\nb: *x\n", "alias.yaml"),
-                           "alias.yaml:1: a: anchors (&x) are not supported"));
-    FERRY_CHECK (s_starts (s_parse_error ("a: 1\nb: [*x]\n", "alias.yaml"),
-                           "alias.yaml:2: b[0]: aliases (*x) are not "
-                           "supported"));
-    FERRY_CHECK (s_starts (s_parse_error ("a: !!str 1\n", "tag.yaml"),
-                           "tag.yaml:1: a: tags (tag:yaml.org,2002:str) are "
-                           "not supported"));
-    FERRY_CHECK (strcmp (s_parse_error ("- a\n- b\n", "top.yaml"),
-                         "top.yaml:1: the top level must be a map of "
-                         "sections (log:, broker:, ...), not a sequence")
-                 == 0);
-    FERRY_CHECK (s_starts (s_parse_error ("just text\n", "top.yaml"),
-                           "top.yaml:1: the top level must be a map"));
-    FERRY_CHECK (s_starts (s_parse_error ("a:\n  ? [1, 2]\n  : x\n", "k.yaml"),
-                           "k.yaml:2: a: a key must be a plain name"));
-    FERRY_CHECK (s_starts (s_parse_error ("a:\n  b.c: 1\n", "k.yaml"),
-                           "k.yaml:2: a: key 'b.c' contains"));
-    FERRY_CHECK (s_starts (s_parse_error ("a: 1\n---\nb: 2\n", "docs.yaml"),
-                           "docs.yaml:2: more than one YAML document"));
+    static const struct {
+        const char *text;
+        const char *message;
+    } bad[] = {
+        {"a:\n  b: 1\n  b: 2\n",
+         "bad.yaml:3: a.b: duplicate key (first at line 2)"},
+        {"x: 1\nx: [2]\n", "bad.yaml:2: x: duplicate key (first at line 1)"},
+        {"a: &x 1\nb: *x\n",
+         "bad.yaml:1: a: anchors (&x) are not supported; write the value out"},
+        {"a: 1\nb: [*x]\n",
+         "bad.yaml:2: b[0]: aliases (*x) are not supported; write the value "
+         "out"},
+        {"a: !!str 1\n",
+         "bad.yaml:1: a: tags (tag:yaml.org,2002:str) are not supported"},
+        {"- a\n- b\n",
+         "bad.yaml:1: the top level must be a map of sections (log:, "
+         "broker:, ...), not a sequence"},
+        {"just text\n",
+         "bad.yaml:1: the top level must be a map of sections (log:, "
+         "broker:, ...), not a scalar"},
+        {"a:\n  ? [1, 2]\n  : x\n",
+         "bad.yaml:2: a: a key must be a plain name, not a collection"},
+        {"a:\n  b.c: 1\n",
+         "bad.yaml:2: a: key 'b.c' contains '.', '[', ']' or '=', which a "
+         "path cannot name"},
+        {"a: 1\n---\nb: 2\n", "bad.yaml:2: more than one YAML document"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        const char *err = s_parse_error (bad[k].text, "bad.yaml");
+        if (verbose || strcmp (err, bad[k].message) != 0)
+            fprintf (stderr, "# error: '%s'\n", err);
+        FERRY_CHECK (strcmp (err, bad[k].message) == 0);
+    }
 
     //  Syntax errors name the line libyaml stopped at.
-    const char *err = s_parse_error ("a:\n  b: 1\n c: 2\n", "bad.yaml");
-    if (verbose)
-        fprintf (stderr, "# syntax: '%s'\n", err);
-    FERRY_CHECK (s_starts (err, "bad.yaml:3: syntax error: "));
-    err = s_parse_error ("a: 1\nb: [1, 2\nc: 3\n", "bad.yaml");
-    if (verbose)
-        fprintf (stderr, "# syntax: '%s'\n", err);
-    FERRY_CHECK (s_starts (err, "bad.yaml:"));
-    FERRY_CHECK (strstr (err, ": syntax error: "));
-    err = s_parse_error ("a: \"open\n", "bad.yaml");
-    FERRY_CHECK (s_starts (err, "bad.yaml:") && strstr (err, "syntax error"));
-    err = s_parse_error ("a:\tb: c\n", "bad.yaml");
-    FERRY_CHECK (s_starts (err, "bad.yaml:1: syntax error: "));
+    static const struct {
+        const char *text;
+        const char *prefix;
+    } syntax[] = {
+        {"a:\n  b: 1\n c: 2\n", "bad.yaml:3: syntax error: "},
+        {"a: 1\nb: [1, 2\nc: 3\n", "bad.yaml:"},
+        {"a: \"open\n", "bad.yaml:"},
+        {"a:\tb: c\n", "bad.yaml:1: syntax error: "},
+    };
+    for (size_t k = 0; k < sizeof syntax / sizeof syntax[0]; k++) {
+        const char *err = s_parse_error (syntax[k].text, "bad.yaml");
+        if (verbose)
+            fprintf (stderr, "# syntax: '%s'\n", err);
+        FERRY_CHECK (s_starts (err, syntax[k].prefix)
+                     && strstr (err, ": syntax error: "));
+    }
 
     //  Nesting bombs stop at a fixed depth.
-    char deep[400];
-    size_t at = 0;
-    deep[at++] = 'a';
-    deep[at++] = ':';
-    deep[at++] = ' ';
-    for (int k = 0; k < 100; k++)
-        deep[at++] = '[';
-    for (int k = 0; k < 100; k++)
-        deep[at++] = ']';
-    deep[at] = '\0';
+    char deep[400] = "a: ";
+    memset (deep + 3, '[', 100);
+    memset (deep + 103, ']', 100);
+    deep[203] = '\0';
     FERRY_CHECK (strstr (s_parse_error (deep, "deep.yaml"),
                          "nested more than 64 levels"));
 
@@ -1825,99 +1640,44 @@ ferry_config_errors_test (bool verbose)
     return 0;
 }
 
-/*  Sets "v=text" on a fresh configuration and reads it with the getter
-    kind ('d' duration, 's' size, 'b' bool); returns the getter's status.  */
-static int
-s_unit (char kind, const char *text, int64_t *out)
-{
-    ferry_config_t *config = ferry_config_new ();
-    char assignment[128];
-    snprintf (assignment, sizeof assignment, "v=%s", text);
-    int rc = ferry_config_set (config, assignment);
-    if (rc == 0 && kind == 'd')
-        rc = ferry_config_duration_ms (config, NULL, "v", 0, INT64_MAX, -1,
-                                       out);
-    else if (rc == 0 && kind == 's') {
-        uint64_t u = 0;
-        rc = ferry_config_size (config, NULL, "v", 0, UINT64_MAX, 0, &u);
-        *out = (int64_t) u;
-    }
-    else if (rc == 0) {
-        bool b = false;
-        rc = ferry_config_bool (config, NULL, "v", false, &b);
-        *out = b;
-    }
-    ferry_config_destroy (&config);
-    return rc;
-}
-
 int ferry_config_units_test (bool verbose);
 int
 ferry_config_units_test (bool verbose)
 {
+    //  Each text set as "v=text" and read with the getter kind.
     static const struct {
         char kind;
         const char *text;
         int64_t value; /* -1: refused */
     } cases[] = {
-        {'d', "250ms", 250},
-        {'d', "5s", 5000},
-        {'d', "1.5s", 1500},
-        {'d', "0.25s", 250},
-        {'d', "2m", 120000},
-        {'d', "0.5m", 30000},
-        {'d', "1h", 3600000},
-        {'d', "1.5h", 5400000},
-        {'d', "42", 42},
-        {'d', "0", 0},
-        {'d', "0ms", 0},
-        {'d', "", -1},
-        {'d', "-1s", -1},
-        {'d', "5 s", -1},
-        {'d', "1.5", -1},
-        {'d', "1.0005s", -1},
-        {'d', "1.s", -1},
-        {'d', ".5s", -1},
-        {'d', "s", -1},
-        {'d', "5sec", -1},
-        {'d', "5S", -1},
-        {'d', "1d", -1},
-        {'d', "99999999999999999999h", -1},
-        {'d', "9999999999999999h", -1},
-        {'s', "512", 512},
-        {'s', "512B", 512},
-        {'s', "64KiB", 65536},
-        {'s', "1MiB", 1048576},
-        {'s', "17MiB", 17825792},
-        {'s', "2GiB", 2147483648},
-        {'s', "10KB", 10000},
-        {'s', "5MB", 5000000},
-        {'s', "1GB", 1000000000},
-        {'s', "0", 0},
-        {'s', "1.5MiB", -1},
-        {'s', "1kib", -1},
-        {'s', "1K", -1},
-        {'s', "-1", -1},
-        {'s', "1TiB", -1},
-        {'s', "64 KiB", -1},
-        {'s', "18446744073709551616", -1},
-        {'s', "20000000000GiB", -1},
-        {'b', "true", 1},
-        {'b', "True", 1},
-        {'b', "yes", 1},
-        {'b', "on", 1},
-        {'b', "1", 1},
-        {'b', "false", 0},
-        {'b', "OFF", 0},
-        {'b', "no", 0},
-        {'b', "0", 0},
-        {'b', "maybe", -1},
-        {'b', "2", -1},
-        {'b', "", -1},
+        {'d', "250ms", 250}, {'d', "5s", 5000}, {'d', "1.5s", 1500},
+        {'d', "0.25s", 250}, {'d', "2m", 120000}, {'d', "0.5m", 30000},
+        {'d', "1h", 3600000}, {'d', "1.5h", 5400000}, {'d', "42", 42},
+        {'d', "0", 0}, {'d', "0ms", 0}, {'d', "", -1}, {'d', "-1s", -1},
+        {'d', "5 s", -1}, {'d', "1.5", -1}, {'d', "1.0005s", -1},
+        {'d', "1.s", -1}, {'d', ".5s", -1}, {'d', "s", -1},
+        {'d', "5sec", -1}, {'d', "5S", -1}, {'d', "1d", -1},
+        {'d', "99999999999999999999h", -1}, {'d', "9999999999999999h", -1},
+        {'z', "512", 512}, {'z', "512B", 512}, {'z', "64KiB", 65536},
+        {'z', "1MiB", 1048576}, {'z', "17MiB", 17825792},
+        {'z', "2GiB", 2147483648}, {'z', "10KB", 10000},
+        {'z', "5MB", 5000000}, {'z', "1GB", 1000000000}, {'z', "0", 0},
+        {'z', "1.5MiB", -1}, {'z', "1kib", -1}, {'z', "1K", -1},
+        {'z', "-1", -1}, {'z', "1TiB", -1}, {'z', "64 KiB", -1},
+        {'z', "18446744073709551616", -1}, {'z', "20000000000GiB", -1},
+        {'b', "true", 1}, {'b', "True", 1}, {'b', "yes", 1}, {'b', "on", 1},
+        {'b', "1", 1}, {'b', "false", 0}, {'b', "OFF", 0}, {'b', "no", 0},
+        {'b', "0", 0}, {'b', "maybe", -1}, {'b', "2", -1}, {'b', "", -1},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        ferry_config_t *config = ferry_config_new ();
+        char assignment[128];
+        snprintf (assignment, sizeof assignment, "v=%s", cases[k].text);
         int64_t v = -7;
-        int rc = s_unit (cases[k].kind, cases[k].text, &v);
+        int rc = ferry_config_set (config, assignment);
+        if (rc == 0)
+            rc = s_get_as (config, cases[k].kind, "v", 0, INT64_MAX, &v);
+        ferry_config_destroy (&config);
         bool ok = cases[k].value == -1 ? rc == -1
                                        : rc == 0 && v == cases[k].value;
         if (!ok || verbose)
@@ -1928,25 +1688,20 @@ ferry_config_units_test (bool verbose)
     }
     //  The range and the unit show in the message.
     ferry_config_t *config = ferry_config_new ();
+    int64_t v;
     FERRY_CHECK (ferry_config_set (config, "s=2MiB") == 0);
-    uint64_t u;
-    FERRY_CHECK (ferry_config_size (config, NULL, "s", 1024, 1024 * 1024, 0,
-                                    &u)
-                 == -1);
+    FERRY_CHECK (s_get_as (config, 'z', "s", 1024, 1024 * 1024, &v) == -1);
     FERRY_CHECK (s_error_is (config,
                              "command line: s: 2MiB must be between 1KiB and "
                              "1MiB",
                              verbose));
     FERRY_CHECK (ferry_config_set (config, "d=250ms") == 0);
-    int64_t i;
-    FERRY_CHECK (ferry_config_duration_ms (config, NULL, "d", 0, 100, 0, &i)
-                 == -1);
+    FERRY_CHECK (s_get_as (config, 'd', "d", 0, 100, &v) == -1);
     FERRY_CHECK (s_error_is (config,
                              "command line: d: 250ms must be at most 100ms",
                              verbose));
     FERRY_CHECK (ferry_config_set (config, "d=x") == 0);
-    FERRY_CHECK (ferry_config_duration_ms (config, NULL, "d", 0, 100, 0, &i)
-                 == -1);
+    FERRY_CHECK (s_get_as (config, 'd', "d", 0, 100, &v) == -1);
     FERRY_CHECK (s_error_is (config,
                              "command line: d: expected a duration such as "
                              "250ms, 5s, 1.5s, 2m or 1h, found 'x'",
@@ -1961,14 +1716,12 @@ ferry_config_set_test (bool verbose)
 {
     ferry_config_t *config = s_sample_config ();
     FERRY_CHECK (config);
-    const char *s;
     int64_t i;
 
     //  Replacing a value: it now comes from the command line.
     FERRY_CHECK (ferry_config_set (config, "edge.listen=127.0.0.1:9090") == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.listen", NULL, &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "127.0.0.1:9090") == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "edge.listen", NULL,
+                           "127.0.0.1:9090"));
     const ferry_cnode_t *listen = ferry_config_node (config, NULL,
                                                      "edge.listen");
     FERRY_CHECK (ferry_cnode_line (listen) == 0);
@@ -1988,8 +1741,8 @@ ferry_config_set_test (bool verbose)
     FERRY_CHECK (ferry_config_set (config, "edge.extra.deep.key=5") == 0);
     FERRY_CHECK (ferry_config_int (config, NULL, "edge.extra.deep.key", 0, 10,
                                    0, &i)
-                 == 0);
-    FERRY_CHECK (i == 5);
+                     == 0
+                 && i == 5);
     FERRY_CHECK (strcmp (ferry_cnode_path (ferry_config_node (
                              config, NULL, "edge.extra.deep")),
                          "edge.extra.deep")
@@ -1997,8 +1750,8 @@ ferry_config_set_test (bool verbose)
     FERRY_CHECK (ferry_config_set (config, "metrics.port=9100") == 0);
     FERRY_CHECK (ferry_config_int (config, NULL, "metrics.port", 1, 65535, 0,
                                    &i)
-                 == 0);
-    FERRY_CHECK (i == 9100);
+                     == 0
+                 && i == 9100);
 
     //  Flow collections.
     FERRY_CHECK (ferry_config_set (config,
@@ -2019,10 +1772,8 @@ ferry_config_set_test (bool verbose)
                                    "edge.routes[0].query={limit: int, "
                                    "q: {type: string, required: true}}")
                  == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL,
-                                   "edge.routes[0].query.q.type", NULL, &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "string") == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "edge.routes[0].query.q.type", NULL,
+                           "string"));
     FERRY_CHECK (strcmp (ferry_cnode_path (ferry_config_node (
                              config, NULL, "edge.routes[0].query.q.required")),
                          "edge.routes[0].query.q.required")
@@ -2033,87 +1784,84 @@ ferry_config_set_test (bool verbose)
     FERRY_CHECK (ferry_config_duration_ms (config, NULL,
                                            "edge.routes[1].timeout", 0,
                                            INT64_MAX, 0, &i)
-                 == 0);
-    FERRY_CHECK (i == 2000);
+                     == 0
+                 && i == 2000);
     FERRY_CHECK (ferry_config_set (config,
                                    "edge.routes[2].route=GET /health/{x:uuid}")
                  == 0);
     FERRY_CHECK (ferry_cnode_size (ferry_config_node (config, NULL,
                                                       "edge.routes"))
                  == 3);
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.routes[2].route", NULL,
-                                   &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "GET /health/{x:uuid}") == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "edge.routes[2].route", NULL,
+                           "GET /health/{x:uuid}"));
     FERRY_CHECK (ferry_config_set (config, "edge.routes[5].route=x") == -1);
     FERRY_CHECK (s_error_is (config,
                              "command line: edge.routes: no item [5] to set "
                              "(the sequence has 3; [3] appends)",
                              verbose));
-    FERRY_CHECK (ferry_config_set (config, "lists.new[0]=first") == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "lists.new[0]", NULL, &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "first") == 0);
 
     //  Values: empty, quoted, with '=', a null, nested quotes.
-    FERRY_CHECK (ferry_config_set (config, "worker.pool=") == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "worker.pool", "d", &s) == 0);
-    FERRY_CHECK (strcmp (s, "") == 0);
-    FERRY_CHECK (ferry_config_set (config, "worker.database=host=/tmp port=5")
-                 == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "worker.database", NULL, &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "host=/tmp port=5") == 0);
-    FERRY_CHECK (ferry_config_set (config, "x.q=\"a: b\"") == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "x.q", NULL, &s) == 0);
-    FERRY_CHECK (strcmp (s, "a: b") == 0);
-    FERRY_CHECK (ferry_config_set (config, "x.n=~") == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "x.n", "dflt", &s) == 0);
-    FERRY_CHECK (strcmp (s, "dflt") == 0);
+    static const struct {
+        const char *assignment, *path, *dflt, *want;
+    } values[] = {
+        {"lists.new[0]=first", "lists.new[0]", NULL, "first"},
+        {"worker.pool=", "worker.pool", "d", ""},
+        {"worker.database=host=/tmp port=5", "worker.database", NULL,
+         "host=/tmp port=5"},
+        {"x.q=\"a: b\"", "x.q", NULL, "a: b"},
+        {"x.n=~", "x.n", "dflt", "dflt"},
+    };
+    for (size_t k = 0; k < sizeof values / sizeof values[0]; k++)
+        FERRY_CHECK (ferry_config_set (config, values[k].assignment) == 0
+                     && s_str_is (config, NULL, values[k].path,
+                                  values[k].dflt, values[k].want));
     //  A null on the way is "nothing here yet".
     FERRY_CHECK (ferry_config_set (config, "x.n.deeper=1") == 0);
     FERRY_CHECK (ferry_config_int (config, NULL, "x.n.deeper", 0, 1, 0, &i)
-                 == 0);
-    FERRY_CHECK (i == 1);
+                     == 0
+                 && i == 1);
 
-    //  Refused assignments leave the tree as it was.
+    //  Refused assignments (message NULL: not checked here) leave the tree
+    //  as it was.
     FERRY_CHECK (ferry_config_set (config, "edge.listen=[1, 2") == -1);
     FERRY_CHECK (s_starts (ferry_config_error (config),
                            "command line: edge.listen: syntax error: "));
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.listen", NULL, &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "127.0.0.1:9090") == 0);
-    FERRY_CHECK (ferry_config_set (config, "edge.listen=a: b") == -1);
-    FERRY_CHECK (s_starts (ferry_config_error (config),
-                           "command line: edge.listen: the value must be a "
-                           "scalar or a flow collection"));
-    FERRY_CHECK (ferry_config_set (config, "edge.listen=- a") == -1);
-    FERRY_CHECK (ferry_config_set (config, "edge.listen=&a 1") == -1);
-    FERRY_CHECK (s_starts (ferry_config_error (config),
-                           "command line: edge.listen: anchors (&a)"));
-    FERRY_CHECK (ferry_config_set (config, "edge.listen=[*a]") == -1);
-    FERRY_CHECK (ferry_config_set (config, "edge.listen={a: 1, a: 2}") == -1);
-    FERRY_CHECK (s_error_is (config, "command line: edge.listen.a: duplicate key",
-                             verbose));
-    FERRY_CHECK (ferry_config_set (config, "log.level.x=1") == -1);
-    FERRY_CHECK (s_error_is (config,
-                             "command line: log.level: expected a map, found "
-                             "a scalar",
-                             verbose));
-    FERRY_CHECK (ferry_config_set (config, "edge[0]=1") == -1);
-    FERRY_CHECK (ferry_config_set (config, "noequals") == -1);
-    FERRY_CHECK (s_starts (ferry_config_error (config),
-                           "command line: 'noequals': expected PATH=VALUE"));
-    FERRY_CHECK (ferry_config_set (config, "=1") == -1);
-    FERRY_CHECK (ferry_config_set (config, "a..b=1") == -1);
-    FERRY_CHECK (s_starts (ferry_config_error (config),
-                           "command line: 'a..b': invalid path"));
-    FERRY_CHECK (ferry_config_set (config, ".a=1") == -1);
-    FERRY_CHECK (ferry_config_set (config, "a.=1") == -1);
-    FERRY_CHECK (ferry_config_set (config, "[0]=1") == -1);
-    FERRY_CHECK (ferry_config_set (config, "a[x]=1") == -1);
-    FERRY_CHECK (ferry_config_set (config, "a[1=1") == -1);
-    FERRY_CHECK (ferry_config_set (config, "a]b=1") == -1);
+    FERRY_CHECK (s_str_is (config, NULL, "edge.listen", NULL,
+                           "127.0.0.1:9090"));
+    static const struct {
+        const char *assignment;
+        const char *message;
+    } refused[] = {
+        {"edge.listen=a: b",
+         "command line: edge.listen: the value must be a scalar or a flow "
+         "collection ([a, b] or {k: v}); quote it"},
+        {"edge.listen=- a", NULL},
+        {"edge.listen=&a 1",
+         "command line: edge.listen: anchors (&a) are not supported; write "
+         "the value out"},
+        {"edge.listen=[*a]", NULL},
+        {"edge.listen={a: 1, a: 2}",
+         "command line: edge.listen.a: duplicate key"},
+        {"log.level.x=1",
+         "command line: log.level: expected a map, found a scalar"},
+        {"edge[0]=1", NULL},
+        {"noequals",
+         "command line: 'noequals': expected PATH=VALUE, e.g. "
+         "edge.listen=127.0.0.1:8080"},
+        {"=1", NULL},
+        {"a..b=1",
+         "command line: 'a..b': invalid path (keys separated by '.', items "
+         "as [N], e.g. edge.routes[0].timeout)"},
+        {".a=1", NULL}, {"a.=1", NULL}, {"[0]=1", NULL}, {"a[x]=1", NULL},
+        {"a[1=1", NULL}, {"a]b=1", NULL},
+    };
+    for (size_t k = 0; k < sizeof refused / sizeof refused[0]; k++) {
+        FERRY_CHECK (ferry_config_set (config, refused[k].assignment) == -1);
+        FERRY_CHECK (!refused[k].message
+                     || s_error_is (config, refused[k].message, verbose));
+        FERRY_CHECK (s_str_is (config, NULL, "edge.listen", NULL,
+                               "127.0.0.1:9090"));
+    }
     FERRY_CHECK (ferry_config_set (config, "a b=1") == 0);
     ferry_config_destroy (&config);
     return 0;
@@ -2135,15 +1883,14 @@ ferry_config_unused_test (bool verbose)
     ferry_config_t *config
         = ferry_config_parse (text, strlen (text), "u.yaml", NULL, 0);
     FERRY_CHECK (config);
-    const char *s;
     int64_t i;
     //  Nothing read yet: the first entry of the section.
     FERRY_CHECK (ferry_config_check_unused (config, "broker") == -1);
     FERRY_CHECK (s_error_is (config,
                              "u.yaml:2: broker.frontend: unknown setting",
                              verbose));
-    FERRY_CHECK (ferry_config_str (config, NULL, "broker.frontend", NULL, &s)
-                 == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "broker.frontend", NULL,
+                           "tcp://127.0.0.1:1"));
     FERRY_CHECK (ferry_config_check_unused (config, "broker") == -1);
     FERRY_CHECK (s_error_is (config,
                              "u.yaml:3: broker.servics: unknown setting",
@@ -2161,8 +1908,7 @@ ferry_config_unused_test (bool verbose)
     FERRY_CHECK (s_error_is (config, "command line: broker.servics: unknown "
                                      "setting",
                              verbose));
-    FERRY_CHECK (ferry_config_str (config, NULL, "broker.servics", NULL, &s)
-                 == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "broker.servics", NULL, ""));
     FERRY_CHECK (ferry_config_check_unused (config, "broker") == -1);
     FERRY_CHECK (s_error_is (config,
                              "u.yaml:7: broker.services.b.qeue: unknown "
@@ -2180,7 +1926,7 @@ ferry_config_unused_test (bool verbose)
                              verbose));
     //  Looking for an absent key marks its map, so the typo is named, not
     //  the whole section.
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.max", NULL, &s) == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "edge.max", NULL, NULL));
     FERRY_CHECK (ferry_config_check_unused (config, NULL) == -1);
     FERRY_CHECK (s_error_is (config, "u.yaml:9: edge.listen: unknown setting",
                              verbose));
@@ -2210,31 +1956,28 @@ ferry_config_demo_test (bool verbose)
     if (!config)
         fprintf (stderr, "# %s\n", err);
     FERRY_CHECK (config);
+    //  Typed values, read as the daemons read them.
+    static const struct {
+        char kind;
+        const char *path;
+        int64_t min, max, value;
+    } values[] = {
+        {'b', "log.json", 0, 0, 0},
+        {'z', "broker.max_message", 1, INT64_MAX, 17 * 1024 * 1024},
+        {'d', "broker.no_worker_grace", 0, INT64_MAX, 2000},
+        {'i', "broker.services.reports.queue_limit", 1, 1000000, 4},
+        {'z', "edge.max_header_line", 1, INT64_MAX, 8192},
+        {'i', "pools.app.operations.create_order.steps[0].not_found.status",
+         100, 599, 422},
+    };
+    int64_t v;
+    for (size_t k = 0; k < sizeof values / sizeof values[0]; k++)
+        FERRY_CHECK (s_get_as (config, values[k].kind, values[k].path,
+                               values[k].min, values[k].max, &v)
+                         == 0
+                     && v == values[k].value);
     const char *s;
-    int64_t i;
-    uint64_t u;
-    bool b;
     FERRY_CHECK (ferry_config_str (config, NULL, "log.level", NULL, &s) == 0);
-    FERRY_CHECK (ferry_config_bool (config, NULL, "log.json", true, &b) == 0);
-    FERRY_CHECK (!b);
-    FERRY_CHECK (ferry_config_size (config, NULL, "broker.max_message", 1,
-                                    UINT64_MAX, 0, &u)
-                 == 0);
-    FERRY_CHECK (u == 17 * 1024 * 1024);
-    FERRY_CHECK (ferry_config_duration_ms (config, NULL,
-                                           "broker.no_worker_grace", 0,
-                                           INT64_MAX, 0, &i)
-                 == 0);
-    FERRY_CHECK (i == 2000);
-    FERRY_CHECK (ferry_config_int (config, NULL,
-                                   "broker.services.reports.queue_limit", 1,
-                                   1000000, 0, &i)
-                 == 0);
-    FERRY_CHECK (i == 4);
-    FERRY_CHECK (ferry_config_size (config, NULL, "edge.max_header_line", 1,
-                                    UINT64_MAX, 0, &u)
-                 == 0);
-    FERRY_CHECK (u == 8192);
     const ferry_cnode_t *routes = ferry_config_node (config, NULL,
                                                      "edge.routes");
     FERRY_CHECK (ferry_cnode_size (routes) >= 5);
@@ -2246,37 +1989,25 @@ ferry_config_demo_test (bool verbose)
             fprintf (stderr, "# route %s (line %zu)\n", s,
                      ferry_cnode_line (route));
     }
-    FERRY_CHECK (ferry_config_str (config, NULL,
-                                   "edge.routes[4].query.seconds.type", NULL,
-                                   &s)
-                 == 0);
-    FERRY_CHECK (s && strcmp (s, "number") == 0);
-    FERRY_CHECK (ferry_config_int (config, NULL,
-                                   "pools.app.operations.create_order.steps[0]"
-                                   ".not_found.status",
-                                   100, 599, 0, &i)
-                 == 0);
-    FERRY_CHECK (i == 422);
-    FERRY_CHECK (ferry_config_str (config, NULL,
-                                   "pools.app.operations.create_user.params[0]",
-                                   NULL, &s)
-                 == 0);
-    FERRY_CHECK (s && strcmp (s, "id:int8=null") == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "edge.routes[4].query.seconds.type",
+                           NULL, "number"));
+    FERRY_CHECK (s_str_is (config, NULL,
+                           "pools.app.operations.create_user.params[0]", NULL,
+                           "id:int8=null"));
     FERRY_CHECK (ferry_config_str (config, NULL,
                                    "pools.app.operations.list_users.sql", NULL,
                                    &s)
                  == 0);
     FERRY_CHECK (s && s_starts (s, "SELECT id, name") && !strchr (s, '\n'));
-    FERRY_CHECK (ferry_config_str (config, NULL, "worker.pool", "x", &s) == 0);
-    FERRY_CHECK (s && strcmp (s, "") == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "worker.pool", "x", ""));
     ferry_config_destroy (&config);
     return 0;
 }
 
 /*  Runs ferry_cli_load with stdout and stderr sent to a file, which is left
-    in out (NUL-terminated, truncated to outlen).  */
+    in out (NUL-terminated, truncated to outlen).  args ends with NULL.  */
 static int
-s_cli (int argc, const char *const *args, const ferry_flag_t *flags,
+s_cli (const char *const *args, const ferry_flag_t *flags,
        ferry_config_t **config_p, char *out, size_t outlen)
 {
     char name[] = "/tmp/ferry-config-test-XXXXXX";
@@ -2289,9 +2020,11 @@ s_cli (int argc, const char *const *args, const ferry_flag_t *flags,
     dup2 (fd, STDOUT_FILENO);
     dup2 (fd, STDERR_FILENO);
     char *argv[16];
-    assert (argc < 16);
-    for (int k = 0; k < argc; k++)
-        argv[k] = (char *) args[k];
+    int argc = 0;
+    for (; args[argc]; argc++) {
+        assert (argc < 15);
+        argv[argc] = (char *) args[argc];
+    }
     argv[argc] = NULL;
     int rc = ferry_cli_load (argc, argv, "ferry-test",
                              "Tests the command line.", flags, config_p);
@@ -2323,8 +2056,8 @@ ferry_config_cli_test (bool verbose)
     saved_env = saved_env ? ferry_strdup (saved_env) : NULL;
     unsetenv ("FERRY_CONFIG");
 
-    const char *help[] = {"ferry-test", "--help"};
-    FERRY_CHECK (s_cli (2, help, flags, &config, out, sizeof out) == 1);
+    const char *help[] = {"ferry-test", "--help", NULL};
+    FERRY_CHECK (s_cli (help, flags, &config, out, sizeof out) == 1);
     FERRY_CHECK (config == NULL);
     if (verbose)
         for (const char *line = out; *line; line += strcspn (line, "\n") + 1)
@@ -2336,34 +2069,32 @@ ferry_config_cli_test (bool verbose)
     FERRY_CHECK (strstr (out, "--set PATH=VALUE"));
     FERRY_CHECK (strstr (out, "--log-level LEVEL"));
     FERRY_CHECK (strstr (out, "-c, --config FILE"));
-    const char *help_short[] = {"ferry-test", "-h"};
-    FERRY_CHECK (s_cli (2, help_short, NULL, &config, out, sizeof out) == 1);
-    const char *version[] = {"ferry-test", "--version"};
-    FERRY_CHECK (s_cli (2, version, flags, &config, out, sizeof out) == 1);
+    const char *help_short[] = {"ferry-test", "-h", NULL};
+    FERRY_CHECK (s_cli (help_short, NULL, &config, out, sizeof out) == 1);
+    const char *version[] = {"ferry-test", "--version", NULL};
+    FERRY_CHECK (s_cli (version, flags, &config, out, sizeof out) == 1);
     FERRY_CHECK (strcmp (out, "ferry-test (ferry) " PACKAGE_VERSION "\n")
                  == 0);
 
     static const struct {
-        int argc;
         const char *argv[6];
         const char *message;
     } bad[] = {
-        {2, {"p", "--bogus"}, "ferry-test: unknown option '--bogus'"},
-        {2, {"p", "--bogus=1"}, "ferry-test: unknown option '--bogus'"},
-        {2, {"p", "-x"}, "ferry-test: unknown option '-x'"},
-        {2, {"p", "extra"}, "ferry-test: unexpected argument 'extra'"},
-        {4, {"p", "--loops", "2", "extra"}, "ferry-test: unexpected"},
-        {2, {"p", "--set"}, "ferry-test: option '--set' needs a value"},
-        {2, {"p", "-c"}, "ferry-test: option '-c' needs a value"},
-        {3, {"p", "--set", "noeq"}, "ferry-test: command line: 'noeq': "},
-        {3, {"p", "--listen", "[1"}, "ferry-test: command line: edge.listen: "
-                                     "syntax error"},
-        {3, {"p", "--config", "/nonexistent.yaml"},
+        {{"p", "--bogus"}, "ferry-test: unknown option '--bogus'"},
+        {{"p", "--bogus=1"}, "ferry-test: unknown option '--bogus'"},
+        {{"p", "-x"}, "ferry-test: unknown option '-x'"},
+        {{"p", "extra"}, "ferry-test: unexpected argument 'extra'"},
+        {{"p", "--loops", "2", "extra"}, "ferry-test: unexpected"},
+        {{"p", "--set"}, "ferry-test: option '--set' needs a value"},
+        {{"p", "-c"}, "ferry-test: option '-c' needs a value"},
+        {{"p", "--set", "noeq"}, "ferry-test: command line: 'noeq': "},
+        {{"p", "--listen", "[1"}, "ferry-test: command line: edge.listen: "
+                                  "syntax error"},
+        {{"p", "--config", "/nonexistent.yaml"},
          "ferry-test: /nonexistent.yaml: cannot open"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
-        int rc = s_cli (bad[k].argc, bad[k].argv, flags, &config, out,
-                        sizeof out);
+        int rc = s_cli (bad[k].argv, flags, &config, out, sizeof out);
         bool ok = rc == -1 && config == NULL && s_starts (out, bad[k].message);
         if (!ok || verbose)
             fprintf (stderr, "# %s: rc %d: %s", bad[k].argv[1], rc, out);
@@ -2381,39 +2112,34 @@ ferry_config_cli_test (bool verbose)
     const char *good[] = {"p",         "--config",     name,
                           "--listen",  "127.0.0.1:9",  "--set",
                           "edge.loops=3", "--log-level", "debug",
-                          "--loops",   "4"};
-    int rc = s_cli (11, good, flags, &config, out, sizeof out);
+                          "--loops",   "4",            NULL};
+    int rc = s_cli (good, flags, &config, out, sizeof out);
     if (rc)
         fprintf (stderr, "# %s", out);
     FERRY_CHECK (rc == 0 && config);
     FERRY_CHECK (strcmp (ferry_config_source (config), name) == 0);
-    const char *s;
     int64_t i;
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.listen", NULL, &s) == 0);
-    FERRY_CHECK (strcmp (s, "127.0.0.1:9") == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "edge.listen", NULL, "127.0.0.1:9"));
     FERRY_CHECK (ferry_config_int (config, NULL, "edge.loops", 0, 64, 0, &i)
-                 == 0);
-    FERRY_CHECK (i == 4);
-    FERRY_CHECK (ferry_config_str (config, NULL, "log.level", NULL, &s) == 0);
-    FERRY_CHECK (strcmp (s, "debug") == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.routes[0].route", NULL,
-                                   &s)
-                 == 0);
-    FERRY_CHECK (strcmp (s, "GET /a") == 0);
+                     == 0
+                 && i == 4);
+    FERRY_CHECK (s_str_is (config, NULL, "log.level", NULL, "debug"));
+    FERRY_CHECK (s_str_is (config, NULL, "edge.routes[0].route", NULL,
+                           "GET /a"));
     ferry_config_destroy (&config);
 
     //  $FERRY_CONFIG stands in for --config; no file at all is empty.
     setenv ("FERRY_CONFIG", name, 1);
-    const char *bare[] = {"p", "--set=edge.loops=7"};
-    FERRY_CHECK (s_cli (2, bare, flags, &config, out, sizeof out) == 0);
-    FERRY_CHECK (ferry_config_str (config, NULL, "edge.listen", NULL, &s) == 0);
-    FERRY_CHECK (strcmp (s, "1.2.3.4:1") == 0);
+    const char *bare[] = {"p", "--set=edge.loops=7", NULL};
+    FERRY_CHECK (s_cli (bare, flags, &config, out, sizeof out) == 0);
+    FERRY_CHECK (s_str_is (config, NULL, "edge.listen", NULL, "1.2.3.4:1"));
     FERRY_CHECK (ferry_config_int (config, NULL, "edge.loops", 0, 64, 0, &i)
-                 == 0);
-    FERRY_CHECK (i == 7);
+                     == 0
+                 && i == 7);
     ferry_config_destroy (&config);
     unsetenv ("FERRY_CONFIG");
-    FERRY_CHECK (s_cli (1, bare, NULL, &config, out, sizeof out) == 0);
+    const char *none[] = {"p", NULL};
+    FERRY_CHECK (s_cli (none, NULL, &config, out, sizeof out) == 0);
     FERRY_CHECK (strcmp (ferry_config_source (config), "(none)") == 0);
     FERRY_CHECK (ferry_cnode_size (ferry_config_root (config)) == 0);
     ferry_config_destroy (&config);
@@ -2422,8 +2148,8 @@ ferry_config_cli_test (bool verbose)
     FERRY_CHECK (fd >= 0);
     FERRY_CHECK (write (fd, "a: 1\na: 2\n", 10) == 10);
     close (fd);
-    const char *dup_args[] = {"p", "-c", name};
-    FERRY_CHECK (s_cli (3, dup_args, flags, &config, out, sizeof out) == -1);
+    const char *dup_args[] = {"p", "-c", name, NULL};
+    FERRY_CHECK (s_cli (dup_args, flags, &config, out, sizeof out) == -1);
     char expected[256];
     snprintf (expected, sizeof expected,
               "ferry-test: %s:2: a: duplicate key (first at line 1)\n", name);
