@@ -10,20 +10,27 @@
     exponential backoff; once connected again it sends READY.  The broker
     therefore never routes work to an actor that cannot do it.
 
-    One message is one transaction, sent as one pipeline:
+    Every hop costs a thread wake-up, so the actor does as much as it can
+    per wake-up: it reads every message the socket has, then sends all of
+    them into the pipeline at once, one segment (ending with a Sync) per
+    message, and reads the results in order.  Each segment is its own
+    transaction.  A single-step operation is sent as
         [Parse of statements not yet prepared on this connection]
-        BEGIN
-        SELECT set_config('statement_timeout', <ms left>, true)
-        step 1 .. step N (prepared statements, typed text parameters)
-        [COMMIT, when the operation has a single step]
+        set_config('statement_timeout', <ms left>, true)
+        the statement
         Sync
-    A single-step operation is done in one round trip.  With several steps
-    a `one` step that finds no row must undo the steps before it, which
-    the pipeline cannot know in advance, so COMMIT or ROLLBACK follows in
-    a second round trip once the results are read.  After a failure the
-    server answers PIPELINE_ABORTED up to the Sync and keeps the explicit
-    transaction in failed state, so the actor checks PQtransactionStatus
-    and sends ROLLBACK.  */
+    and runs as the implicit transaction that the extended protocol opens
+    for the statements before a Sync: the local setting holds for the
+    statement, and an error rolls back the whole segment.  A failure only
+    aborts its own segment; the next message's segment runs normally.
+
+    An operation with several steps is a real transaction:
+        BEGIN, set_config, step 1 .. step N, Sync
+    A `one` step that finds no row must undo the steps before it, which
+    the pipeline cannot know in advance, so COMMIT or ROLLBACK follows in a
+    second round trip once the results are read.  To keep that simple
+    such a message waits until the pipeline is empty and nothing is sent
+    behind it until its transaction is over.  */
 
 #include "ferry.h"
 #include "envelope.h"
@@ -41,6 +48,11 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CONNECT_TIMEOUT_MS 10000
+/*  The broker refuses longer message ids (BROKER_MSG_ID_MAX), so a
+    fixed buffer per message is enough.  */
+#define MSG_ID_MAX 64
+/*  FRY1 REQ msg_id deadline payload: the longest broker message.  */
+#define FRAMES_MAX 5
 
 /*  Session settings every connection gets first, so result text has one
     known shape (worker_values.c relies on ISO dates in UTC and hex
@@ -52,6 +64,13 @@ static const char s_setup_sql[]
       " set_config('bytea_output', 'hex', false),"
       " set_config('extra_float_digits', '3', false)";
 
+/*  Prepared once per connection with the session settings: every message
+    runs it, and a prepared statement spares the server a parse and plan
+    each time.  */
+static const char s_timeout_stmt[] = "ferry_timeout";
+static const char s_timeout_sql[]
+    = "SELECT set_config('statement_timeout', $1, true)";
+
 typedef enum {
     S_PG_DOWN,       /* waiting for the next attempt */
     S_PG_CONNECTING, /* PQconnectPoll in progress */
@@ -59,14 +78,13 @@ typedef enum {
     S_PG_UP          /* ready for work */
 } s_pg_state_t;
 
-/*  What each result in the pipeline belongs to, in the order sent.  */
+/*  What each result of a segment belongs to, in the order sent.  */
 typedef enum {
     SLOT_SETUP,
     SLOT_PREPARE,
     SLOT_BEGIN,
     SLOT_TIMEOUT,
     SLOT_STEP,
-    SLOT_COMMIT,
     SLOT_END, /* the COMMIT or ROLLBACK of the second round trip */
     SLOT_SYNC
 } s_slot_kind_t;
@@ -78,12 +96,38 @@ typedef struct {
 
 #define PLAN_MAX 64
 
-/*  A message the broker gave us.  */
+/*  A message the broker gave us, from its arrival to its reply.  Jobs
+    are recycled through the actor's spare list, so a steady load
+    allocates none.  */
+typedef struct _s_job_t s_job_t;
+struct _s_job_t {
+    s_job_t *next;                 /* in a s_fifo_t or the spare list */
+    char msg_id[MSG_ID_MAX + 1];
+    uint64_t deadline;             /* wall ms; 0 = none */
+    zmq_msg_t payload;             /* the envelope, until decoded */
+    ferry_envelope_t *request;     /* decoded before it is first sent */
+    const worker_op_t *op;
+    unsigned attempts;             /* runs so far */
+    bool setup;                    /* the session setup, not a message */
+    bool finishing;                /* COMMIT/ROLLBACK round trip */
+
+    s_slot_t plan[PLAN_MAX];       /* results expected, in order */
+    size_t plan_len;
+    size_t plan_pos;
+    bool slot_done;                /* plan[pos] had its result */
+
+    bool failed;                   /* a statement failed */
+    char sqlstate[6];
+    char constraint[64];
+    int not_found;                 /* `one` step without a row, or -1 */
+    PGresult *last;                /* the last step's result */
+};
+
 typedef struct {
-    char *msg_id;
-    uint64_t deadline; /* wall ms; 0 = none */
-    zframe_t *payload;
-} s_job_t;
+    s_job_t *head;
+    s_job_t *tail;
+    size_t size;
+} s_fifo_t;
 
 typedef struct {
     zsock_t *pipe;                   /* to the pool */
@@ -107,23 +151,16 @@ typedef struct {
     bool flush_pending;              /* libpq has output left to send */
     bool *prepared;                  /* per step index, this connection */
 
-    zlist_t *queue;                  /* s_job_t *, not started yet */
-    s_job_t *job;                    /* the message in PostgreSQL now */
-    ferry_envelope_t *request;       /* job's decoded envelope */
-    const worker_op_t *op;           /* job's operation */
-    unsigned attempts;               /* runs of this job so far */
-    bool finishing;                  /* COMMIT/ROLLBACK round trip */
+    s_fifo_t waiting;                /* received, not sent yet */
+    s_fifo_t sent;                   /* in the pipeline, in order */
+    bool exclusive;                  /* a multi-step job is in `sent` */
+    s_job_t *spare;                  /* recycled jobs */
+    s_job_t setup;                   /* the session setup segment */
 
-    s_slot_t plan[PLAN_MAX];         /* results expected, in order */
-    size_t plan_len;
-    size_t plan_pos;
-    bool slot_done;                  /* plan[pos] had its result */
-
-    bool failed;                     /* a statement failed */
-    char sqlstate[6];
-    char constraint[64];
-    int not_found;                   /* `one` step without a row, or -1 */
-    PGresult *last;                  /* the last step's result */
+    /*  Reused for every reply so that encoding allocates nothing once
+        they have grown to the usual reply size.  */
+    msgpack_sbuffer body;            /* a result as msgpack */
+    msgpack_sbuffer out;             /* an encoded reply envelope */
 } s_actor_t;
 
 static s_actor_t *s_actor_new (zsock_t *pipe, const worker_actor_args_t *a);
@@ -137,21 +174,26 @@ static void s_broker_send (s_actor_t *self, const char *cmd, const char *a1,
                            const char *a2, const void *data, size_t size);
 static void s_register (s_actor_t *self);
 static void s_withdraw (s_actor_t *self);
-static void s_job_arrive (s_actor_t *self, const char *msg_id,
-                          uint64_t deadline, zframe_t **payload_p);
-static void s_job_free (s_job_t **job_p);
+static void s_fifo_push (s_fifo_t *fifo, s_job_t *job);
+static void s_fifo_push_front (s_fifo_t *fifo, s_job_t *job);
+static s_job_t *s_fifo_pop (s_fifo_t *fifo);
+static s_job_t *s_job_new (s_actor_t *self);
+static void s_job_recycle (s_actor_t *self, s_job_t *job);
+static void s_job_arrive (s_actor_t *self, const zmq_msg_t *id,
+                          uint64_t deadline, zmq_msg_t *payload);
 static void s_reply_raw (s_actor_t *self, const char *msg_id,
                          unsigned status, const char *detail);
-static void s_fail_queue (s_actor_t *self, unsigned status,
-                          const char *detail);
+static void s_fail_waiting (s_actor_t *self, unsigned status,
+                            const char *detail);
 static void s_pump (s_actor_t *self);
-static int s_job_send (s_actor_t *self);
-static void s_job_problem (s_actor_t *self, unsigned status,
+static int s_job_prepare (s_actor_t *self, s_job_t *job);
+static int s_job_send (s_actor_t *self, s_job_t *job);
+static void s_job_problem (s_actor_t *self, s_job_t *job, unsigned status,
                            const char *detail, const char *sqlstate);
-static void s_job_reply (s_actor_t *self, ferry_envelope_t **reply_p);
-static void s_job_complete (s_actor_t *self);
-static void s_job_end (s_actor_t *self);
-static void s_outcome_reset (s_actor_t *self);
+static void s_job_reply (s_actor_t *self, s_job_t *job,
+                         ferry_envelope_t **reply_p);
+static void s_job_complete (s_actor_t *self, s_job_t *job);
+static void s_outcome_reset (s_job_t *job);
 static void s_pg_start (s_actor_t *self);
 static void s_pg_connect_poll (s_actor_t *self);
 static void s_pg_fail (s_actor_t *self, const char *what);
@@ -159,10 +201,10 @@ static void s_pg_lost (s_actor_t *self, const char *what);
 static void s_pg_io (s_actor_t *self, short revents);
 static void s_pg_read (s_actor_t *self);
 static void s_pg_flush (s_actor_t *self);
-static void s_slot_result (s_actor_t *self, const s_slot_t *slot,
-                           PGresult *r);
-static void s_segment_done (s_actor_t *self);
-static void s_plan (s_actor_t *self, s_slot_kind_t kind, size_t step);
+static void s_slot_result (s_actor_t *self, s_job_t *job,
+                           const s_slot_t *slot, PGresult *r);
+static void s_segment_done (s_actor_t *self, s_job_t *job);
+static void s_plan (s_job_t *job, s_slot_kind_t kind, size_t step);
 static int s_pack_result (msgpack_packer *pk, const PGresult *r,
                           worker_result_t mode);
 
@@ -203,15 +245,15 @@ worker_actor (zsock_t *pipe, void *args)
         }
         if (items[0].revents & ZMQ_POLLIN)
             s_pipe_command (self);
-        if (items[1].revents & ZMQ_POLLIN)
-            s_broker_recv (self);
-        /*  The handlers above may have dropped the connection; the
-            revents then belong to a descriptor we no longer own.  */
+        /*  Results first: they free pipeline room and produce replies,
+            and the messages read next then go out in one batch.  */
         if (nitems == 3 && items[2].revents && self->conn == polled)
             s_pg_io (self, items[2].revents);
+        if (items[1].revents & ZMQ_POLLIN)
+            s_broker_recv (self);
         s_pump (self);
-        if (self->terminating && !self->job) {
-            s_fail_queue (self, 503, "the worker is shutting down");
+        if (self->terminating && self->sent.size == 0) {
+            s_fail_waiting (self, 503, "the worker is shutting down");
             s_withdraw (self);
             self->done = true;
         }
@@ -229,12 +271,15 @@ s_actor_new (zsock_t *pipe, const worker_actor_args_t *a)
     self->args = a;
     snprintf (self->name, sizeof self->name, "%s/%u", a->pool, a->index);
     self->rng = (uint64_t) ferry_mono_ms () * 2654435761u + a->index + 1;
-    self->queue = zlist_new ();
     self->prepared = ferry_calloc (worker_ops_steps (a->ops) + 1, 1);
     self->pg = S_PG_DOWN;
     self->pg_backoff = BACKOFF_MIN_MS;
     self->pg_next_try = 0; /* connect at once */
-    self->not_found = -1;
+    self->setup.setup = true;
+    zmq_msg_init (&self->setup.payload);
+    s_outcome_reset (&self->setup);
+    msgpack_sbuffer_init (&self->body);
+    msgpack_sbuffer_init (&self->out);
     s_broker_open (self);
     return self;
 }
@@ -244,17 +289,25 @@ s_actor_destroy (s_actor_t **self_p)
 {
     s_actor_t *self = *self_p;
     s_job_t *job;
-    while ((job = zlist_pop (self->queue)))
-        s_job_free (&job);
-    zlist_destroy (&self->queue);
-    s_job_free (&self->job);
-    ferry_envelope_destroy (&self->request);
-    PQclear (self->last);
+    while ((job = s_fifo_pop (&self->waiting)))
+        s_job_recycle (self, job);
+    while ((job = s_fifo_pop (&self->sent)))
+        if (!job->setup)
+            s_job_recycle (self, job);
+    while ((job = self->spare)) {
+        self->spare = job->next;
+        zmq_msg_close (&job->payload);
+        free (job);
+    }
+    s_outcome_reset (&self->setup);
+    zmq_msg_close (&self->setup.payload);
     if (self->conn)
         PQfinish (self->conn);
     /*  Linger so the final BYE and replies leave before the socket.  */
     zsock_set_linger (self->broker, 1000);
     zsock_destroy (&self->broker);
+    msgpack_sbuffer_destroy (&self->body);
+    msgpack_sbuffer_destroy (&self->out);
     free (self->prepared);
     free (self);
     *self_p = NULL;
@@ -272,9 +325,9 @@ s_pipe_command (s_actor_t *self)
     if (cmd && strcmp (cmd, "$TERM") == 0) {
         log_debug ("terminating actor=%s", self->name);
         self->terminating = true;
-        /*  Finish the message in hand; the waiting ones would only delay
-            shutdown, and the edge gets an answer for each.  */
-        s_fail_queue (self, 503, "the worker is shutting down");
+        /*  Finish the messages in the pipeline; the waiting ones would
+            only delay shutdown, and the edge gets an answer for each.  */
+        s_fail_waiting (self, 503, "the worker is shutting down");
     }
     else
         log_warn ("unknown actor command=%s actor=%s",
@@ -355,23 +408,31 @@ s_broker_open (s_actor_t *self)
                    self->args->broker, self->name);
 }
 
+/*  Sends FRY1 cmd [a1] [a2] [data].  Frames go straight to zmq_send,
+    which copies small frames into the message itself instead of the
+    malloc per frame that a zmsg costs.  ZMQ_DONTWAIT: an actor never
+    blocks, and a broker that cannot take our messages at the high-water
+    mark is gone; the heartbeat timeout then reconnects.  */
 static void
 s_broker_send (s_actor_t *self, const char *cmd, const char *a1,
                const char *a2, const void *data, size_t size)
 {
-    zmsg_t *msg = zmsg_new ();
-    zmsg_addstr (msg, FERRY_PROTO);
-    zmsg_addstr (msg, cmd);
-    if (a1)
-        zmsg_addstr (msg, a1);
-    if (a2)
-        zmsg_addstr (msg, a2);
-    if (data)
-        zmsg_addmem (msg, data, size);
-    if (zmsg_send (&msg, self->broker) == -1) {
-        log_warn ("send to broker failed cmd=%s actor=%s", cmd,
-                  self->name);
-        zmsg_destroy (&msg);
+    void *sock = zsock_resolve (self->broker);
+    const void *part[5] = {FERRY_PROTO, cmd, a1, a2, data};
+    size_t len[5] = {sizeof FERRY_PROTO - 1, strlen (cmd),
+                     a1 ? strlen (a1) : 0, a2 ? strlen (a2) : 0, size};
+    int last = data ? 4 : a2 ? 3 : a1 ? 2 : 1;
+    for (int i = 0; i <= last; i++) {
+        if (i > 1 && !part[i])
+            continue;
+        int flags = ZMQ_DONTWAIT | (i < last ? ZMQ_SNDMORE : 0);
+        /*  Only the first frame can fail for want of room: ZeroMQ takes
+            the rest of a message once it took its first frame.  */
+        if (zmq_send (sock, part[i], len[i], flags) == -1) {
+            log_warn ("send to broker failed cmd=%s actor=%s error=%s", cmd,
+                      self->name, zmq_strerror (errno));
+            break;
+        }
     }
     self->broker_sent = ferry_mono_ms ();
 }
@@ -398,39 +459,66 @@ s_withdraw (s_actor_t *self)
     self->registered = false;
 }
 
+static bool
+s_frame_is (zmq_msg_t *frame, const char *s)
+{
+    size_t len = strlen (s);
+    return zmq_msg_size (frame) == len
+           && memcmp (zmq_msg_data (frame), s, len) == 0;
+}
+
+/*  Reads every message the socket holds now, so that one wake-up feeds
+    one pipeline batch.  Frames are zmq_msg_t on the stack and the
+    payload moves into its job without a copy.  */
 static void
 s_broker_recv (s_actor_t *self)
 {
-    while (zsock_events (self->broker) & ZMQ_POLLIN) {
-        zmsg_t *msg = zmsg_recv (self->broker);
-        if (!msg)
-            return;
-        self->broker_seen = ferry_mono_ms ();
-        zframe_t *sig = zmsg_first (msg);
-        zframe_t *cmd = zmsg_next (msg);
-        if (!sig || !cmd || !zframe_streq (sig, FERRY_PROTO)) {
-            log_warn ("malformed broker message actor=%s",
-                      self->name);
-        }
-        else if (zframe_streq (cmd, FERRY_CMD_REQ) && zmsg_size (msg) == 5) {
-            char *msg_id = zframe_strdup (zmsg_next (msg));
-            char *deadline_s = zframe_strdup (zmsg_next (msg));
-            zframe_t *payload = zmsg_next (msg);
-            uint64_t deadline;
-            if (ferry_parse_uint64 (deadline_s, &deadline))
-                log_warn ("bad deadline msg=%s actor=%s", msg_id,
-                          self->name);
-            else {
-                zmsg_remove (msg, payload);
-                s_job_arrive (self, msg_id, deadline, &payload);
+    void *sock = zsock_resolve (self->broker);
+    zmq_msg_t frame[FRAMES_MAX];
+    while (true) {
+        size_t n = 0;
+        bool more = true, oversized = false;
+        while (more) {
+            zmq_msg_t *f = &frame[n < FRAMES_MAX ? n : FRAMES_MAX - 1];
+            if (n >= FRAMES_MAX) {
+                /*  Too many frames: keep reading into the last one so
+                    the message is drained, and drop it below.  */
+                zmq_msg_close (f);
+                oversized = true;
             }
-            free (msg_id);
-            free (deadline_s);
+            zmq_msg_init (f);
+            if (zmq_msg_recv (f, sock, ZMQ_DONTWAIT) == -1) {
+                zmq_msg_close (f);
+                break;
+            }
+            more = zmq_msg_more (f);
+            if (n < FRAMES_MAX)
+                n++;
         }
-        else if (zframe_streq (cmd, FERRY_CMD_HB)) {
+        if (n == 0)
+            return; /* EAGAIN: nothing more now */
+        self->broker_seen = ferry_mono_ms ();
+        if (oversized || more || n < 2 || !s_frame_is (&frame[0], FERRY_PROTO))
+            log_warn ("malformed broker message actor=%s", self->name);
+        else if (s_frame_is (&frame[1], FERRY_CMD_REQ) && n == 5) {
+            char text[24];
+            size_t len = zmq_msg_size (&frame[3]);
+            uint64_t deadline;
+            if (len >= sizeof text || zmq_msg_size (&frame[2]) > MSG_ID_MAX)
+                log_warn ("malformed broker message actor=%s", self->name);
+            else {
+                memcpy (text, zmq_msg_data (&frame[3]), len);
+                text[len] = '\0';
+                if (ferry_parse_uint64 (text, &deadline))
+                    log_warn ("bad deadline actor=%s", self->name);
+                else
+                    s_job_arrive (self, &frame[2], deadline, &frame[4]);
+            }
+        }
+        else if (s_frame_is (&frame[1], FERRY_CMD_HB)) {
             /*  Sign of life, already noted.  */
         }
-        else if (zframe_streq (cmd, FERRY_CMD_BYE)) {
+        else if (s_frame_is (&frame[1], FERRY_CMD_BYE)) {
             /*  The broker restarted or declared us dead.  */
             if (self->registered) {
                 log_info ("broker forgot us, announcing again "
@@ -442,54 +530,115 @@ s_broker_recv (s_actor_t *self)
         else
             log_warn ("unexpected broker command actor=%s",
                       self->name);
-        zmsg_destroy (&msg);
+        for (size_t i = 0; i < n; i++)
+            zmq_msg_close (&frame[i]);
     }
 }
 
 /* ---- jobs --------------------------------------------------------------- */
 
 static void
-s_job_arrive (s_actor_t *self, const char *msg_id, uint64_t deadline,
-              zframe_t **payload_p)
+s_fifo_push (s_fifo_t *fifo, s_job_t *job)
 {
+    job->next = NULL;
+    if (fifo->tail)
+        fifo->tail->next = job;
+    else
+        fifo->head = job;
+    fifo->tail = job;
+    fifo->size++;
+}
+
+static void
+s_fifo_push_front (s_fifo_t *fifo, s_job_t *job)
+{
+    job->next = fifo->head;
+    fifo->head = job;
+    if (!fifo->tail)
+        fifo->tail = job;
+    fifo->size++;
+}
+
+static s_job_t *
+s_fifo_pop (s_fifo_t *fifo)
+{
+    s_job_t *job = fifo->head;
+    if (job) {
+        fifo->head = job->next;
+        if (!fifo->head)
+            fifo->tail = NULL;
+        job->next = NULL;
+        fifo->size--;
+    }
+    return job;
+}
+
+static s_job_t *
+s_job_new (s_actor_t *self)
+{
+    s_job_t *job = self->spare;
+    if (job)
+        self->spare = job->next;
+    else {
+        job = ferry_calloc (1, sizeof *job);
+        zmq_msg_init (&job->payload);
+    }
+    job->next = NULL;
+    job->attempts = 0;
+    job->finishing = false;
+    job->request = NULL;
+    job->op = NULL;
+    job->plan_len = job->plan_pos = 0;
+    job->slot_done = false;
+    job->not_found = -1;
+    return job;
+}
+
+/*  Frees what the job holds and keeps the job itself for the next
+    message.  There are at most credit + 1 jobs, so the list is short.  */
+static void
+s_job_recycle (s_actor_t *self, s_job_t *job)
+{
+    zmq_msg_close (&job->payload);
+    zmq_msg_init (&job->payload);
+    ferry_envelope_destroy (&job->request);
+    s_outcome_reset (job);
+    job->next = self->spare;
+    self->spare = job;
+}
+
+/*  Takes the payload (moved out of *payload, which stays a valid empty
+    message for the caller to close).  */
+static void
+s_job_arrive (s_actor_t *self, const zmq_msg_t *id, uint64_t deadline,
+              zmq_msg_t *payload)
+{
+    char msg_id[MSG_ID_MAX + 1];
+    size_t len = zmq_msg_size ((zmq_msg_t *) id);
+    memcpy (msg_id, zmq_msg_data ((zmq_msg_t *) id), len);
+    msg_id[len] = '\0';
     if (deadline && ferry_wall_ms () >= deadline) {
         s_reply_raw (self, msg_id, 504,
                      "the deadline passed before the worker started");
-        zframe_destroy (payload_p);
         return;
     }
     if (!self->registered || self->pg != S_PG_UP || self->terminating) {
         /*  Sent before the broker saw our BYE.  */
         s_reply_raw (self, msg_id, 503, "the worker cannot take work now");
-        zframe_destroy (payload_p);
         return;
     }
     /*  The broker keeps to our credit; a broker that does not is not
         allowed to grow our memory.  One spare for a READY repeated after
-        a broker reconnect while a message was in hand.  */
-    if (zlist_size (self->queue) >= self->args->credit + 1) {
+        a broker reconnect while messages were in hand.  */
+    if (self->waiting.size + self->sent.size >= self->args->credit + 1) {
         s_reply_raw (self, msg_id, 503, "the worker is over its credit");
-        zframe_destroy (payload_p);
         return;
     }
-    s_job_t *job = ferry_calloc (1, sizeof *job);
-    job->msg_id = ferry_strdup (msg_id);
+    s_job_t *job = s_job_new (self);
+    memcpy (job->msg_id, msg_id, len + 1);
     job->deadline = deadline;
-    job->payload = *payload_p;
-    *payload_p = NULL;
-    zlist_append (self->queue, job);
-}
-
-static void
-s_job_free (s_job_t **job_p)
-{
-    s_job_t *job = *job_p;
-    if (!job)
-        return;
-    free (job->msg_id);
-    zframe_destroy (&job->payload);
-    free (job);
-    *job_p = NULL;
+    zmq_msg_move (&job->payload, payload);
+    s_fifo_push (&self->waiting, job);
 }
 
 /*  A problem reply for a message we did not decode (or cannot).  */
@@ -497,78 +646,101 @@ static void
 s_reply_raw (s_actor_t *self, const char *msg_id, unsigned status,
              const char *detail)
 {
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init (&sb);
+    msgpack_sbuffer_clear (&self->out);
     if (ferry_problem_reply_encode (msg_id, status, detail,
-                                    status == 503 ? 1 : 0, &sb)
+                                    status == 503 ? 1 : 0, &self->out)
         == 0)
-        s_broker_send (self, FERRY_CMD_REP, msg_id, NULL, sb.data, sb.size);
+        s_broker_send (self, FERRY_CMD_REP, msg_id, NULL, self->out.data,
+                       self->out.size);
     else
         log_error ("cannot encode problem msg=%s", msg_id);
-    msgpack_sbuffer_destroy (&sb);
 }
 
 static void
-s_fail_queue (s_actor_t *self, unsigned status, const char *detail)
+s_fail_waiting (s_actor_t *self, unsigned status, const char *detail)
 {
     s_job_t *job;
-    while ((job = zlist_pop (self->queue))) {
+    while ((job = s_fifo_pop (&self->waiting))) {
         s_reply_raw (self, job->msg_id, status, detail);
-        s_job_free (&job);
+        s_job_recycle (self, job);
     }
 }
 
-/*  Starts the next message when PostgreSQL is free.  Loops because a
-    message may be answered without PostgreSQL (expired, invalid).  */
+/*  Sends the waiting messages into the pipeline, all of them when they
+    are single-step, and flushes once.  Messages answered without
+    PostgreSQL (expired, invalid) are answered here.  A multi-step
+    message waits for an empty pipeline and holds it to itself.  */
 static void
 s_pump (s_actor_t *self)
 {
-    while (!self->job && self->pg == S_PG_UP && zlist_size (self->queue)) {
-        s_job_t *job = zlist_pop (self->queue);
+    bool queued = false;
+    while (self->pg == S_PG_UP && !self->exclusive && self->waiting.head) {
+        s_job_t *job = s_fifo_pop (&self->waiting);
         if (job->deadline && ferry_wall_ms () >= job->deadline) {
             s_reply_raw (self, job->msg_id, 504,
                          "the deadline passed before the worker started");
-            s_job_free (&job);
+            s_job_recycle (self, job);
             continue;
         }
-        char err[160];
-        ferry_envelope_t *req
-            = ferry_envelope_decode (zframe_data (job->payload),
-                                     zframe_size (job->payload), NULL, err,
-                                     sizeof err);
-        if (!req) {
-            log_warn ("undecodable envelope msg=%s reason=%s",
-                      job->msg_id, err);
-            s_reply_raw (self, job->msg_id, 400,
-                         "the message is not a valid envelope");
-            s_job_free (&job);
+        if (!job->request && s_job_prepare (self, job))
             continue;
+        bool multi = job->op->nsteps > 1;
+        if (multi && self->sent.size) {
+            s_fifo_push_front (&self->waiting, job);
+            break;
         }
-        self->job = job;
-        self->request = req;
-        self->attempts = 0;
-        self->op = worker_ops_find (self->args->ops,
-                                    ferry_envelope_operation (req));
-        if (!self->op) {
-            s_job_problem (self, 404, "unknown operation", NULL);
+        if (s_job_send (self, job))
             continue;
-        }
-        log_debug ("start msg=%s cid=%s op=%s actor=%s",
-                   job->msg_id,
-                   ferry_envelope_cid (req) ? ferry_envelope_cid (req) : "-",
-                   self->op->name, self->name);
-        s_job_send (self);
+        queued = true;
+        self->exclusive = multi;
     }
+    if (queued && self->conn)
+        s_pg_flush (self);
 }
 
-/*  Binds the parameters and sends the message's pipeline.  Returns 0 when
-    sent, -1 when the message was answered or the connection dropped.  */
+/*  Decodes the envelope and finds the operation.  Returns 0, or -1 when
+    the message was answered (400, 404) and recycled.  */
 static int
-s_job_send (s_actor_t *self)
+s_job_prepare (s_actor_t *self, s_job_t *job)
 {
-    const worker_op_t *op = self->op;
-    const msgpack_object *args = ferry_envelope_args (self->request);
-    const msgpack_object *body = ferry_envelope_body (self->request);
+    char err[160];
+    job->request = ferry_envelope_decode (zmq_msg_data (&job->payload),
+                                          zmq_msg_size (&job->payload), NULL,
+                                          err, sizeof err);
+    if (!job->request) {
+        log_warn ("undecodable envelope msg=%s reason=%s", job->msg_id,
+                  err);
+        s_reply_raw (self, job->msg_id, 400,
+                     "the message is not a valid envelope");
+        s_job_recycle (self, job);
+        return -1;
+    }
+    /*  The envelope owns copies of what it needs.  */
+    zmq_msg_close (&job->payload);
+    zmq_msg_init (&job->payload);
+    job->op = worker_ops_find (self->args->ops,
+                               ferry_envelope_operation (job->request));
+    if (!job->op) {
+        s_job_problem (self, job, 404, "unknown operation", NULL);
+        return -1;
+    }
+    log_debug ("start msg=%s cid=%s op=%s actor=%s", job->msg_id,
+               ferry_envelope_cid (job->request)
+                   ? ferry_envelope_cid (job->request)
+                   : "-",
+               job->op->name, self->name);
+    return 0;
+}
+
+/*  Binds the parameters and queues the message's segment in libpq's
+    output buffer; s_pump flushes.  Returns 0 when queued, -1 when the
+    message was answered (and recycled) or the connection dropped.  */
+static int
+s_job_send (s_actor_t *self, s_job_t *job)
+{
+    const worker_op_t *op = job->op;
+    const msgpack_object *args = ferry_envelope_args (job->request);
+    const msgpack_object *body = ferry_envelope_body (job->request);
     char ***values = ferry_calloc (op->nsteps, sizeof *values);
     char err[192];
     int rc = 0;
@@ -585,10 +757,11 @@ s_job_send (s_actor_t *self)
     PGconn *conn = self->conn;
     bool sent = rc == 0;
     if (sent) {
-        s_outcome_reset (self);
-        self->plan_len = self->plan_pos = 0;
-        self->slot_done = false;
-        self->finishing = false;
+        s_outcome_reset (job);
+        job->plan_len = job->plan_pos = 0;
+        job->slot_done = false;
+        job->finishing = false;
+        s_fifo_push (&self->sent, job);
         for (size_t s = 0; sent && s < op->nsteps; s++) {
             const worker_step_t *st = &op->steps[s];
             if (self->prepared[st->index])
@@ -596,44 +769,40 @@ s_job_send (s_actor_t *self)
             sent = PQsendPrepare (conn, st->stmt, st->sql, (int) st->nparams,
                                   st->oids)
                    == 1;
-            s_plan (self, SLOT_PREPARE, s);
+            s_plan (job, SLOT_PREPARE, s);
+            /*  Messages behind this one in the same batch use the
+                statement too; a failed Parse clears the mark again.  */
+            self->prepared[st->index] = true;
         }
-        sent = sent
-               && PQsendQueryParams (conn, "BEGIN", 0, NULL, NULL, NULL,
-                                     NULL, 0) == 1;
-        s_plan (self, SLOT_BEGIN, 0);
+        if (op->nsteps > 1) {
+            sent = sent
+                   && PQsendQueryParams (conn, "BEGIN", 0, NULL, NULL, NULL,
+                                         NULL, 0) == 1;
+            s_plan (job, SLOT_BEGIN, 0);
+        }
         /*  The time left, computed here; never request data.  0 would
             disable the timeout, so a message without deadline gets none
             and one about to expire gets 1 ms.  */
         char ms[32] = "0";
-        if (self->job->deadline) {
+        if (job->deadline) {
             uint64_t now = ferry_wall_ms ();
-            uint64_t left
-                = self->job->deadline > now ? self->job->deadline - now : 1;
+            uint64_t left = job->deadline > now ? job->deadline - now : 1;
             snprintf (ms, sizeof ms, "%" PRIu64, left);
         }
         const char *tv[1] = {ms};
         sent = sent
-               && PQsendQueryParams (
-                      conn,
-                      "SELECT set_config('statement_timeout', $1, true)", 1,
-                      NULL, tv, NULL, NULL, 0) == 1;
-        s_plan (self, SLOT_TIMEOUT, 0);
+               && PQsendQueryPrepared (conn, s_timeout_stmt, 1, tv, NULL, NULL,
+                                       0) == 1;
+        s_plan (job, SLOT_TIMEOUT, 0);
         for (size_t s = 0; sent && s < op->nsteps; s++) {
             const worker_step_t *st = &op->steps[s];
             sent = PQsendQueryPrepared (conn, st->stmt, (int) st->nparams,
                                         (const char *const *) values[s],
                                         NULL, NULL, 0) == 1;
-            s_plan (self, SLOT_STEP, s);
-        }
-        if (op->nsteps == 1) {
-            sent = sent
-                   && PQsendQueryParams (conn, "COMMIT", 0, NULL, NULL, NULL,
-                                         NULL, 0) == 1;
-            s_plan (self, SLOT_COMMIT, 0);
+            s_plan (job, SLOT_STEP, s);
         }
         sent = sent && PQpipelineSync (conn) == 1;
-        s_plan (self, SLOT_SYNC, 0);
+        s_plan (job, SLOT_SYNC, 0);
     }
     for (size_t s = 0; s < op->nsteps; s++)
         if (values[s]) {
@@ -642,146 +811,133 @@ s_job_send (s_actor_t *self)
         }
     free (values);
     if (rc == -1) {
-        s_job_problem (self, 422, err, NULL);
+        s_job_problem (self, job, 422, err, NULL);
         return -1;
     }
     if (!sent) {
+        /*  Answers the job too: it is in `sent` already.  */
         s_pg_lost (self, "send failed");
         return -1;
     }
-    s_pg_flush (self);
-    return self->job ? 0 : -1;
+    return 0;
 }
 
 static void
-s_plan (s_actor_t *self, s_slot_kind_t kind, size_t step)
+s_plan (s_job_t *job, s_slot_kind_t kind, size_t step)
 {
     /*  PLAN_MAX bounds steps per operation far above any sane config.  */
-    assert (self->plan_len < PLAN_MAX);
-    self->plan[self->plan_len].kind = kind;
-    self->plan[self->plan_len].step = step;
-    self->plan_len++;
+    assert (job->plan_len < PLAN_MAX);
+    job->plan[job->plan_len].kind = kind;
+    job->plan[job->plan_len].step = step;
+    job->plan_len++;
 }
 
 static void
-s_outcome_reset (s_actor_t *self)
+s_outcome_reset (s_job_t *job)
 {
-    self->failed = false;
-    self->sqlstate[0] = '\0';
-    self->constraint[0] = '\0';
-    self->not_found = -1;
-    PQclear (self->last);
-    self->last = NULL;
+    job->failed = false;
+    job->sqlstate[0] = '\0';
+    job->constraint[0] = '\0';
+    job->not_found = -1;
+    PQclear (job->last);
+    job->last = NULL;
 }
 
-/*  Adds our span to the reply, encodes it and sends it; ends the job.  */
+/*  Adds our span to the reply, encodes it and sends it; recycles the
+    job, which must be in no list.  */
 static void
-s_job_reply (s_actor_t *self, ferry_envelope_t **reply_p)
+s_job_reply (s_actor_t *self, s_job_t *job, ferry_envelope_t **reply_p)
 {
     ferry_envelope_t *reply = *reply_p;
     char tp[FERRY_TRACEPARENT_LEN + 1];
-    ferry_traceparent_continue (ferry_envelope_traceparent (self->request),
+    ferry_traceparent_continue (ferry_envelope_traceparent (job->request),
                                 tp);
     ferry_envelope_set_header (reply, "traceparent", tp);
     ferry_envelope_set_traceparent (reply, tp);
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init (&sb);
-    if (ferry_envelope_encode (reply, &sb) == 0)
-        s_broker_send (self, FERRY_CMD_REP, self->job->msg_id, NULL, sb.data,
-                       sb.size);
+    msgpack_sbuffer_clear (&self->out);
+    if (ferry_envelope_encode (reply, &self->out) == 0)
+        s_broker_send (self, FERRY_CMD_REP, job->msg_id, NULL, self->out.data,
+                       self->out.size);
     else {
-        log_error ("cannot encode reply msg=%s", self->job->msg_id);
-        s_reply_raw (self, self->job->msg_id, 500,
+        log_error ("cannot encode reply msg=%s", job->msg_id);
+        s_reply_raw (self, job->msg_id, 500,
                      "the reply could not be encoded");
     }
-    msgpack_sbuffer_destroy (&sb);
     ferry_envelope_destroy (reply_p);
-    s_job_end (self);
+    s_job_recycle (self, job);
 }
 
 static void
-s_job_problem (s_actor_t *self, unsigned status, const char *detail,
-               const char *sqlstate)
+s_job_problem (s_actor_t *self, s_job_t *job, unsigned status,
+               const char *detail, const char *sqlstate)
 {
-    log_debug ("problem msg=%s status=%u actor=%s",
-               self->job->msg_id, status, self->name);
-    ferry_envelope_t *reply = ferry_envelope_new_reply (self->request, status);
+    log_debug ("problem msg=%s status=%u actor=%s", job->msg_id, status,
+               self->name);
+    ferry_envelope_t *reply = ferry_envelope_new_reply (job->request, status);
     ferry_envelope_set_problem (reply, status, NULL, detail, sqlstate);
-    s_job_reply (self, &reply);
+    s_job_reply (self, job, &reply);
 }
 
+/*  The job's transaction is over and its results are in: answer, or run
+    it once more after a serialization failure.  The job is in no list.  */
 static void
-s_job_end (s_actor_t *self)
+s_job_complete (s_actor_t *self, s_job_t *job)
 {
-    s_job_free (&self->job);
-    ferry_envelope_destroy (&self->request);
-    self->op = NULL;
-    s_outcome_reset (self);
-    self->plan_len = self->plan_pos = 0;
-    self->slot_done = false;
-    self->finishing = false;
-}
-
-/*  All results are in and the transaction is over: answer.  */
-static void
-s_job_complete (s_actor_t *self)
-{
-    const worker_op_t *op = self->op;
-    if (self->failed && self->not_found < 0) {
+    const worker_op_t *op = job->op;
+    if (job->failed && job->not_found < 0) {
         worker_pgerror_t e;
-        worker_pgerror_classify (self->sqlstate, &e);
-        if (e.retry && self->attempts == 0 && !e.reconnect) {
+        worker_pgerror_classify (job->sqlstate, &e);
+        if (e.retry && job->attempts == 0 && !e.reconnect) {
             /*  Serialization failure or deadlock: the transaction was
-                rolled back whole, so running it again is safe.  */
-            self->attempts++;
-            log_info ("retrying msg=%s sqlstate=%s actor=%s",
-                      self->job->msg_id, self->sqlstate, self->name);
-            s_job_send (self);
+                rolled back whole, so running it again is safe.  It goes
+                first in line; s_pump sends it.  */
+            job->attempts++;
+            log_info ("retrying msg=%s sqlstate=%s actor=%s", job->msg_id,
+                      job->sqlstate, self->name);
+            s_fifo_push_front (&self->waiting, job);
             return;
         }
         /*  The constraint name stays in our log: schema names are
             nobody's business outside.  */
         char sqlstate[6];
-        memcpy (sqlstate, self->sqlstate, sizeof sqlstate);
-        s_job_problem (self, e.status, e.detail,
+        memcpy (sqlstate, job->sqlstate, sizeof sqlstate);
+        s_job_problem (self, job, e.status, e.detail,
                        e.show_sqlstate && sqlstate[0] ? sqlstate : NULL);
         if (e.reconnect)
             s_pg_lost (self, "server error");
         return;
     }
-    if (self->not_found >= 0) {
-        const worker_step_t *st = &op->steps[self->not_found];
-        s_job_problem (self, st->not_found_status,
+    if (job->not_found >= 0) {
+        const worker_step_t *st = &op->steps[job->not_found];
+        s_job_problem (self, job, st->not_found_status,
                        st->not_found_detail ? st->not_found_detail
                                             : "no such row",
                        NULL);
         return;
     }
     const worker_step_t *last = &op->steps[op->nsteps - 1];
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init (&sb);
+    msgpack_sbuffer_clear (&self->body);
     msgpack_packer pk;
-    msgpack_packer_init (&pk, &sb, msgpack_sbuffer_write);
+    msgpack_packer_init (&pk, &self->body, msgpack_sbuffer_write);
     char err[128];
     ferry_envelope_t *reply = NULL;
-    if (!self->last || s_pack_result (&pk, self->last, last->result)) {
-        log_error ("result not convertible msg=%s op=%s",
-                   self->job->msg_id, op->name);
+    if (!job->last || s_pack_result (&pk, job->last, last->result)) {
+        log_error ("result not convertible msg=%s op=%s", job->msg_id,
+                   op->name);
     }
     else {
-        reply = ferry_envelope_new_reply (self->request, op->status);
-        if (ferry_envelope_set_body_raw (reply, sb.data, sb.size, err,
-                                         sizeof err)) {
-            log_warn ("result refused msg=%s op=%s reason=%s",
-                      self->job->msg_id, op->name, err);
+        reply = ferry_envelope_new_reply (job->request, op->status);
+        if (ferry_envelope_set_body_raw (reply, self->body.data,
+                                         self->body.size, err, sizeof err)) {
+            log_warn ("result refused msg=%s op=%s reason=%s", job->msg_id,
+                      op->name, err);
             ferry_envelope_destroy (&reply);
         }
     }
-    msgpack_sbuffer_destroy (&sb);
     if (reply)
-        s_job_reply (self, &reply);
+        s_job_reply (self, job, &reply);
     else
-        s_job_problem (self, 500, "the result could not be converted",
+        s_job_problem (self, job, 500, "the result could not be converted",
                        NULL);
 }
 
@@ -867,14 +1023,20 @@ s_pg_connect_poll (s_actor_t *self)
     }
     PQsetNoticeProcessor (self->conn, s_notice, self);
     memset (self->prepared, 0, worker_ops_steps (self->args->ops) + 1);
-    self->plan_len = self->plan_pos = 0;
-    self->slot_done = false;
-    s_outcome_reset (self);
+    s_job_t *job = &self->setup;
+    s_outcome_reset (job);
+    job->plan_len = job->plan_pos = 0;
+    job->slot_done = false;
+    s_fifo_push (&self->sent, job);
     int ok = PQsendQueryParams (self->conn, s_setup_sql, 0, NULL, NULL, NULL,
                                 NULL, 0);
-    s_plan (self, SLOT_SETUP, 0);
+    s_plan (job, SLOT_SETUP, 0);
+    ok = ok
+         && PQsendPrepare (self->conn, s_timeout_stmt, s_timeout_sql, 1,
+                           NULL);
+    s_plan (job, SLOT_SETUP, 0);
     ok = ok && PQpipelineSync (self->conn);
-    s_plan (self, SLOT_SYNC, 0);
+    s_plan (job, SLOT_SYNC, 0);
     if (!ok) {
         s_pg_fail (self, "session setup failed");
         return;
@@ -898,6 +1060,11 @@ s_pg_fail (s_actor_t *self, const char *what)
         PQfinish (self->conn);
         self->conn = NULL;
     }
+    /*  Only the setup segment can be in flight while connecting.  */
+    if (self->sent.head == &self->setup)
+        s_fifo_pop (&self->sent);
+    assert (self->sent.size == 0);
+    self->flush_pending = false;
     self->pg = S_PG_DOWN;
     int64_t delay = s_jitter (self, self->pg_backoff);
     log_warn ("postgres %s actor=%s retry_ms=%" PRId64 " error=%s",
@@ -915,12 +1082,14 @@ static void
 s_pg_lost (s_actor_t *self, const char *what)
 {
     bool was_up = self->pg == S_PG_UP;
-    if (self->job)
-        s_job_problem (self, 503, "the database connection was lost", NULL);
-    s_fail_queue (self, 503, "the database connection was lost");
+    s_job_t *job;
+    while ((job = s_fifo_pop (&self->sent)))
+        if (!job->setup)
+            s_job_problem (self, job, 503, "the database connection was lost",
+                           NULL);
+    self->exclusive = false;
+    s_fail_waiting (self, 503, "the database connection was lost");
     s_withdraw (self);
-    self->flush_pending = false;
-    self->plan_len = self->plan_pos = 0;
     s_pg_fail (self, what);
     if (was_up)
         zstr_send (self->pipe, "DISCONNECTED");
@@ -953,6 +1122,9 @@ s_pg_io (s_actor_t *self, short revents)
         s_pg_read (self);
 }
 
+/*  Reads every result that has arrived.  They come in the order the
+    segments were sent, so each belongs to the head of `sent`; a Sync
+    result ends the head's segment.  */
 static void
 s_pg_read (s_actor_t *self)
 {
@@ -960,63 +1132,71 @@ s_pg_read (s_actor_t *self)
         s_pg_lost (self, "connection lost");
         return;
     }
-    while (self->conn && self->plan_pos < self->plan_len
-           && !PQisBusy (self->conn)) {
+    while (self->conn && self->sent.head && !PQisBusy (self->conn)) {
+        s_job_t *job = self->sent.head;
         PGresult *r = PQgetResult (self->conn);
         if (!r) {
-            if (!self->slot_done)
+            /*  libpq ends each query's results with a NULL; a NULL
+                before any result means nothing more has arrived.  */
+            if (!job->slot_done)
                 break;
-            self->plan_pos++;
-            self->slot_done = false;
+            job->plan_pos++;
+            job->slot_done = false;
             continue;
         }
         if (PQresultStatus (r) == PGRES_PIPELINE_SYNC) {
             PQclear (r);
-            self->plan_pos = self->plan_len;
-            self->slot_done = false;
-            s_segment_done (self);
+            s_fifo_pop (&self->sent);
+            job->slot_done = false;
+            s_segment_done (self, job);
             continue;
         }
-        s_slot_result (self, &self->plan[self->plan_pos], r);
-        self->slot_done = true;
+        if (job->plan_pos < job->plan_len)
+            s_slot_result (self, job, &job->plan[job->plan_pos], r);
+        else
+            PQclear (r);
+        job->slot_done = true;
     }
     if (self->conn && PQstatus (self->conn) == CONNECTION_BAD)
         s_pg_lost (self, "connection lost");
 }
 
 static void
-s_slot_result (s_actor_t *self, const s_slot_t *slot, PGresult *r)
+s_slot_result (s_actor_t *self, s_job_t *job, const s_slot_t *slot,
+               PGresult *r)
 {
     ExecStatusType st = PQresultStatus (r);
     if (st == PGRES_FATAL_ERROR) {
+        if (slot->kind == SLOT_PREPARE)
+            self->prepared[job->op->steps[slot->step].index] = false;
         /*  A `one` step that found no row came first: that is the
             answer, and what failed after it is rolled back anyway.  */
-        if (!self->failed && self->not_found >= 0)
-            self->failed = true;
-        else if (!self->failed) {
-            self->failed = true;
+        if (!job->failed && job->not_found >= 0)
+            job->failed = true;
+        else if (!job->failed) {
+            job->failed = true;
             const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
             const char *cons
                 = PQresultErrorField (r, PG_DIAG_CONSTRAINT_NAME);
-            snprintf (self->sqlstate, sizeof self->sqlstate, "%s",
+            snprintf (job->sqlstate, sizeof job->sqlstate, "%s",
                       code ? code : "");
-            snprintf (self->constraint, sizeof self->constraint, "%s",
+            snprintf (job->constraint, sizeof job->constraint, "%s",
                       cons ? cons : "");
             worker_pgerror_t e;
-            worker_pgerror_classify (self->sqlstate, &e);
+            worker_pgerror_classify (job->sqlstate, &e);
             const char *text = PQresultErrorField (r, PG_DIAG_MESSAGE_PRIMARY);
             /*  Unexpected failures need the server's words in our log;
                 expected ones (409, 422) are per-message detail.  */
             if (e.status == 500)
                 log_warn ("statement failed actor=%s op=%s "
                           "sqlstate=%s message=%s",
-                          self->name, self->op ? self->op->name : "(setup)",
-                          self->sqlstate, text ? text : "");
+                          self->name, job->op ? job->op->name : "(setup)",
+                          job->sqlstate, text ? text : "");
             else
                 log_debug ("statement failed actor=%s sqlstate=%s "
                            "constraint=%s",
-                           self->name, self->sqlstate,
-                           self->constraint[0] ? self->constraint : "-");
+                           self->name, job->sqlstate,
+                           job->constraint[0] ? job->constraint : "-");
         }
         PQclear (r);
         return;
@@ -1025,63 +1205,73 @@ s_slot_result (s_actor_t *self, const s_slot_t *slot, PGresult *r)
         PQclear (r);
         return;
     }
-    if (slot->kind == SLOT_PREPARE)
-        self->prepared[self->op->steps[slot->step].index] = true;
-    else if (slot->kind == SLOT_STEP && self->op) {
-        const worker_step_t *step = &self->op->steps[slot->step];
+    if (slot->kind == SLOT_STEP && job->op) {
+        const worker_step_t *step = &job->op->steps[slot->step];
         if (step->result == WORKER_RESULT_ONE && PQntuples (r) == 0
-            && self->not_found < 0)
-            self->not_found = (int) slot->step;
-        if (slot->step == self->op->nsteps - 1) {
-            PQclear (self->last);
-            self->last = r;
+            && job->not_found < 0)
+            job->not_found = (int) slot->step;
+        if (slot->step == job->op->nsteps - 1) {
+            PQclear (job->last);
+            job->last = r;
             return;
         }
     }
     PQclear (r);
 }
 
-/*  A Sync came back: the setup is done, or a message's round trip.  */
+/*  A Sync came back for job, which is out of `sent` now: the setup is
+    done, or a message's segment.  */
 static void
-s_segment_done (s_actor_t *self)
+s_segment_done (s_actor_t *self, s_job_t *job)
 {
-    if (self->pg == S_PG_SETUP) {
-        if (self->failed) {
+    if (job->setup) {
+        if (job->failed) {
             s_pg_fail (self, "session setup failed");
             return;
         }
         self->pg = S_PG_UP;
         self->pg_backoff = BACKOFF_MIN_MS;
-        self->plan_len = self->plan_pos = 0;
         log_info ("postgres connected actor=%s", self->name);
         s_register (self);
         zstr_send (self->pipe, "CONNECTED");
         return;
     }
-    if (!self->job)
-        return;
-    PGTransactionStatusType ts = PQtransactionStatus (self->conn);
-    if (!self->finishing
-        && (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)) {
-        bool commit = !self->failed && self->not_found < 0;
-        self->finishing = true;
-        self->plan_len = self->plan_pos = 0;
-        self->slot_done = false;
-        int ok = PQsendQueryParams (self->conn, commit ? "COMMIT" : "ROLLBACK",
-                                    0, NULL, NULL, NULL, NULL, 0);
-        s_plan (self, SLOT_END, 0);
-        ok = ok && PQpipelineSync (self->conn);
-        s_plan (self, SLOT_SYNC, 0);
-        if (!ok)
-            s_pg_lost (self, "send failed");
-        else
-            s_pg_flush (self);
-        return;
+    if (job->op->nsteps > 1) {
+        /*  The job has the pipeline to itself (exclusive), so the
+            transaction status is this job's.  */
+        PGTransactionStatusType ts = PQtransactionStatus (self->conn);
+        if (!job->finishing
+            && (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)) {
+            bool commit = !job->failed && job->not_found < 0;
+            job->finishing = true;
+            job->plan_len = job->plan_pos = 0;
+            job->slot_done = false;
+            s_fifo_push (&self->sent, job);
+            int ok = PQsendQueryParams (self->conn,
+                                        commit ? "COMMIT" : "ROLLBACK", 0,
+                                        NULL, NULL, NULL, NULL, 0);
+            s_plan (job, SLOT_END, 0);
+            ok = ok && PQpipelineSync (self->conn);
+            s_plan (job, SLOT_SYNC, 0);
+            if (!ok)
+                s_pg_lost (self, "send failed");
+            else
+                s_pg_flush (self);
+            return;
+        }
+        self->exclusive = false;
+        if (ts != PQTRANS_IDLE) {
+            s_fifo_push (&self->sent, job); /* s_pg_lost answers it */
+            s_pg_lost (self, "unexpected transaction state");
+            return;
+        }
     }
-    if (ts != PQTRANS_IDLE) {
+    /*  A single-step segment was the implicit transaction that the Sync
+        committed or rolled back.  */
+    s_job_complete (self, job);
+    /*  Once the pipeline is empty nothing may be left open, whatever
+        the configured statements did.  */
+    if (self->conn && self->sent.size == 0
+        && PQtransactionStatus (self->conn) != PQTRANS_IDLE)
         s_pg_lost (self, "unexpected transaction state");
-        return;
-    }
-    self->plan_len = self->plan_pos = 0;
-    s_job_complete (self);
 }
