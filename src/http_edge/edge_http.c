@@ -274,6 +274,219 @@ s_problem_add_request_id (char **body_p, size_t *len, const char *request_id)
     json_decref (obj);
 }
 
+/* ---- reply bodies as JSON ---------------------------------------------------
+    Most replies are maps of strings and integers.  Converting them through
+    a jansson tree (ferry_msgpack_to_json) allocated every value and printed
+    the tree twice, a third of the edge's allocations per request; this
+    writer prints such values straight from the msgpack object into one
+    buffer.  It gives up (returns -1) on anything it does not print the way
+    jansson would, byte for byte: floats (jansson's shared precision),
+    binary, ext, integers above INT64_MAX, strings that are not UTF-8 and
+    duplicate or non-string keys.  The caller then takes the jansson path,
+    which prints or refuses those as before.  The unit test compares both
+    outputs.  */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} s_text_t;
+
+static void
+s_text_put (s_text_t *t, const void *bytes, size_t n)
+{
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap : 256;
+        while (cap < t->len + n + 1)
+            cap *= 2;
+        t->data = ferry_realloc (t->data, cap);
+        t->cap = cap;
+    }
+    memcpy (t->data + t->len, bytes, n);
+    t->len += n;
+}
+
+/*  Length of the UTF-8 sequence at s (at most left bytes), 0 when it is not
+    valid: no overlong forms, surrogates or code points above U+10FFFF
+    (what jansson accepts in a string).  */
+static size_t
+s_utf8_seq (const uint8_t *s, size_t left)
+{
+    size_t n;
+    uint32_t cp;
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] < 0xc2)
+        return 0;
+    if (s[0] < 0xe0)
+        n = 2, cp = s[0] & 0x1f;
+    else if (s[0] < 0xf0)
+        n = 3, cp = s[0] & 0x0f;
+    else if (s[0] < 0xf5)
+        n = 4, cp = s[0] & 0x07;
+    else
+        return 0;
+    if (n > left)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)
+        || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000))
+        return 0;
+    return n;
+}
+
+/*  A JSON string, escaped as jansson escapes it without JSON_ENSURE_ASCII
+    and JSON_ESCAPE_SLASH: quote, backslash and control characters.  */
+static int
+s_text_string (s_text_t *t, const char *str, size_t size)
+{
+    const uint8_t *s = (const uint8_t *) str;
+    s_text_put (t, "\"", 1);
+    size_t run = 0; /* start of the bytes not yet copied */
+    for (size_t i = 0; i < size;) {
+        uint8_t c = s[i];
+        if (c >= 0x80) {
+            size_t n = s_utf8_seq (s + i, size - i);
+            if (n == 0)
+                return -1;
+            i += n;
+            continue;
+        }
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            i++;
+            continue;
+        }
+        s_text_put (t, s + run, i - run);
+        char esc[8];
+        size_t elen = 2;
+        esc[0] = '\\';
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            elen = (size_t) snprintf (esc, sizeof esc, "\\u%04X", c);
+        }
+        s_text_put (t, esc, elen);
+        run = ++i;
+    }
+    s_text_put (t, s + run, size - run);
+    s_text_put (t, "\"", 1);
+    return 0;
+}
+
+static void
+s_text_int (s_text_t *t, int64_t v)
+{
+    char digits[24], *p = digits + sizeof digits;
+    /*  Through unsigned, so that INT64_MIN negates without overflow.  */
+    uint64_t u = v < 0 ? -(uint64_t) v : (uint64_t) v;
+    do
+        *--p = (char) ('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        *--p = '-';
+    s_text_put (t, p, (size_t) (digits + sizeof digits - p));
+}
+
+static bool
+s_key_seen (const msgpack_object_kv *kv, uint32_t n, const msgpack_object *key)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (kv[i].key.via.str.size == key->via.str.size
+            && memcmp (kv[i].key.via.str.ptr, key->via.str.ptr,
+                       key->via.str.size)
+                   == 0)
+            return true;
+    return false;
+}
+
+/*  Maps larger than this go the jansson way: the duplicate check here is
+    quadratic.  */
+#define S_TEXT_MAX_KEYS 64
+
+static int
+s_text_value (s_text_t *t, const msgpack_object *obj)
+{
+    switch (obj->type) {
+    case MSGPACK_OBJECT_NIL:
+        s_text_put (t, "null", 4);
+        return 0;
+    case MSGPACK_OBJECT_BOOLEAN:
+        if (obj->via.boolean)
+            s_text_put (t, "true", 4);
+        else
+            s_text_put (t, "false", 5);
+        return 0;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (obj->via.u64 > INT64_MAX)
+            return -1;
+        s_text_int (t, (int64_t) obj->via.u64);
+        return 0;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        s_text_int (t, obj->via.i64);
+        return 0;
+    case MSGPACK_OBJECT_STR:
+        return s_text_string (t, obj->via.str.ptr, obj->via.str.size);
+    case MSGPACK_OBJECT_ARRAY:
+        s_text_put (t, "[", 1);
+        for (uint32_t i = 0; i < obj->via.array.size; i++) {
+            if (i)
+                s_text_put (t, ",", 1);
+            if (s_text_value (t, &obj->via.array.ptr[i]))
+                return -1;
+        }
+        s_text_put (t, "]", 1);
+        return 0;
+    case MSGPACK_OBJECT_MAP: {
+        const msgpack_object_kv *kv = obj->via.map.ptr;
+        if (obj->via.map.size > S_TEXT_MAX_KEYS)
+            return -1;
+        s_text_put (t, "{", 1);
+        for (uint32_t i = 0; i < obj->via.map.size; i++) {
+            if (kv[i].key.type != MSGPACK_OBJECT_STR
+                || s_key_seen (kv, i, &kv[i].key))
+                return -1;
+            if (i)
+                s_text_put (t, ",", 1);
+            const msgpack_object_str *key = &kv[i].key.via.str;
+            if (s_text_string (t, key->ptr, key->size))
+                return -1;
+            s_text_put (t, ":", 1);
+            if (s_text_value (t, &kv[i].val))
+                return -1;
+        }
+        s_text_put (t, "}", 1);
+        return 0;
+    }
+    default: /* floats, bin, ext: the jansson path decides */
+        return -1;
+    }
+}
+
+/*  Compact JSON text of obj in a new NUL-ended buffer the caller frees with
+    free(), as ferry_msgpack_to_json writes it; NULL when obj has no JSON
+    form.  */
+static char *
+s_body_json (const msgpack_object *obj, size_t *len)
+{
+    s_text_t t = {NULL, 0, 0};
+    if (s_text_value (&t, obj) == 0) {
+        t.data[t.len] = '\0';
+        *len = t.len;
+        return t.data;
+    }
+    free (t.data);
+    return ferry_msgpack_to_json (obj, len);
+}
+
 int
 edge_output_reply (edge_output_t *out, const ferry_envelope_t *reply,
                    const char *request_id, bool want_msgpack)
@@ -301,7 +514,7 @@ edge_output_reply (edge_output_t *out, const ferry_envelope_t *reply,
         out->content_type = "application/msgpack";
     }
     else if (body) {
-        out->body = ferry_msgpack_to_json (body, &out->len);
+        out->body = s_body_json (body, &out->len);
         if (!out->body) {
             edge_output_problem (out, 502, "the reply body has no JSON form",
                                  request_id);
@@ -543,6 +756,197 @@ edge_http_envelope_test (bool verbose)
     ferry_envelope_destroy (&rep);
     edge_output_clear (&out);
     ferry_envelope_destroy (&req);
+    msgpack_sbuffer_destroy (&buf);
+    return 0;
+}
+
+/*  The direct JSON writer against the jansson path: s_body_json must give
+    byte for byte what ferry_msgpack_to_json gives (NULL included), and
+    jansson must parse what it writes.  The value is unpacked the way a
+    reply body is, as a value in a map ({"v": value}): msgpack-c gives an
+    empty string that is the first thing in a buffer a NULL pointer, which
+    jansson refuses, and a body never is.  */
+static int
+s_json_same (const char *packed, size_t size, bool fast, bool verbose,
+             size_t *direct)
+{
+    msgpack_sbuffer wrap;
+    msgpack_sbuffer_init (&wrap);
+    msgpack_sbuffer_write (&wrap, "\x81\xa1v", 3);
+    msgpack_sbuffer_write (&wrap, packed, size);
+    msgpack_unpacked u;
+    msgpack_unpacked_init (&u);
+    size_t off = 0;
+    FERRY_CHECK (msgpack_unpack_next (&u, wrap.data, wrap.size, &off)
+                 == MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *value = &u.data.via.map.ptr[0].val;
+    size_t len_a = 0, len_b = 0;
+    s_text_t t = {NULL, 0, 0};
+    bool took_fast = s_text_value (&t, value) == 0;
+    free (t.data);
+    char *a = s_body_json (value, &len_a);
+    char *b = ferry_msgpack_to_json (value, &len_b);
+    if (verbose)
+        printf ("# %s %s\n", took_fast ? "direct" : "jansson",
+                a ? a : "(no JSON form)");
+    FERRY_CHECK (!fast || took_fast);
+    if (direct && took_fast)
+        (*direct)++;
+    FERRY_CHECK ((a == NULL) == (b == NULL));
+    if (a) {
+        FERRY_CHECK (len_a == len_b && memcmp (a, b, len_a) == 0);
+        FERRY_CHECK (a[len_a] == '\0');
+        json_t *back
+            = json_loadb (a, len_a, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        FERRY_CHECK (back);
+        json_decref (back);
+    }
+    free (a);
+    free (b);
+    msgpack_unpacked_destroy (&u);
+    msgpack_sbuffer_destroy (&wrap);
+    return 0;
+}
+
+static uint64_t
+s_test_rand (uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return *state;
+}
+
+/*  Packs a random value: few short keys so that duplicates happen, strings
+    drawn from bytes that need escaping, valid and broken UTF-8.  */
+static void
+s_test_pack_random (msgpack_packer *pk, uint64_t *rs, int depth)
+{
+    static const char *const pieces[]
+        = {"a", "b", "\"", "\\", "/", "\n", "\t", "\x01", "\x1f", "\x7f",
+           "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xff", "\xc0\x80",
+           "\xed\xa0\x80", "\xe2\x82", " ", "z"};
+    size_t npieces = sizeof pieces / sizeof pieces[0];
+    unsigned kind = (unsigned) (s_test_rand (rs) % (depth > 3 ? 6 : 9));
+    switch (kind) {
+    case 0: msgpack_pack_nil (pk); break;
+    case 1: msgpack_pack_true (pk); break;
+    case 2: msgpack_pack_int64 (pk, (int64_t) s_test_rand (rs)); break;
+    case 3: msgpack_pack_uint64 (pk, s_test_rand (rs)); break;
+    case 4: msgpack_pack_int64 (pk, (int64_t) (s_test_rand (rs) % 200) - 100);
+        break;
+    case 5:
+    case 8: {
+        char str[64];
+        size_t len = 0, parts = s_test_rand (rs) % 8;
+        /*  Mostly clean text: one string in four carries a broken byte.  */
+        bool clean = s_test_rand (rs) % 4 != 0;
+        for (size_t i = 0; i < parts; i++) {
+            const char *p = pieces[s_test_rand (rs) % (clean ? 13 : npieces)];
+            memcpy (str + len, p, strlen (p));
+            len += strlen (p);
+        }
+        msgpack_pack_str_with_body (pk, str, len);
+        break;
+    }
+    case 6: {
+        uint32_t n = (uint32_t) (s_test_rand (rs) % 4);
+        msgpack_pack_array (pk, n);
+        for (uint32_t i = 0; i < n; i++)
+            s_test_pack_random (pk, rs, depth + 1);
+        break;
+    }
+    default: {
+        uint32_t n = (uint32_t) (s_test_rand (rs) % 4);
+        msgpack_pack_map (pk, n);
+        for (uint32_t i = 0; i < n; i++) {
+            char key[2] = {(char) ('a' + s_test_rand (rs) % 6), 0};
+            msgpack_pack_str_with_body (pk, key, 1);
+            s_test_pack_random (pk, rs, depth + 1);
+        }
+        break;
+    }
+    }
+}
+
+int
+edge_http_json_test (bool verbose)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init (&buf);
+    msgpack_packer pk;
+    msgpack_packer_init (&pk, &buf, msgpack_sbuffer_write);
+
+    /*  A typical reply, then every ASCII byte in a string.  */
+    msgpack_pack_map (&pk, 4);
+    msgpack_pack_str_with_body (&pk, "id", 2);
+    msgpack_pack_int64 (&pk, 42);
+    msgpack_pack_str_with_body (&pk, "name", 4);
+    msgpack_pack_str_with_body (&pk, "Zo\xc3\xab \"Q\" \\ /", 12);
+    msgpack_pack_str_with_body (&pk, "tags", 4);
+    msgpack_pack_array (&pk, 3);
+    msgpack_pack_nil (&pk);
+    msgpack_pack_false (&pk);
+    msgpack_pack_int64 (&pk, INT64_MIN);
+    msgpack_pack_str_with_body (&pk, "empty", 5);
+    msgpack_pack_map (&pk, 0);
+    FERRY_CHECK (s_json_same (buf.data, buf.size, true, verbose, NULL) == 0);
+    msgpack_sbuffer_clear (&buf);
+    char ascii[128];
+    for (int i = 0; i < 128; i++)
+        ascii[i] = (char) i;
+    msgpack_pack_str_with_body (&pk, ascii, sizeof ascii);
+    FERRY_CHECK (s_json_same (buf.data, buf.size, true, verbose, NULL) == 0);
+    msgpack_sbuffer_clear (&buf);
+
+    /*  What the writer leaves to jansson: floats, binary, ext, a large
+        unsigned, a duplicate key, a non-string key, invalid UTF-8.  */
+    msgpack_pack_double (&pk, 0.1);
+    FERRY_CHECK (s_json_same (buf.data, buf.size, false, verbose, NULL) == 0);
+    msgpack_sbuffer_clear (&buf);
+    msgpack_pack_bin_with_body (&pk, "\x00\x01", 2);
+    FERRY_CHECK (s_json_same (buf.data, buf.size, false, verbose, NULL) == 0);
+    msgpack_sbuffer_clear (&buf);
+    msgpack_pack_ext_with_body (&pk, "x", 1, 1);
+    FERRY_CHECK (s_json_same (buf.data, buf.size, false, verbose, NULL) == 0);
+    msgpack_sbuffer_clear (&buf);
+    msgpack_pack_uint64 (&pk, (uint64_t) INT64_MAX + 1);
+    FERRY_CHECK (s_json_same (buf.data, buf.size, false, verbose, NULL) == 0);
+    msgpack_sbuffer_clear (&buf);
+    msgpack_pack_map (&pk, 2);
+    msgpack_pack_str_with_body (&pk, "k", 1);
+    msgpack_pack_int64 (&pk, 1);
+    msgpack_pack_str_with_body (&pk, "k", 1);
+    msgpack_pack_int64 (&pk, 2);
+    FERRY_CHECK (s_json_same (buf.data, buf.size, false, verbose, NULL) == 0);
+    msgpack_sbuffer_clear (&buf);
+    msgpack_pack_map (&pk, 1);
+    msgpack_pack_int64 (&pk, 1);
+    msgpack_pack_int64 (&pk, 2);
+    FERRY_CHECK (s_json_same (buf.data, buf.size, false, verbose, NULL) == 0);
+    msgpack_sbuffer_clear (&buf);
+    const char *broken[] = {"\xff", "\xc0\x80", "\xed\xa0\x80",
+                            "\xf4\x90\x80\x80", "a\xe2\x82"};
+    for (size_t i = 0; i < sizeof broken / sizeof broken[0]; i++) {
+        msgpack_pack_str_with_body (&pk, broken[i], strlen (broken[i]));
+        FERRY_CHECK (s_json_same (buf.data, buf.size, false, false, NULL)
+                     == 0);
+        msgpack_sbuffer_clear (&buf);
+    }
+
+    /*  Random values; a good share must take the direct path.  */
+    uint64_t rs = 0x9e3779b97f4a7c15u;
+    size_t direct = 0, rounds = 3000;
+    for (size_t i = 0; i < rounds; i++) {
+        s_test_pack_random (&pk, &rs, 0);
+        FERRY_CHECK (s_json_same (buf.data, buf.size, false, false, &direct)
+                     == 0);
+        msgpack_sbuffer_clear (&buf);
+    }
+    if (verbose)
+        printf ("# %zu of %zu random values written directly\n", direct,
+                rounds);
+    FERRY_CHECK (direct > rounds / 4);
     msgpack_sbuffer_destroy (&buf);
     return 0;
 }

@@ -106,5 +106,6 @@ int edge_http_negotiation_test (bool verbose);
 int edge_http_problem_test (bool verbose);
 int edge_http_body_test (bool verbose);
 int edge_http_envelope_test (bool verbose);
+int edge_http_json_test (bool verbose);
 
 #endif

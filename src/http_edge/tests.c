@@ -16,6 +16,7 @@ const ferry_test_t edge_tests[] = {
     {"http_problem", edge_http_problem_test},
     {"http_body", edge_http_body_test},
     {"http_envelope", edge_http_envelope_test},
+    {"http_json", edge_http_json_test},
     {"edge_config", edge_config_test},
     {"edge_loop", edge_loop_test},
     {NULL, NULL},
