@@ -45,6 +45,11 @@
 /*  Query arguments a head at every limit may carry on top of its
     max_header_count fields.  */
 #define S_EXTRA_RECORDS 64
+/*  Finished requests a loop keeps for reuse, and the largest msgpack
+    buffer it keeps with them: reuse spares a calloc and an 8 KiB malloc
+    (msgpack's first buffer) per request.  */
+#define S_SPARE_MAX 64
+#define S_KEEP_BUFFER (64 * 1024)
 /*  Body bytes read and dropped after a 413 before the edge closes.  */
 #define S_DISCARD_MIN (1024 * 1024)
 
@@ -59,7 +64,7 @@ typedef struct _edge_loop_t edge_loop_t;
 
 /*  One HTTP request, from its first handler call to MHD's completion
     callback.  */
-typedef struct {
+typedef struct s_req_t {
     edge_loop_t *loop;
     struct MHD_Connection *conn;
     s_stage_t stage;
@@ -79,6 +84,7 @@ typedef struct {
     uint64_t deadline_wall;      /* travels in the envelope */
     int64_t started;             /* monotonic ms, for the access log */
     edge_output_t out;           /* what to answer */
+    struct s_req_t *next_spare;  /* in loop->spare while unused */
 } s_req_t;
 
 struct _edge_loop_t {
@@ -93,6 +99,9 @@ struct _edge_loop_t {
     s_req_t **heap;         /* pending by deadline_mono, a binary heap */
     size_t heap_size;       /* same as zhashx_size (pending) */
     size_t active;          /* requests alive (handler seen, not done) */
+    s_req_t *spare;         /* finished requests kept for reuse */
+    size_t nspare;
+    msgpack_sbuffer payload; /* the REQ being encoded, reused */
     int64_t next_heartbeat; /* monotonic ms */
     int64_t last_broker;    /* monotonic ms of the last broker message */
     char *services;         /* services with workers, last HB: " a b " */
@@ -191,32 +200,67 @@ s_answer_parked (edge_loop_t *self, s_req_t *req)
 
 /* ---- requests ------------------------------------------------------------ */
 
+/*  Empties buf for reuse; frees it if a large request made it big.  */
+static void
+s_buffer_reuse (msgpack_sbuffer *buf)
+{
+    if (buf->alloc > S_KEEP_BUFFER) {
+        msgpack_sbuffer_destroy (buf);
+        msgpack_sbuffer_init (buf);
+    }
+    else
+        msgpack_sbuffer_clear (buf);
+}
+
 static s_req_t *
 s_req_new (edge_loop_t *self, struct MHD_Connection *conn)
 {
-    s_req_t *req = ferry_calloc (1, sizeof *req);
+    s_req_t *req = self->spare;
+    if (req) {
+        /*  A spare is all zero but for its args buffer (see below).  */
+        self->spare = req->next_spare;
+        self->nspare--;
+        req->next_spare = NULL;
+    }
+    else {
+        req = ferry_calloc (1, sizeof *req);
+        msgpack_sbuffer_init (&req->args);
+    }
     req->loop = self;
     req->conn = conn;
     req->heap_index = SIZE_MAX;
     req->started = ferry_mono_ms ();
-    msgpack_sbuffer_init (&req->args);
     self->active++;
     return req;
 }
 
+/*  Ends req: frees what it holds, then keeps it as a spare (zeroed, with
+    its emptied args buffer) or frees it.  */
 static void
 s_req_destroy (s_req_t **req_p)
 {
     s_req_t *req = *req_p;
     if (!req)
         return;
-    s_unpark (req->loop, req);
-    req->loop->active--;
-    msgpack_sbuffer_destroy (&req->args);
+    edge_loop_t *self = req->loop;
+    s_unpark (self, req);
+    self->active--;
     free (req->idempotency_key);
     free (req->body);
     edge_output_clear (&req->out);
-    free (req);
+    if (self->nspare < S_SPARE_MAX) {
+        msgpack_sbuffer args = req->args;
+        s_buffer_reuse (&args);
+        memset (req, 0, sizeof *req);
+        req->args = args;
+        req->next_spare = self->spare;
+        self->spare = req;
+        self->nspare++;
+    }
+    else {
+        msgpack_sbuffer_destroy (&req->args);
+        free (req);
+    }
     *req_p = NULL;
 }
 
@@ -497,19 +541,17 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
         .created_ms = now,
         .deadline_ms = req->deadline_wall,
     };
-    msgpack_sbuffer payload;
-    msgpack_sbuffer_init (&payload);
-    int rc = edge_request_encode (&info, &payload, err, sizeof err);
+    msgpack_sbuffer *payload = &self->payload;
+    s_buffer_reuse (payload);
+    int rc = edge_request_encode (&info, payload, err, sizeof err);
     msgpack_sbuffer_destroy (&body);
     if (rc != 0) {
-        msgpack_sbuffer_destroy (&payload);
         log_warn ("envelope failed id=%s reason=\"%s\"", req->request_id,
                   err);
         s_fail (req, 500, "the request could not be encoded");
         return;
     }
-    rc = s_send (self, req, &payload);
-    msgpack_sbuffer_destroy (&payload);
+    rc = s_send (self, req, payload);
     if (rc != 0) {
         s_fail (req, 503, "the broker is not reachable");
         strcpy (req->out.retry_after, "1");
@@ -788,6 +830,7 @@ s_loop_new (zsock_t *pipe, const edge_loop_args_t *args)
     zhashx_set_key_destructor (self->pending, NULL);
     self->heap = ferry_calloc (self->settings->max_inflight,
                                sizeof *self->heap);
+    msgpack_sbuffer_init (&self->payload);
     return self;
 }
 
@@ -807,6 +850,13 @@ s_loop_destroy (edge_loop_t **self_p)
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
     zhashx_destroy (&self->pending);
+    while (self->spare) {
+        s_req_t *req = self->spare;
+        self->spare = req->next_spare;
+        msgpack_sbuffer_destroy (&req->args);
+        free (req);
+    }
+    msgpack_sbuffer_destroy (&self->payload);
     free (self->heap);
     free (self->services);
     free (self);
