@@ -7,16 +7,24 @@
     the service queue is full or the in-flight table is, 504 when the
     deadline already passed), dispatches the request to a worker of that
     service that holds credit (round-robin), or queues it.  The payload
-    frame is never decoded or copied: the same zframe goes out to the worker
-    and the worker's reply frame goes back to the edge.  Replies are matched
-    by msg_id in the in-flight table, which remembers the edge's routing
-    identity.
+    frame is never decoded or copied: the same zmq_msg_t goes out to the
+    worker and the worker's reply part goes back to the edge.  Replies are
+    matched by msg_id in the in-flight table, which remembers the edge's
+    routing identity.
 
     Both ROUTERs set ZMQ_ROUTER_MANDATORY, so sending to a peer that went
     away fails with EHOSTUNREACH instead of vanishing; every send is
     non-blocking, so a slow peer can never stall the broker.  High-water
     marks are only a backstop: the bounded service queues and the bounded
     in-flight table are the overload policy.
+
+    The message path is written for cost per message, because every request
+    crosses it four times (REQ in and out, REP in and out): it works on raw
+    libzmq sockets and zmq_msg_t parts (the CZMQ zmsg/zframe wrappers
+    allocate per part), a request is one allocation from arrival to answer,
+    and the loop sleeps in one poll() on the sockets' ZMQ_FDs and then reads
+    each socket until it is empty (s_drain), instead of a zmq_poll per
+    message.
 
     Timers run from the monotonic clock (heartbeats, liveness, no-worker
     grace) and the wall clock (request deadlines, which travel between
@@ -31,6 +39,7 @@
 #include "service.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
 
 /*  Caps that keep a misbehaving peer from growing broker state without
@@ -42,6 +51,9 @@
     frontend cannot starve the backend (whose replies free credit).  */
 #define BROKER_BATCH 64
 #define BROKER_HWM 100000
+/*  The longest message of the protocol: identity, FRY1, REQ, service,
+    msg_id, deadline, flags, payload.  */
+#define BROKER_PARTS_MAX 8
 
 struct _broker_settings_t {
     char *frontend;              /* endpoint edges connect to */
@@ -55,39 +67,46 @@ struct _broker_settings_t {
     zhashx_t *limits;            /* service name -> size_t * queue limit */
 };
 
-/*  A message dispatched to a worker and not answered yet.  */
-typedef struct _s_worker_t s_worker_t;
 typedef struct {
-    char msg_id[BROKER_MSG_ID_MAX + 1];
-    char flags[BROKER_FLAGS_MAX + 1];
-    zframe_t *edge;             /* where the reply goes */
-    s_worker_t *worker;         /* who holds it */
-    void *handle;               /* in worker->inflight */
-    uint64_t deadline;          /* wall ms, 0 = none */
-    int64_t queued;             /* monotonic ms it first arrived */
-    zframe_t *payload;          /* kept (shared, not copied) only for
-                                   retryable requests, to requeue them */
-} s_inflight_t;
-
-struct _s_worker_t {
-    char *key;                  /* identity as hex, key of self->workers */
-    zframe_t *identity;         /* ROUTER routing identity */
+    uint8_t identity[BROKER_IDENTITY_MAX]; /* ROUTER routing identity */
+    size_t identity_size;
+    char key[2 * BROKER_IDENTITY_MAX + 1]; /* identity as hex, for the
+                                               workers table and logs */
     broker_service_t *service;  /* the service it announced */
     int64_t credit;             /* messages it may still be sent */
     int64_t expiry;             /* monotonic ms; silent past this = dead */
     void *ready;                /* handle in the service's ready ring */
-    zlistx_t *inflight;         /* s_inflight_t it holds, oldest first */
+    zlistx_t *inflight;         /* broker_request_t it holds, oldest first,
+                                   not owned (the in-flight table owns) */
     bool leaving;               /* sent BYE; removed when inflight empties */
-};
+} s_worker_t;
+
+/*  One ROUTER as the loop sees it.  */
+typedef struct {
+    zsock_t *sock;
+    void *handle;               /* libzmq socket under sock: the hot path
+                                   skips CZMQ's per-call checks */
+    int fd;                     /* ZMQ_FD: readable when commands arrive */
+    bool settled;               /* read empty since our last send; only
+                                   then may the loop sleep on fd */
+} s_router_t;
+
+/*  A message received from a ROUTER: its parts, identity first.  */
+typedef struct {
+    zmq_msg_t part[BROKER_PARTS_MAX + 1]; /* the last is scratch */
+    size_t count;               /* parts received; BROKER_PARTS_MAX + 1
+                                   when there were too many */
+} s_message_t;
 
 typedef struct {
     zsock_t *pipe;              /* to the actor's owner */
-    zsock_t *frontend;          /* ROUTER for edges */
-    zsock_t *backend;           /* ROUTER for workers */
+    s_router_t frontend;        /* ROUTER for edges */
+    s_router_t backend;         /* ROUTER for workers */
     broker_settings_t *settings; /* private copy */
     zhashx_t *services;         /* name -> broker_service_t, owned */
     zhashx_t *workers;          /* key -> s_worker_t, owned */
-    zhashx_t *inflight;         /* msg_id -> s_inflight_t, owned */
+    zhashx_t *inflight;         /* msg_id -> broker_request_t, owned; the
+                                   key is the request's own msg_id */
     int64_t heartbeat_at;       /* monotonic ms of the next heartbeat */
     bool verbose;               /* per-message lines at info level */
     bool terminated;
@@ -298,66 +317,162 @@ broker_settings_set_queue_limit (broker_settings_t *self,
     zhashx_update (self->limits, service, value);
 }
 
-/* ---- sending -------------------------------------------------------------- */
+/* ---- sending and receiving ------------------------------------------------ */
 
 /*  Sends [identity, FRY1, parts..., payload] without blocking.  Returns 0,
     or -1 when the peer is gone (EHOSTUNREACH, thanks to ROUTER_MANDATORY)
     or its pipe is full; then nothing was sent.  The payload, when given, is
-    sent and destroyed, or with keep shared (ZFRAME_REUSE is a reference,
-    not a copy) and left with the caller.  */
+    moved into libzmq (left empty), or with keep shared (zmq_msg_copy counts
+    a reference, it does not copy the bytes) and left as it was.  */
 static int
-s_send (zsock_t *sock, zframe_t *identity, const char **parts, size_t count,
-        zframe_t **payload_p, bool keep)
+s_send (s_router_t *router, const void *identity, size_t identity_size,
+        const char **parts, size_t count, zmq_msg_t *payload, bool keep)
 {
-    void *handle = zsock_resolve (sock);
+    /*  A send may consume the socket's pending commands, after which its
+        fd stays quiet although input waits: read it again before sleeping. */
+    router->settled = false;
     /*  ROUTER decides routability on the identity frame; once that frame
         is accepted the rest of the message goes to the same pipe.  */
-    if (zmq_send (handle, zframe_data (identity), zframe_size (identity),
+    if (zmq_send (router->handle, identity, identity_size,
                   ZMQ_SNDMORE | ZMQ_DONTWAIT)
         == -1)
         return -1;
     bool more = true;
-    if (zmq_send (handle, FERRY_PROTO, strlen (FERRY_PROTO),
-                  (count || payload_p) ? ZMQ_SNDMORE : 0)
+    if (zmq_send (router->handle, FERRY_PROTO, strlen (FERRY_PROTO),
+                  (count || payload) ? ZMQ_SNDMORE : 0)
         == -1)
         more = false;
     for (size_t i = 0; more && i < count; i++)
-        if (zmq_send (handle, parts[i], strlen (parts[i]),
-                      (i + 1 < count || payload_p) ? ZMQ_SNDMORE : 0)
+        if (zmq_send (router->handle, parts[i], strlen (parts[i]),
+                      (i + 1 < count || payload) ? ZMQ_SNDMORE : 0)
             == -1)
             more = false;
-    if (more && payload_p)
-        zframe_send (payload_p, sock, keep ? ZFRAME_REUSE : 0);
+    if (more && payload) {
+        zmq_msg_t shared;
+        zmq_msg_init (&shared);
+        if (keep)
+            zmq_msg_copy (&shared, payload);
+        else
+            zmq_msg_move (&shared, payload);
+        if (zmq_msg_send (&shared, router->handle, 0) == -1)
+            zmq_msg_close (&shared);
+    }
     return 0;
+}
+
+/*  Receives one whole message from router without waiting.  Returns true
+    with msg filled (the caller closes it with s_message_close), or false
+    when nothing waits; then the router is settled.  The parts of a
+    multipart message arrive together, so only the first read can find
+    nothing.  */
+static bool
+s_recv (s_broker_t *self, s_router_t *router, s_message_t *msg)
+{
+    msg->count = 0;
+    while (true) {
+        zmq_msg_t *part = &msg->part[msg->count <= BROKER_PARTS_MAX
+                                         ? msg->count
+                                         : BROKER_PARTS_MAX];
+        if (msg->count > BROKER_PARTS_MAX)
+            zmq_msg_close (part); /* too many parts: drop the extra ones */
+        zmq_msg_init (part);
+        if (zmq_msg_recv (part, router->handle, ZMQ_DONTWAIT) == -1) {
+            zmq_msg_close (part);
+            if (errno == ETERM)
+                self->terminated = true;
+            if (msg->count == 0) {
+                router->settled = true;
+                return false;
+            }
+            break; /* cannot happen; what came is a malformed message */
+        }
+        if (msg->count <= BROKER_PARTS_MAX)
+            msg->count++;
+        if (!zmq_msg_more (part))
+            break;
+    }
+    return true;
+}
+
+static void
+s_message_close (s_message_t *msg)
+{
+    for (size_t i = 0; i < msg->count; i++)
+        zmq_msg_close (&msg->part[i]);
+    msg->count = 0;
+}
+
+/*  Copies a routing frame into buf as a string.  Returns 0, or -1 when it
+    is too long or holds anything but visible ASCII.  */
+static int
+s_part_text (zmq_msg_t *part, char *buf, size_t size, bool allow_empty)
+{
+    size_t len = zmq_msg_size (part);
+    if (len >= size || (len == 0 && !allow_empty))
+        return -1;
+    const unsigned char *data = (const unsigned char *) zmq_msg_data (part);
+    for (size_t i = 0; i < len; i++)
+        if (data[i] < 0x21 || data[i] > 0x7e)
+            return -1;
+    memcpy (buf, data, len);
+    buf[len] = '\0';
+    return 0;
+}
+
+static bool
+s_part_is (zmq_msg_t *part, const char *text)
+{
+    size_t len = strlen (text);
+    return zmq_msg_size (part) == len
+           && memcmp (zmq_msg_data (part), text, len) == 0;
+}
+
+/*  Checks [identity, FRY1, command, ...] and copies the command into
+    command.  Returns the number of parts after the command, or -1 for
+    anything that is not ferry's protocol.  */
+static int
+s_message_command (s_message_t *msg, char *command, size_t size)
+{
+    if (msg->count < 3 || msg->count > BROKER_PARTS_MAX)
+        return -1;
+    size_t identity = zmq_msg_size (&msg->part[0]);
+    if (identity == 0 || identity > BROKER_IDENTITY_MAX
+        || !s_part_is (&msg->part[1], FERRY_PROTO)
+        || s_part_text (&msg->part[2], command, size, false))
+        return -1;
+    return (int) msg->count - 3;
 }
 
 /*  Forwards a reply to an edge.  An edge that went away loses its reply:
     that is the edge's business (it has answered 504 or is gone).  */
 static void
-s_send_reply (s_broker_t *self, zframe_t *edge, const char *msg_id,
-              zframe_t **payload_p)
+s_send_reply (s_broker_t *self, const void *edge, size_t edge_size,
+              const char *msg_id, zmq_msg_t *payload)
 {
     const char *parts[] = {FERRY_CMD_REP, msg_id};
-    if (s_send (self->frontend, edge, parts, 2, payload_p, false))
+    if (s_send (&self->frontend, edge, edge_size, parts, 2, payload, false))
         s_trace (self, "broker: reply dropped msg=%s reason=%s", msg_id,
                  zmq_strerror (errno));
-    zframe_destroy (payload_p);
 }
 
 /*  Answers a request with the broker's own problem reply.  */
 static void
-s_send_problem (s_broker_t *self, zframe_t *edge, const char *msg_id,
-                unsigned status, const char *detail, unsigned retry_after)
+s_send_problem (s_broker_t *self, const void *edge, size_t edge_size,
+                const char *msg_id, unsigned status, const char *detail,
+                unsigned retry_after)
 {
     msgpack_sbuffer buf;
     msgpack_sbuffer_init (&buf);
     if (ferry_problem_reply_encode (msg_id, status, detail, retry_after,
                                     &buf)
         == 0) {
-        zframe_t *payload = zframe_new (buf.data, buf.size);
+        zmq_msg_t payload;
+        zmq_msg_init_size (&payload, buf.size);
+        memcpy (zmq_msg_data (&payload), buf.data, buf.size);
         s_trace (self, "broker: problem msg=%s status=%u detail=\"%s\"",
                  msg_id, status, detail);
-        s_send_reply (self, edge, msg_id, &payload);
+        s_send_reply (self, edge, edge_size, msg_id, &payload);
+        zmq_msg_close (&payload);
     }
     else
         log_warn ("broker: cannot encode problem reply msg=%s status=%u",
@@ -365,19 +480,18 @@ s_send_problem (s_broker_t *self, zframe_t *edge, const char *msg_id,
     msgpack_sbuffer_destroy (&buf);
 }
 
-/* ---- workers -------------------------------------------------------------- */
-
+/*  Answers req with a problem and destroys it.  */
 static void
-s_inflight_destructor (void **item_p)
+s_fail_request (s_broker_t *self, broker_request_t **req_p, unsigned status,
+                const char *detail, unsigned retry_after)
 {
-    s_inflight_t *entry = (s_inflight_t *) *item_p;
-    if (entry) {
-        zframe_destroy (&entry->edge);
-        zframe_destroy (&entry->payload);
-        free (entry);
-        *item_p = NULL;
-    }
+    broker_request_t *req = *req_p;
+    s_send_problem (self, req->edge, req->edge_size, req->msg_id, status,
+                    detail, retry_after);
+    broker_request_destroy (req_p);
 }
+
+/* ---- workers -------------------------------------------------------------- */
 
 static void
 s_worker_destructor (void **item_p)
@@ -385,8 +499,6 @@ s_worker_destructor (void **item_p)
     s_worker_t *worker = (s_worker_t *) *item_p;
     if (worker) {
         zlistx_destroy (&worker->inflight);
-        zframe_destroy (&worker->identity);
-        free (worker->key);
         free (worker);
         *item_p = NULL;
     }
@@ -452,6 +564,17 @@ s_worker_remove (s_broker_t *self, s_worker_t *worker)
     zhashx_delete (self->workers, worker->key);
 }
 
+/*  Takes req out of the in-flight table and its worker's list; the caller
+    owns it again.  */
+static void
+s_inflight_take (s_broker_t *self, broker_request_t *req)
+{
+    s_worker_t *worker = (s_worker_t *) req->worker;
+    zlistx_detach (worker->inflight, req->handle);
+    zhashx_delete (self->inflight, req->msg_id);
+    req->worker = req->handle = NULL;
+}
+
 /*  A worker died (silent, unreachable, or it registered again): what it
     held has an unknown outcome.  Retryable requests go back to the head of
     their queue, in their original order; the others are answered 502.
@@ -462,26 +585,22 @@ s_worker_lost (s_broker_t *self, s_worker_t *worker, const char *reason)
     log_info ("broker: worker lost id=%s service=%s inflight=%zu reason=%s",
               worker->key, broker_service_name (worker->service),
               zlistx_size (worker->inflight), reason);
-    s_inflight_t *entry;
-    while ((entry = (s_inflight_t *) zlistx_last (worker->inflight))) {
-        zlistx_detach_cur (worker->inflight);
-        if (entry->payload && strchr (entry->flags, FERRY_FLAG_RETRYABLE)) {
-            broker_request_t *req = broker_request_new (
-                &entry->edge, entry->msg_id, entry->flags, entry->deadline,
-                entry->queued, &entry->payload);
+    broker_request_t *req;
+    /*  Newest first, each to the head: the queue keeps their order.  */
+    while ((req = (broker_request_t *) zlistx_last (worker->inflight))) {
+        s_inflight_take (self, req);
+        if (broker_request_retryable (req))
             broker_service_push_front (worker->service, &req);
-        }
         else
-            s_send_problem (self, entry->edge, entry->msg_id, 502,
-                            "worker died, outcome unknown", 0);
-        zhashx_delete (self->inflight, entry->msg_id);
+            s_fail_request (self, &req, 502, "worker died, outcome unknown",
+                            0);
     }
     s_worker_remove (self, worker);
 }
 
 /*  Sends *req_p to worker and records it in flight.  Returns 0 (the
-    request is consumed), or -1 when the worker cannot be reached (the
-    request stays with the caller, untouched).  */
+    in-flight table owns the request), or -1 when the worker cannot be
+    reached (the request stays with the caller, untouched).  */
 static int
 s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
 {
@@ -489,33 +608,26 @@ s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
     char deadline[24];
     snprintf (deadline, sizeof deadline, "%" PRIu64, req->deadline);
     const char *parts[] = {FERRY_CMD_REQ, req->msg_id, deadline};
-    bool keep = broker_request_retryable (req);
-    if (s_send (self->backend, worker->identity, parts, 3, &req->payload,
-                keep))
+    /*  A retryable request keeps its payload so it can be sent again if
+        the worker dies; the others give it to libzmq.  */
+    if (s_send (&self->backend, worker->identity, worker->identity_size,
+                parts, 3, &req->payload, broker_request_retryable (req)))
         return -1;
-    s_inflight_t *entry = ferry_calloc (1, sizeof *entry);
-    memcpy (entry->msg_id, req->msg_id, sizeof entry->msg_id);
-    memcpy (entry->flags, req->flags, sizeof entry->flags);
-    entry->edge = req->edge;
-    req->edge = NULL;
-    entry->payload = req->payload; /* NULL unless kept */
-    req->payload = NULL;
-    entry->deadline = req->deadline;
-    entry->queued = req->queued;
-    entry->worker = worker;
-    entry->handle = zlistx_add_end (worker->inflight, entry);
-    zhashx_insert (self->inflight, entry->msg_id, entry);
+    req->worker = worker;
+    req->handle = zlistx_add_end (worker->inflight, req);
+    zhashx_insert (self->inflight, req->msg_id, req);
+    *req_p = NULL;
     worker->credit--;
     s_worker_update_ready (worker);
-    s_trace (self, "broker: dispatch msg=%s service=%s worker=%s", entry->msg_id,
-             broker_service_name (worker->service), worker->key);
-    broker_request_destroy (req_p);
+    s_trace (self, "broker: dispatch msg=%s service=%s worker=%s",
+             req->msg_id, broker_service_name (worker->service),
+             worker->key);
     return 0;
 }
 
 /*  Moves queued requests of svc to its workers while someone has credit
     and the in-flight table has room.  Expired requests are answered 504 on
-    the way and never dispatched.  */
+    the way and never dispatched.  Costs O(1) per request dispatched.  */
 static void
 s_dispatch (s_broker_t *self, broker_service_t *svc)
 {
@@ -523,9 +635,8 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
            && zhashx_size (self->inflight) < self->settings->max_inflight) {
         broker_request_t *req = broker_service_pop (svc);
         if (req->deadline && req->deadline <= ferry_wall_ms ()) {
-            s_send_problem (self, req->edge, req->msg_id, 504,
+            s_fail_request (self, &req, 504,
                             "deadline passed before dispatch", 0);
-            broker_request_destroy (&req);
             continue;
         }
         if (zhashx_lookup (self->inflight, req->msg_id)) {
@@ -550,113 +661,59 @@ s_dispatch_all (s_broker_t *self)
         s_dispatch (self, svc);
 }
 
-/* ---- frames --------------------------------------------------------------- */
-
-/*  Copies a routing frame into buf as a string.  Returns 0, or -1 when it
-    is too long or holds anything but visible ASCII.  */
-static int
-s_frame_text (zframe_t *frame, char *buf, size_t size, bool allow_empty)
-{
-    size_t len = zframe_size (frame);
-    if (len >= size || (len == 0 && !allow_empty))
-        return -1;
-    const unsigned char *data = zframe_data (frame);
-    for (size_t i = 0; i < len; i++)
-        if (data[i] < 0x21 || data[i] > 0x7e)
-            return -1;
-    memcpy (buf, data, len);
-    buf[len] = '\0';
-    return 0;
-}
-
-/*  Splits [identity, FRY1, command, ...]: returns the identity and the
-    command (both owned by the caller) and leaves the rest in msg, or
-    returns -1 for anything that is not ferry's protocol.  */
-static int
-s_split (zmsg_t *msg, zframe_t **identity_p, char *command, size_t size)
-{
-    if (zmsg_size (msg) < 3)
-        return -1;
-    zframe_t *identity = zmsg_pop (msg);
-    zframe_t *proto = zmsg_pop (msg);
-    zframe_t *cmd = zmsg_pop (msg);
-    int rc = zframe_streq (proto, FERRY_PROTO) ? 0 : -1;
-    if (rc == 0)
-        rc = s_frame_text (cmd, command, size, false);
-    zframe_destroy (&proto);
-    zframe_destroy (&cmd);
-    if (rc == 0 && zframe_size (identity) > 0)
-        *identity_p = identity;
-    else {
-        zframe_destroy (&identity);
-        rc = -1;
-    }
-    return rc;
-}
-
 /* ---- frontend: edges ------------------------------------------------------ */
 
+/*  parts: identity, FRY1, REQ, service, msg_id, deadline, flags, payload.  */
 static void
-s_edge_request (s_broker_t *self, zframe_t **edge_p, zmsg_t *msg)
+s_edge_request (s_broker_t *self, s_message_t *msg)
 {
     char service[FERRY_NAME_MAX + 1], msg_id[BROKER_MSG_ID_MAX + 1];
     char deadline_text[24], flags[BROKER_FLAGS_MAX + 1];
     uint64_t deadline;
-    zframe_t *f_service = zmsg_pop (msg), *f_id = zmsg_pop (msg);
-    zframe_t *f_deadline = zmsg_pop (msg), *f_flags = zmsg_pop (msg);
-    zframe_t *payload = zmsg_pop (msg);
-    bool valid = s_frame_text (f_service, service, sizeof service, false) == 0
-                 && broker_name_valid (service)
-                 && s_frame_text (f_id, msg_id, sizeof msg_id, false) == 0
-                 && s_frame_text (f_deadline, deadline_text,
-                                  sizeof deadline_text, false)
-                        == 0
-                 && ferry_parse_uint64 (deadline_text, &deadline) == 0
-                 && s_frame_text (f_flags, flags, sizeof flags, true) == 0;
-    zframe_destroy (&f_service);
-    zframe_destroy (&f_id);
-    zframe_destroy (&f_deadline);
-    zframe_destroy (&f_flags);
+    zmq_msg_t *edge = &msg->part[0];
+    bool valid
+        = s_part_text (&msg->part[3], service, sizeof service, false) == 0
+          && broker_name_valid (service)
+          && s_part_text (&msg->part[4], msg_id, sizeof msg_id, false) == 0
+          && s_part_text (&msg->part[5], deadline_text, sizeof deadline_text,
+                          false)
+                 == 0
+          && ferry_parse_uint64 (deadline_text, &deadline) == 0
+          && s_part_text (&msg->part[6], flags, sizeof flags, true) == 0;
     if (!valid) {
         log_debug ("broker: malformed REQ from edge dropped");
-        zframe_destroy (&payload);
         return;
     }
     if (zhashx_lookup (self->inflight, msg_id)) {
         s_trace (self, "broker: duplicate msg=%s dropped", msg_id);
-        zframe_destroy (&payload);
         return;
     }
     s_trace (self, "broker: request msg=%s service=%s", msg_id, service);
     if (deadline && deadline <= ferry_wall_ms ()) {
-        s_send_problem (self, *edge_p, msg_id, 504, "deadline passed", 0);
-        zframe_destroy (&payload);
+        s_send_problem (self, zmq_msg_data (edge), zmq_msg_size (edge),
+                        msg_id, 504, "deadline passed", 0);
         return;
     }
     broker_service_t *svc = s_service_require (self, service);
-    if (!svc) {
-        s_send_problem (self, *edge_p, msg_id, 503, "too many services", 1);
-        zframe_destroy (&payload);
+    const char *refusal = NULL;
+    if (!svc)
+        refusal = "too many services";
+    else if (zhashx_size (self->inflight) >= self->settings->max_inflight)
+        refusal = "broker overloaded";
+    if (refusal) {
+        s_send_problem (self, zmq_msg_data (edge), zmq_msg_size (edge),
+                        msg_id, 503, refusal, 1);
         return;
     }
-    if (zhashx_size (self->inflight) >= self->settings->max_inflight) {
-        s_send_problem (self, *edge_p, msg_id, 503, "broker overloaded", 1);
-        zframe_destroy (&payload);
-        return;
-    }
-    zframe_t *edge = *edge_p;
-    *edge_p = NULL;
-    broker_request_t *req = broker_request_new (&edge, msg_id, flags,
-                                                deadline, ferry_mono_ms (),
-                                                &payload);
+    broker_request_t *req = broker_request_new (
+        zmq_msg_data (edge), zmq_msg_size (edge), msg_id, flags, deadline,
+        ferry_mono_ms (), &msg->part[7]);
     /*  Nobody waits ahead of it and a worker has credit: it goes straight
         out, so even a service with queue_limit 0 is served.  */
     if (broker_service_queued (svc) == 0 && broker_service_ready (svc) > 0)
         broker_service_push_front (svc, &req);
     else if (broker_service_push (svc, &req)) {
-        s_send_problem (self, req->edge, msg_id, 503, "service queue full",
-                        1);
-        broker_request_destroy (&req);
+        s_fail_request (self, &req, 503, "service queue full", 1);
         return;
     }
     s_dispatch (self, svc);
@@ -665,7 +722,7 @@ s_edge_request (s_broker_t *self, zframe_t **edge_p, zmsg_t *msg)
 /*  Answers an edge's heartbeat with the services that have live workers,
     which is what the edge's /readyz reports.  */
 static void
-s_edge_heartbeat (s_broker_t *self, zframe_t *edge)
+s_edge_heartbeat (s_broker_t *self, zmq_msg_t *edge)
 {
     size_t cap = 256, len = 0;
     char *list = ferry_malloc (cap);
@@ -684,57 +741,52 @@ s_edge_heartbeat (s_broker_t *self, zframe_t *edge)
         len += (size_t) sprintf (list + len, "%s%s", len ? " " : "", name);
     }
     const char *parts[] = {FERRY_CMD_HB, list};
-    if (s_send (self->frontend, edge, parts, 2, NULL, false))
+    if (s_send (&self->frontend, zmq_msg_data (edge), zmq_msg_size (edge),
+                parts, 2, NULL, false))
         s_trace (self, "broker: heartbeat to edge dropped reason=%s",
                  zmq_strerror (errno));
     free (list);
 }
 
 static void
-s_frontend_recv (s_broker_t *self)
+s_frontend_message (s_broker_t *self, s_message_t *msg)
 {
-    zmsg_t *msg = zmsg_recv (self->frontend);
-    if (!msg)
-        return;
-    zframe_t *edge = NULL;
     char command[16];
-    if (s_split (msg, &edge, command, sizeof command))
+    int rest = s_message_command (msg, command, sizeof command);
+    if (rest < 0)
         log_debug ("broker: malformed message from edge dropped");
-    else if (streq (command, FERRY_CMD_REQ) && zmsg_size (msg) == 5)
-        s_edge_request (self, &edge, msg);
-    else if (streq (command, FERRY_CMD_HB) && zmsg_size (msg) == 0)
-        s_edge_heartbeat (self, edge);
+    else if (streq (command, FERRY_CMD_REQ) && rest == 5)
+        s_edge_request (self, msg);
+    else if (streq (command, FERRY_CMD_HB) && rest == 0)
+        s_edge_heartbeat (self, &msg->part[0]);
     else
         log_debug ("broker: unexpected %s from edge dropped", command);
-    zframe_destroy (&edge);
-    zmsg_destroy (&msg);
 }
 
 /* ---- backend: workers ----------------------------------------------------- */
 
 static void
-s_send_bye (s_broker_t *self, zframe_t *identity)
+s_send_bye (s_broker_t *self, zmq_msg_t *identity)
 {
     const char *parts[] = {FERRY_CMD_BYE};
-    s_send (self->backend, identity, parts, 1, NULL, false);
+    s_send (&self->backend, zmq_msg_data (identity), zmq_msg_size (identity),
+            parts, 1, NULL, false);
 }
 
+/*  parts: identity, FRY1, READY, service, credit.  */
 static void
-s_worker_ready (s_broker_t *self, zframe_t **identity_p, const char *key,
-                zmsg_t *msg)
+s_worker_ready (s_broker_t *self, s_message_t *msg, const char *key)
 {
     char service[FERRY_NAME_MAX + 1], credit_text[24];
     int64_t credit;
-    zframe_t *f_service = zmsg_pop (msg), *f_credit = zmsg_pop (msg);
-    bool valid = s_frame_text (f_service, service, sizeof service, false) == 0
-                 && broker_name_valid (service)
-                 && s_frame_text (f_credit, credit_text, sizeof credit_text,
-                                  false)
-                        == 0
-                 && ferry_parse_int64 (credit_text, &credit) == 0
-                 && credit >= 0 && credit <= BROKER_CREDIT_MAX;
-    zframe_destroy (&f_service);
-    zframe_destroy (&f_credit);
+    bool valid
+        = s_part_text (&msg->part[3], service, sizeof service, false) == 0
+          && broker_name_valid (service)
+          && s_part_text (&msg->part[4], credit_text, sizeof credit_text,
+                          false)
+                 == 0
+          && ferry_parse_int64 (credit_text, &credit) == 0 && credit >= 0
+          && credit <= BROKER_CREDIT_MAX;
     if (!valid) {
         log_debug ("broker: malformed READY from worker %s dropped", key);
         return;
@@ -749,19 +801,20 @@ s_worker_ready (s_broker_t *self, zframe_t **identity_p, const char *key,
     }
     broker_service_t *svc = s_service_require (self, service);
     if (!svc) {
-        s_send_bye (self, *identity_p);
+        s_send_bye (self, &msg->part[0]);
         return;
     }
     s_worker_t *worker = ferry_calloc (1, sizeof *worker);
-    worker->key = ferry_strdup (key);
-    worker->identity = *identity_p;
-    *identity_p = NULL;
+    worker->identity_size = zmq_msg_size (&msg->part[0]);
+    memcpy (worker->identity, zmq_msg_data (&msg->part[0]),
+            worker->identity_size);
+    snprintf (worker->key, sizeof worker->key, "%s", key);
     worker->service = svc;
     worker->credit = credit;
     worker->inflight = zlistx_new ();
     assert (worker->inflight);
     s_worker_refresh (self, worker);
-    zhashx_insert (self->workers, key, worker);
+    zhashx_insert (self->workers, worker->key, worker);
     broker_service_worker_joined (svc);
     s_worker_update_ready (worker);
     log_info ("broker: worker ready id=%s service=%s credit=%" PRId64, key,
@@ -769,38 +822,33 @@ s_worker_ready (s_broker_t *self, zframe_t **identity_p, const char *key,
     s_dispatch (self, svc);
 }
 
+/*  parts: identity, FRY1, REP, msg_id, payload.  */
 static void
-s_worker_reply (s_broker_t *self, s_worker_t *worker, zmsg_t *msg)
+s_worker_reply (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
 {
     char msg_id[BROKER_MSG_ID_MAX + 1];
-    zframe_t *f_id = zmsg_pop (msg), *payload = zmsg_pop (msg);
-    int rc = s_frame_text (f_id, msg_id, sizeof msg_id, false);
-    zframe_destroy (&f_id);
-    if (rc) {
+    if (s_part_text (&msg->part[3], msg_id, sizeof msg_id, false)) {
         log_debug ("broker: malformed REP from worker %s dropped",
                    worker->key);
-        zframe_destroy (&payload);
         return;
     }
-    s_inflight_t *entry = (s_inflight_t *) zhashx_lookup (self->inflight,
-                                                         msg_id);
-    if (!entry || entry->worker != worker) {
+    broker_request_t *req
+        = (broker_request_t *) zhashx_lookup (self->inflight, msg_id);
+    if (!req || req->worker != worker) {
         s_trace (self, "broker: late reply msg=%s dropped", msg_id);
-        zframe_destroy (&payload);
         return;
     }
     s_trace (self, "broker: reply msg=%s worker=%s", msg_id, worker->key);
-    s_send_reply (self, entry->edge, msg_id, &payload);
+    s_send_reply (self, req->edge, req->edge_size, msg_id, &msg->part[4]);
     /*  Only a full in-flight table holds back other services.  */
     bool was_full
         = zhashx_size (self->inflight) >= self->settings->max_inflight;
-    zlistx_delete (worker->inflight, entry->handle);
-    zhashx_delete (self->inflight, msg_id);
+    s_inflight_take (self, req);
+    broker_request_destroy (&req);
     if (worker->leaving) {
         if (zlistx_size (worker->inflight) == 0) {
-            broker_service_t *svc = worker->service;
             log_info ("broker: worker left id=%s service=%s", worker->key,
-                      broker_service_name (svc));
+                      broker_service_name (worker->service));
             s_worker_remove (self, worker);
             if (was_full)
                 s_dispatch_all (self);
@@ -816,15 +864,14 @@ s_worker_reply (s_broker_t *self, s_worker_t *worker, zmsg_t *msg)
         s_dispatch (self, worker->service);
 }
 
+/*  parts: identity, FRY1, CREDIT, n.  */
 static void
-s_worker_credit (s_broker_t *self, s_worker_t *worker, zmsg_t *msg)
+s_worker_credit (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
 {
     char text[24];
     int64_t more;
-    zframe_t *frame = zmsg_pop (msg);
-    int rc = s_frame_text (frame, text, sizeof text, false);
-    zframe_destroy (&frame);
-    if (rc || ferry_parse_int64 (text, &more) || more < 0
+    if (s_part_text (&msg->part[3], text, sizeof text, false)
+        || ferry_parse_int64 (text, &more) || more < 0
         || more > BROKER_CREDIT_MAX) {
         log_debug ("broker: malformed CREDIT from worker %s dropped",
                    worker->key);
@@ -855,30 +902,41 @@ s_worker_bye (s_broker_t *self, s_worker_t *worker)
     s_worker_update_ready (worker);
 }
 
+/*  Writes the identity as upper-case hex into key (2 * size + 1 bytes),
+    without allocating: it is computed for every backend message.  */
 static void
-s_backend_recv (s_broker_t *self)
+s_identity_key (zmq_msg_t *identity, char *key)
 {
-    zmsg_t *msg = zmsg_recv (self->backend);
-    if (!msg)
-        return;
-    zframe_t *identity = NULL;
+    static const char hex[] = "0123456789ABCDEF";
+    const uint8_t *data = (const uint8_t *) zmq_msg_data (identity);
+    size_t size = zmq_msg_size (identity);
+    for (size_t i = 0; i < size; i++) {
+        key[2 * i] = hex[data[i] >> 4];
+        key[2 * i + 1] = hex[data[i] & 15];
+    }
+    key[2 * size] = '\0';
+}
+
+static void
+s_backend_message (s_broker_t *self, s_message_t *msg)
+{
     char command[16];
-    if (s_split (msg, &identity, command, sizeof command)) {
+    int rest = s_message_command (msg, command, sizeof command);
+    if (rest < 0) {
         log_debug ("broker: malformed message from worker dropped");
-        zmsg_destroy (&msg);
         return;
     }
-    char *key = zframe_strhex (identity);
+    char key[2 * BROKER_IDENTITY_MAX + 1];
+    s_identity_key (&msg->part[0], key);
     s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, key);
-    size_t rest = zmsg_size (msg);
     if (streq (command, FERRY_CMD_READY) && rest == 2)
-        s_worker_ready (self, &identity, key, msg);
+        s_worker_ready (self, msg, key);
     else if (!worker) {
         /*  We declared it dead, or we restarted: it must say READY again. */
         if (!streq (command, FERRY_CMD_BYE)) {
             s_trace (self, "broker: %s from unknown worker %s, sending BYE",
                      command, key);
-            s_send_bye (self, identity);
+            s_send_bye (self, &msg->part[0]);
         }
     }
     else {
@@ -895,9 +953,6 @@ s_backend_recv (s_broker_t *self)
             log_debug ("broker: unexpected %s from worker %s dropped",
                        command, key);
     }
-    free (key);
-    zframe_destroy (&identity);
-    zmsg_destroy (&msg);
 }
 
 /* ---- timers --------------------------------------------------------------- */
@@ -912,8 +967,8 @@ s_heartbeat (s_broker_t *self, int64_t now)
     for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
          worker; worker = (s_worker_t *) zhashx_next (self->workers)) {
         if (now >= worker->expiry
-            || s_send (self->backend, worker->identity, parts, 1, NULL,
-                       false))
+            || s_send (&self->backend, worker->identity,
+                       worker->identity_size, parts, 1, NULL, false))
             zlistx_add_end (dead, worker);
     }
     bool lost = zlistx_size (dead) > 0;
@@ -940,21 +995,17 @@ s_timers (s_broker_t *self)
              self->services);
          svc; svc = (broker_service_t *) zhashx_next (self->services)) {
         broker_request_t *req;
-        while ((req = broker_service_pop_expired (svc, wall))) {
-            s_send_problem (self, req->edge, req->msg_id, 504,
-                            "deadline passed in the queue", 0);
-            broker_request_destroy (&req);
-        }
-        while ((req = broker_service_pop_orphaned (svc, now, grace))) {
-            s_send_problem (self, req->edge, req->msg_id, 503,
-                            "no worker for this service", 1);
-            broker_request_destroy (&req);
-        }
+        while ((req = broker_service_pop_expired (svc, wall)))
+            s_fail_request (self, &req, 504, "deadline passed in the queue",
+                            0);
+        while ((req = broker_service_pop_orphaned (svc, now, grace)))
+            s_fail_request (self, &req, 503, "no worker for this service",
+                            1);
     }
 }
 
 /*  Milliseconds to the nearest timer, for the poll.  */
-static long
+static int
 s_timeout (s_broker_t *self)
 {
     int64_t now = ferry_mono_ms ();
@@ -968,27 +1019,29 @@ s_timeout (s_broker_t *self)
         if (t >= 0 && t < next)
             next = t;
     }
-    return next < 0 ? 0 : (long) next;
+    return next < 0 ? 0 : (int) next;
 }
 
 /* ---- the actor ------------------------------------------------------------ */
 
-/*  Creates a ROUTER with ferry's options.  */
-static zsock_t *
-s_router (const broker_settings_t *settings)
+/*  Creates a ROUTER with ferry's options.  Returns 0 or -1.  */
+static int
+s_router_init (s_router_t *router, const broker_settings_t *settings)
 {
-    zsock_t *sock = zsock_new (ZMQ_ROUTER);
-    if (!sock)
-        return NULL;
+    router->sock = zsock_new (ZMQ_ROUTER);
+    if (!router->sock)
+        return -1;
+    router->handle = zsock_resolve (router->sock);
     int64_t max = settings->max_message > (uint64_t) INT64_MAX
                       ? INT64_MAX
                       : (int64_t) settings->max_message;
-    zsock_set_router_mandatory (sock, 1);
-    zmq_setsockopt (zsock_resolve (sock), ZMQ_MAXMSGSIZE, &max, sizeof max);
-    zsock_set_sndhwm (sock, BROKER_HWM);
-    zsock_set_rcvhwm (sock, BROKER_HWM);
-    zsock_set_linger (sock, 0);
-    return sock;
+    zsock_set_router_mandatory (router->sock, 1);
+    zmq_setsockopt (router->handle, ZMQ_MAXMSGSIZE, &max, sizeof max);
+    zsock_set_sndhwm (router->sock, BROKER_HWM);
+    zsock_set_rcvhwm (router->sock, BROKER_HWM);
+    zsock_set_linger (router->sock, 0);
+    router->fd = zsock_fd (router->sock);
+    return 0;
 }
 
 static void
@@ -996,12 +1049,18 @@ s_broker_destroy (s_broker_t **self_p)
 {
     s_broker_t *self = *self_p;
     if (self) {
-        /*  In-flight entries point at workers: free them first.  */
+        /*  In-flight requests are listed by their workers: free them
+            first.  */
+        if (self->inflight)
+            for (broker_request_t *req
+                 = (broker_request_t *) zhashx_first (self->inflight);
+                 req; req = (broker_request_t *) zhashx_next (self->inflight))
+                broker_request_destroy (&req);
         zhashx_destroy (&self->inflight);
         zhashx_destroy (&self->workers);
         zhashx_destroy (&self->services);
-        zsock_destroy (&self->frontend);
-        zsock_destroy (&self->backend);
+        zsock_destroy (&self->frontend.sock);
+        zsock_destroy (&self->backend.sock);
         broker_settings_destroy (&self->settings);
         free (self);
         *self_p = NULL;
@@ -1014,27 +1073,28 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     s_broker_t *self = ferry_calloc (1, sizeof *self);
     self->pipe = pipe;
     self->settings = s_settings_dup (settings);
-    self->frontend = s_router (settings);
-    self->backend = s_router (settings);
     self->services = zhashx_new ();
     self->workers = zhashx_new ();
     self->inflight = zhashx_new ();
-    if (!self->frontend || !self->backend || !self->services
+    if (s_router_init (&self->frontend, settings)
+        || s_router_init (&self->backend, settings) || !self->services
         || !self->workers || !self->inflight) {
         s_broker_destroy (&self);
         return NULL;
     }
     /*  A worker that reconnects with the same identity takes its place.  */
-    zsock_set_router_handover (self->backend, 1);
+    zsock_set_router_handover (self->backend.sock, 1);
     zhashx_set_destructor (self->services, s_service_destructor);
     zhashx_set_destructor (self->workers, s_worker_destructor);
-    zhashx_set_destructor (self->inflight, s_inflight_destructor);
+    /*  The key is the request's own msg_id: no copy per request.  */
+    zhashx_set_key_duplicator (self->inflight, NULL);
+    zhashx_set_key_destructor (self->inflight, NULL);
     self->heartbeat_at = ferry_mono_ms () + self->settings->heartbeat;
     return self;
 }
 
 static int
-s_bind (s_broker_t *self, zsock_t *sock, const char *endpoint, char **bound)
+s_bind (zsock_t *sock, const char *endpoint, char **bound)
 {
     if (zsock_bind (sock, "%s", endpoint) == -1) {
         log_error ("broker: cannot bind endpoint=%s error=\"%s\"", endpoint,
@@ -1042,7 +1102,6 @@ s_bind (s_broker_t *self, zsock_t *sock, const char *endpoint, char **bound)
         return -1;
     }
     *bound = zsock_last_endpoint (sock);
-    (void) self;
     return *bound ? 0 : -1;
 }
 
@@ -1066,9 +1125,9 @@ s_pipe_recv (s_broker_t *self)
         char *fe_bound = NULL, *be_bound = NULL;
         int rc = fe && be ? 0 : -1;
         if (rc == 0)
-            rc = s_bind (self, self->frontend, fe, &fe_bound);
+            rc = s_bind (self->frontend.sock, fe, &fe_bound);
         if (rc == 0)
-            rc = s_bind (self, self->backend, be, &be_bound);
+            rc = s_bind (self->backend.sock, be, &be_bound);
         zsock_send (self->pipe, "iss", rc, fe_bound ? fe_bound : "",
                     be_bound ? be_bound : "");
         free (fe);
@@ -1092,6 +1151,62 @@ s_pipe_recv (s_broker_t *self)
     zmsg_destroy (&msg);
 }
 
+/*  Reads up to BROKER_BATCH messages from router and hands each to
+    handle.  */
+static void
+s_read_batch (s_broker_t *self, s_router_t *router,
+              void (*handle) (s_broker_t *, s_message_t *))
+{
+    s_message_t msg;
+    for (int i = 0; i < BROKER_BATCH && !self->terminated; i++) {
+        if (!s_recv (self, router, &msg))
+            break;
+        handle (self, &msg);
+        s_message_close (&msg);
+    }
+}
+
+/*  Reads both ROUTERs until both are settled, a batch at a time, backend
+    first: replies free credit for the requests behind them, so a busy
+    frontend must not starve the backend.  A ROUTER's fd only signals new
+    commands for it, and libzmq may consume those inside a send (at most
+    once a millisecond), so a socket we sent on must be read until empty
+    again before the loop may sleep on its fd.  Gives up after a few rounds
+    so timers and the pipe get their turn under constant load.  */
+static void
+s_drain (s_broker_t *self)
+{
+    for (int round = 0; round < 4 && !self->terminated; round++) {
+        if (self->backend.settled && self->frontend.settled)
+            return;
+        if (!self->backend.settled)
+            s_read_batch (self, &self->backend, s_backend_message);
+        if (!self->frontend.settled)
+            s_read_batch (self, &self->frontend, s_frontend_message);
+    }
+}
+
+/*  Answers commands with failure until told to end: the actor could not
+    build its state, and zactor_new cannot report that.  */
+static void
+s_broker_failed (zsock_t *pipe)
+{
+    log_error ("broker: cannot create sockets");
+    while (true) {
+        zmsg_t *msg = zmsg_recv (pipe);
+        char *command = msg ? zmsg_popstr (msg) : NULL;
+        bool term = !command || streq (command, "$TERM");
+        if (command && streq (command, "BIND"))
+            zsock_send (pipe, "iss", -1, "", "");
+        else if (command && streq (command, "STATUS"))
+            zsock_send (pipe, "iiii", 0, 0, 0, 0);
+        free (command);
+        zmsg_destroy (&msg);
+        if (term)
+            return;
+    }
+}
+
 void
 broker_actor (zsock_t *pipe, void *args)
 {
@@ -1099,49 +1214,40 @@ broker_actor (zsock_t *pipe, void *args)
     s_broker_t *self = s_broker_new (pipe, settings);
     zsock_signal (pipe, 0);
     if (!self) {
-        log_error ("broker: cannot create sockets");
-        /*  Answer commands with failure until told to end.  */
-        while (true) {
-            zmsg_t *msg = zmsg_recv (pipe);
-            char *command = msg ? zmsg_popstr (msg) : NULL;
-            bool term = !command || streq (command, "$TERM");
-            if (command && streq (command, "BIND"))
-                zsock_send (pipe, "iss", -1, "", "");
-            else if (command && streq (command, "STATUS"))
-                zsock_send (pipe, "iiii", 0, 0, 0, 0);
-            free (command);
-            zmsg_destroy (&msg);
-            if (term)
-                return;
-        }
+        s_broker_failed (pipe);
+        return;
     }
+    /*  The owner may have sent commands already; the pipe's fd only tells
+        of commands that arrive from now on.  */
+    bool pipe_ready = true;
+    int pipe_fd = zsock_fd (self->pipe);
     while (!self->terminated) {
-        zmq_pollitem_t items[] = {
-            {zsock_resolve (self->pipe), 0, ZMQ_POLLIN, 0},
-            {zsock_resolve (self->frontend), 0, ZMQ_POLLIN, 0},
-            {zsock_resolve (self->backend), 0, ZMQ_POLLIN, 0},
+        /*  The pipe is read until empty too, for the same reason as the
+            ROUTERs: our answers on it may consume its fd's signal.  */
+        while (pipe_ready && !self->terminated
+               && (zsock_events (self->pipe) & ZMQ_POLLIN))
+            s_pipe_recv (self);
+        s_drain (self);
+        s_timers (self);
+        if (self->terminated)
+            break;
+        bool settled = self->frontend.settled && self->backend.settled;
+        struct pollfd fds[] = {
+            {pipe_fd, POLLIN, 0},
+            {self->frontend.fd, POLLIN, 0},
+            {self->backend.fd, POLLIN, 0},
         };
-        if (zmq_poll (items, 3, s_timeout (self)) == -1) {
+        if (poll (fds, 3, settled ? s_timeout (self) : 0) == -1) {
             if (errno == EINTR)
                 continue;
-            if (errno == ETERM)
-                break; /* the process is ending under us */
-            log_error ("broker: poll failed error=\"%s\"",
-                       zmq_strerror (errno));
+            log_error ("broker: poll failed error=\"%s\"", strerror (errno));
             break;
         }
-        if (items[0].revents & ZMQ_POLLIN)
-            s_pipe_recv (self);
-        /*  Replies first: they free credit for the requests behind.  */
-        for (int i = 0; i < BROKER_BATCH
-                        && (zsock_events (self->backend) & ZMQ_POLLIN);
-             i++)
-            s_backend_recv (self);
-        for (int i = 0; i < BROKER_BATCH
-                        && (zsock_events (self->frontend) & ZMQ_POLLIN);
-             i++)
-            s_frontend_recv (self);
-        s_timers (self);
+        pipe_ready = fds[0].revents != 0;
+        if (fds[1].revents)
+            self->frontend.settled = false;
+        if (fds[2].revents)
+            self->backend.settled = false;
     }
     s_broker_destroy (&self);
 }

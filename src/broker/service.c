@@ -27,19 +27,22 @@ struct _broker_service_t {
 };
 
 broker_request_t *
-broker_request_new (zframe_t **edge_p, const char *msg_id, const char *flags,
-                    uint64_t deadline, int64_t queued, zframe_t **payload_p)
+broker_request_new (const void *edge, size_t edge_size, const char *msg_id,
+                    const char *flags, uint64_t deadline, int64_t queued,
+                    zmq_msg_t *payload)
 {
-    assert (edge_p && payload_p);
-    broker_request_t *self = ferry_calloc (1, sizeof *self);
-    self->edge = *edge_p;
-    *edge_p = NULL;
-    self->payload = *payload_p;
-    *payload_p = NULL;
+    assert (edge_size > 0 && edge_size <= BROKER_IDENTITY_MAX && payload);
+    broker_request_t *self = ferry_malloc (sizeof *self);
+    memcpy (self->edge, edge, edge_size);
+    self->edge_size = edge_size;
     snprintf (self->msg_id, sizeof self->msg_id, "%s", msg_id);
     snprintf (self->flags, sizeof self->flags, "%s", flags);
     self->deadline = deadline;
     self->queued = queued;
+    zmq_msg_init (&self->payload);
+    zmq_msg_move (&self->payload, payload);
+    self->worker = NULL;
+    self->handle = NULL;
     return self;
 }
 
@@ -49,8 +52,7 @@ broker_request_destroy (broker_request_t **self_p)
     assert (self_p);
     broker_request_t *self = *self_p;
     if (self) {
-        zframe_destroy (&self->edge);
-        zframe_destroy (&self->payload);
+        zmq_msg_close (&self->payload);
         free (self);
         *self_p = NULL;
     }
@@ -310,9 +312,13 @@ static broker_request_t *
 s_test_request (const char *id, uint64_t deadline, int64_t queued,
                 const char *flags)
 {
-    zframe_t *edge = zframe_new ("E", 1);
-    zframe_t *payload = zframe_new (id, strlen (id));
-    return broker_request_new (&edge, id, flags, deadline, queued, &payload);
+    zmq_msg_t payload;
+    zmq_msg_init_size (&payload, strlen (id));
+    memcpy (zmq_msg_data (&payload), id, strlen (id));
+    broker_request_t *req
+        = broker_request_new ("E", 1, id, flags, deadline, queued, &payload);
+    zmq_msg_close (&payload);
+    return req;
 }
 
 int
@@ -344,7 +350,9 @@ broker_service_test (bool verbose)
     FERRY_CHECK (req == NULL && broker_service_queued (svc) == 4);
     req = broker_service_pop (svc);
     FERRY_CHECK (req && strcmp (req->msg_id, "d") == 0);
-    FERRY_CHECK (zframe_streq (req->payload, "d"));
+    FERRY_CHECK (zmq_msg_size (&req->payload) == 1
+                 && memcmp (zmq_msg_data (&req->payload), "d", 1) == 0);
+    FERRY_CHECK (req->edge_size == 1 && req->edge[0] == 'E');
     broker_request_destroy (&req);
     broker_request_destroy (&req);
 

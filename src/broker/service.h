@@ -12,23 +12,34 @@
 /*  Longest msg_id and flags string the broker accepts.  */
 #define BROKER_MSG_ID_MAX 64
 #define BROKER_FLAGS_MAX 16
+/*  ZeroMQ routing identities are 1 to 255 bytes.  */
+#define BROKER_IDENTITY_MAX 255
 
-/*  A request waiting in a service queue.  The broker never decodes the
-    payload; it keeps the frame it received and sends that same frame on.  */
+/*  A request, from its arrival until it is answered: first in a service
+    queue, then in flight at a worker.  The broker never decodes the
+    payload; it keeps the message part it received and sends that same part
+    on.  The edge identity lives inline so that a request costs one
+    allocation.  */
 typedef struct {
-    zframe_t *edge;                       /* routing identity of the edge */
+    uint8_t edge[BROKER_IDENTITY_MAX];    /* routing identity of the edge */
+    size_t edge_size;
     char msg_id[BROKER_MSG_ID_MAX + 1];   /* the edge's message id */
     char flags[BROKER_FLAGS_MAX + 1];     /* "r" = retryable */
     uint64_t deadline;                    /* wall ms, 0 = none */
     int64_t queued;                       /* monotonic ms, first queued */
-    zframe_t *payload;                    /* the envelope, untouched */
+    zmq_msg_t payload;                    /* the envelope, untouched; empty
+                                             once sent unless retryable */
+    void *worker;                         /* in flight: who holds it */
+    void *handle;                         /* in flight: in its worker list */
 } broker_request_t;
 
-/*  Takes ownership of *edge_p and *payload_p and nulls them.  msg_id and
-    flags must fit (the caller validated them).  Never returns NULL.  */
-broker_request_t *broker_request_new (zframe_t **edge_p, const char *msg_id,
-                                      const char *flags, uint64_t deadline,
-                                      int64_t queued, zframe_t **payload_p);
+/*  Moves *payload into the request (payload is left empty) and copies the
+    edge identity (1 to BROKER_IDENTITY_MAX bytes).  msg_id and flags must
+    fit (the caller validated them).  Never returns NULL.  */
+broker_request_t *broker_request_new (const void *edge, size_t edge_size,
+                                      const char *msg_id, const char *flags,
+                                      uint64_t deadline, int64_t queued,
+                                      zmq_msg_t *payload);
 void broker_request_destroy (broker_request_t **self_p);
 /*  True when flags contain FERRY_FLAG_RETRYABLE.  */
 bool broker_request_retryable (const broker_request_t *self);
