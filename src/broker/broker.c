@@ -34,6 +34,7 @@
 
 #include "broker.h"
 #include "envelope.h"
+#include "harness.h"
 #include "log.h"
 #include "proto.h"
 #include "service.h"
@@ -55,17 +56,6 @@
     msg_id, deadline, flags, payload.  */
 #define BROKER_PARTS_MAX 8
 
-struct _broker_settings_t {
-    char *frontend;              /* endpoint edges connect to */
-    char *backend;               /* endpoint workers connect to */
-    int64_t heartbeat;           /* ms between heartbeats */
-    int64_t liveness;            /* heartbeats missed before a peer is dead */
-    int64_t no_worker_grace;     /* ms a request waits for a first worker */
-    uint64_t max_message;        /* ZMQ_MAXMSGSIZE on both ROUTERs */
-    size_t max_inflight;         /* dispatched and unanswered, whole broker */
-    size_t default_queue_limit;  /* per service unless listed in limits */
-    zhashx_t *limits;            /* service name -> size_t * queue limit */
-};
 
 typedef struct {
     uint8_t identity[BROKER_IDENTITY_MAX]; /* ROUTER routing identity */
@@ -120,202 +110,6 @@ typedef struct {
         else                                                                  \
             log_debug (__VA_ARGS__);                                          \
     } while (0)
-
-/* ---- settings ------------------------------------------------------------- */
-
-static void
-s_free_item (void **item_p)
-{
-    free (*item_p);
-    *item_p = NULL;
-}
-
-broker_settings_t *
-broker_settings_new (void)
-{
-    broker_settings_t *self = ferry_calloc (1, sizeof *self);
-    self->frontend = ferry_strdup ("tcp://127.0.0.1:5555");
-    self->backend = ferry_strdup ("tcp://127.0.0.1:5556");
-    self->heartbeat = 1000;
-    self->liveness = 3;
-    self->no_worker_grace = 2000;
-    self->max_message = FERRY_MAX_MESSAGE_DEFAULT;
-    self->max_inflight = 100000;
-    self->default_queue_limit = 1000;
-    self->limits = zhashx_new ();
-    assert (self->limits);
-    zhashx_set_destructor (self->limits, s_free_item);
-    return self;
-}
-
-void
-broker_settings_destroy (broker_settings_t **self_p)
-{
-    assert (self_p);
-    broker_settings_t *self = *self_p;
-    if (self) {
-        zhashx_destroy (&self->limits);
-        free (self->frontend);
-        free (self->backend);
-        free (self);
-        *self_p = NULL;
-    }
-}
-
-static broker_settings_t *
-s_settings_dup (const broker_settings_t *src)
-{
-    broker_settings_t *self = broker_settings_new ();
-    free (self->frontend);
-    free (self->backend);
-    self->frontend = ferry_strdup (src->frontend);
-    self->backend = ferry_strdup (src->backend);
-    self->heartbeat = src->heartbeat;
-    self->liveness = src->liveness;
-    self->no_worker_grace = src->no_worker_grace;
-    self->max_message = src->max_message;
-    self->max_inflight = src->max_inflight;
-    self->default_queue_limit = src->default_queue_limit;
-    for (size_t *limit = (size_t *) zhashx_first (src->limits); limit;
-         limit = (size_t *) zhashx_next (src->limits))
-        broker_settings_set_queue_limit (
-            self, (const char *) zhashx_cursor (src->limits), *limit);
-    return self;
-}
-
-bool
-broker_name_valid (const char *name)
-{
-    size_t len = strlen (name);
-    if (len == 0 || len > FERRY_NAME_MAX)
-        return false;
-    for (const char *p = name; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
-              || (*p >= '0' && *p <= '9') || *p == '_' || *p == '.'
-              || *p == '-'))
-            return false;
-    return true;
-}
-
-int
-broker_settings_load (broker_settings_t *self, ferry_config_t *config)
-{
-    const char *frontend, *backend;
-    int64_t heartbeat, liveness, grace, inflight, dflt_limit;
-    uint64_t max_message;
-    if (ferry_config_str (config, NULL, "broker.frontend", self->frontend,
-                          &frontend)
-        || ferry_config_str (config, NULL, "broker.backend", self->backend,
-                             &backend)
-        || ferry_config_duration_ms (config, NULL, "broker.heartbeat", 10,
-                                     3600000, self->heartbeat, &heartbeat)
-        || ferry_config_int (config, NULL, "broker.liveness", 1, 1000,
-                             self->liveness, &liveness)
-        || ferry_config_duration_ms (config, NULL, "broker.no_worker_grace",
-                                     0, 3600000, self->no_worker_grace,
-                                     &grace)
-        || ferry_config_size (config, NULL, "broker.max_message", 1024,
-                              (uint64_t) INT64_MAX, self->max_message,
-                              &max_message)
-        || ferry_config_int (config, NULL, "broker.max_inflight", 1,
-                             100000000, (int64_t) self->max_inflight,
-                             &inflight)
-        || ferry_config_int (config, NULL, "broker.default_queue_limit", 0,
-                             100000000, (int64_t) self->default_queue_limit,
-                             &dflt_limit))
-        return -1;
-    /*  Copy before replacing: the strings may be our own defaults.  */
-    char *fe = ferry_strdup (frontend), *be = ferry_strdup (backend);
-    free (self->frontend);
-    free (self->backend);
-    self->frontend = fe;
-    self->backend = be;
-    self->heartbeat = heartbeat;
-    self->liveness = liveness;
-    self->no_worker_grace = grace;
-    self->max_message = max_message;
-    self->max_inflight = (size_t) inflight;
-    self->default_queue_limit = (size_t) dflt_limit;
-
-    const ferry_cnode_t *services
-        = ferry_config_node (config, NULL, "broker.services");
-    if (!services)
-        return 0;
-    if (ferry_cnode_type (services) != FERRY_CNODE_MAP)
-        return ferry_config_fail (config, services, "expected a map");
-    for (size_t i = 0; i < ferry_cnode_size (services); i++) {
-        const ferry_cnode_t *svc = ferry_cnode_child (services, i);
-        const char *name = ferry_cnode_key (svc);
-        if (!name || !broker_name_valid (name))
-            return ferry_config_fail (config, svc,
-                                      "service names are [A-Za-z0-9_.-]"
-                                      "{1,64}");
-        if (ferry_cnode_type (svc) != FERRY_CNODE_MAP)
-            return ferry_config_fail (config, svc, "expected a map");
-        int64_t limit;
-        if (ferry_config_int (config, svc, "queue_limit", 0, 100000000,
-                              (int64_t) self->default_queue_limit, &limit))
-            return -1;
-        broker_settings_set_queue_limit (self, name, (size_t) limit);
-    }
-    return 0;
-}
-
-const char *
-broker_settings_frontend (const broker_settings_t *self)
-{
-    return self->frontend;
-}
-
-const char *
-broker_settings_backend (const broker_settings_t *self)
-{
-    return self->backend;
-}
-
-void
-broker_settings_set_heartbeat (broker_settings_t *self, int64_t ms,
-                               int64_t liveness)
-{
-    assert (ms > 0 && liveness > 0);
-    self->heartbeat = ms;
-    self->liveness = liveness;
-}
-
-void
-broker_settings_set_no_worker_grace (broker_settings_t *self, int64_t ms)
-{
-    assert (ms >= 0);
-    self->no_worker_grace = ms;
-}
-
-void
-broker_settings_set_max_inflight (broker_settings_t *self, size_t n)
-{
-    assert (n > 0);
-    self->max_inflight = n;
-}
-
-void
-broker_settings_set_max_message (broker_settings_t *self, uint64_t n)
-{
-    self->max_message = n;
-}
-
-void
-broker_settings_set_default_queue_limit (broker_settings_t *self, size_t n)
-{
-    self->default_queue_limit = n;
-}
-
-void
-broker_settings_set_queue_limit (broker_settings_t *self,
-                                 const char *service, size_t limit)
-{
-    size_t *value = ferry_malloc (sizeof *value);
-    *value = limit;
-    zhashx_update (self->limits, service, value);
-}
 
 /* ---- sending and receiving ------------------------------------------------ */
 
@@ -523,12 +317,9 @@ s_service_require (s_broker_t *self, const char *name)
         log_warn ("broker: too many services, refusing service=%s", name);
         return NULL;
     }
-    size_t limit = self->settings->default_queue_limit;
-    size_t *configured = (size_t *) zhashx_lookup (self->settings->limits,
-                                                   name);
-    if (configured)
-        limit = *configured;
-    svc = broker_service_new (name, limit, ferry_mono_ms ());
+    svc = broker_service_new (
+        name, broker_settings_queue_limit (self->settings, name),
+        ferry_mono_ms ());
     if (!svc)
         return NULL;
     zhashx_insert (self->services, name, svc);
@@ -539,7 +330,8 @@ static void
 s_worker_refresh (s_broker_t *self, s_worker_t *worker)
 {
     worker->expiry = ferry_mono_ms ()
-                     + self->settings->heartbeat * self->settings->liveness;
+                     + broker_settings_heartbeat (self->settings)
+                           * broker_settings_liveness (self->settings);
 }
 
 /*  Keeps the worker in its service's ready ring exactly while it may be
@@ -562,6 +354,15 @@ s_worker_remove (s_broker_t *self, s_worker_t *worker)
     broker_service_ready_remove (worker->service, &worker->ready);
     broker_service_worker_left (worker->service, ferry_mono_ms ());
     zhashx_delete (self->workers, worker->key);
+}
+
+/*  True when the in-flight table holds max_inflight requests: the broker
+    then neither dispatches nor admits any more.  */
+static bool
+s_inflight_full (s_broker_t *self)
+{
+    return zhashx_size (self->inflight)
+           >= broker_settings_max_inflight (self->settings);
 }
 
 /*  Takes req out of the in-flight table and its worker's list; the caller
@@ -632,7 +433,7 @@ static void
 s_dispatch (s_broker_t *self, broker_service_t *svc)
 {
     while (broker_service_queued (svc) > 0 && broker_service_ready (svc) > 0
-           && zhashx_size (self->inflight) < self->settings->max_inflight) {
+           && !s_inflight_full (self)) {
         broker_request_t *req = broker_service_pop (svc);
         if (req->deadline && req->deadline <= ferry_wall_ms ()) {
             s_fail_request (self, &req, 504,
@@ -698,7 +499,7 @@ s_edge_request (s_broker_t *self, s_message_t *msg)
     const char *refusal = NULL;
     if (!svc)
         refusal = "too many services";
-    else if (zhashx_size (self->inflight) >= self->settings->max_inflight)
+    else if (s_inflight_full (self))
         refusal = "broker overloaded";
     if (refusal) {
         s_send_problem (self, zmq_msg_data (edge), zmq_msg_size (edge),
@@ -841,8 +642,7 @@ s_worker_reply (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
     s_trace (self, "broker: reply msg=%s worker=%s", msg_id, worker->key);
     s_send_reply (self, req->edge, req->edge_size, msg_id, &msg->part[4]);
     /*  Only a full in-flight table holds back other services.  */
-    bool was_full
-        = zhashx_size (self->inflight) >= self->settings->max_inflight;
+    bool was_full = s_inflight_full (self);
     s_inflight_take (self, req);
     broker_request_destroy (&req);
     if (worker->leaving) {
@@ -986,11 +786,12 @@ s_timers (s_broker_t *self)
 {
     int64_t now = ferry_mono_ms ();
     if (now >= self->heartbeat_at) {
-        self->heartbeat_at = now + self->settings->heartbeat;
+        self->heartbeat_at
+            = now + broker_settings_heartbeat (self->settings);
         s_heartbeat (self, now);
     }
     uint64_t wall = ferry_wall_ms ();
-    int64_t grace = self->settings->no_worker_grace;
+    int64_t grace = broker_settings_no_worker_grace (self->settings);
     for (broker_service_t *svc = (broker_service_t *) zhashx_first (
              self->services);
          svc; svc = (broker_service_t *) zhashx_next (self->services)) {
@@ -1015,7 +816,8 @@ s_timeout (s_broker_t *self)
              self->services);
          svc; svc = (broker_service_t *) zhashx_next (self->services)) {
         int64_t t = broker_service_next_timer (
-            svc, wall, now, self->settings->no_worker_grace);
+            svc, wall, now,
+            broker_settings_no_worker_grace (self->settings));
         if (t >= 0 && t < next)
             next = t;
     }
@@ -1032,9 +834,8 @@ s_router_init (s_router_t *router, const broker_settings_t *settings)
     if (!router->sock)
         return -1;
     router->handle = zsock_resolve (router->sock);
-    int64_t max = settings->max_message > (uint64_t) INT64_MAX
-                      ? INT64_MAX
-                      : (int64_t) settings->max_message;
+    uint64_t limit = broker_settings_max_message (settings);
+    int64_t max = limit > (uint64_t) INT64_MAX ? INT64_MAX : (int64_t) limit;
     zsock_set_router_mandatory (router->sock, 1);
     zmq_setsockopt (router->handle, ZMQ_MAXMSGSIZE, &max, sizeof max);
     zsock_set_sndhwm (router->sock, BROKER_HWM);
@@ -1072,7 +873,7 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
 {
     s_broker_t *self = ferry_calloc (1, sizeof *self);
     self->pipe = pipe;
-    self->settings = s_settings_dup (settings);
+    self->settings = broker_settings_dup (settings);
     self->services = zhashx_new ();
     self->workers = zhashx_new ();
     self->inflight = zhashx_new ();
@@ -1089,7 +890,8 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     /*  The key is the request's own msg_id: no copy per request.  */
     zhashx_set_key_duplicator (self->inflight, NULL);
     zhashx_set_key_destructor (self->inflight, NULL);
-    self->heartbeat_at = ferry_mono_ms () + self->settings->heartbeat;
+    self->heartbeat_at
+        = ferry_mono_ms () + broker_settings_heartbeat (self->settings);
     return self;
 }
 
@@ -1252,315 +1054,27 @@ broker_actor (zsock_t *pipe, void *args)
     s_broker_destroy (&self);
 }
 
-/* ---- tests -----------------------------------------------------------------
-    The actor runs in-process; DEALER sockets play edges and workers over
-    inproc:// (and tcp://127.0.0.1:* once, to check BIND's port report).
-    Heartbeats are 50 ms so timing tests stay short; every receive has a
-    timeout so a failing test ends instead of hanging.  */
+/* ---- tests ---------------------------------------------------------------- */
 
-#define S_TEST_WAIT 2000
 
-typedef struct {
-    zactor_t *actor;
-    char *frontend;
-    char *backend;
-} s_test_t;
+/*  The actor tests run the broker in-process through harness.c: DEALER
+    sockets play edges and workers.  Each names its peers, sends protocol
+    messages and checks what comes back; the harness owns the peers and
+    the broker, and every receive has a timeout.  */
 
-/*  A settings object with test timings: a no-worker grace of 100 ms and,
-    unless fast, a heartbeat long enough that test workers (which do not
-    heartbeat) stay alive; fast is 50 ms x 3, for the liveness tests.  */
-static broker_settings_t *
-s_test_settings (bool fast)
-{
-    broker_settings_t *settings = broker_settings_new ();
-    broker_settings_set_heartbeat (settings, fast ? 50 : 1000, 3);
-    broker_settings_set_no_worker_grace (settings, 100);
-    return settings;
-}
-
-static int
-s_test_start (s_test_t *t, broker_settings_t **settings_p, bool tcp,
-              bool verbose)
-{
-    static int counter;
-    memset (t, 0, sizeof *t);
-    t->actor = zactor_new (broker_actor, *settings_p);
-    broker_settings_destroy (settings_p);
-    if (!t->actor)
-        return -1;
-    if (verbose)
-        zstr_send (t->actor, "VERBOSE");
-    char fe[64], be[64];
-    if (tcp) {
-        snprintf (fe, sizeof fe, "tcp://127.0.0.1:*");
-        snprintf (be, sizeof be, "tcp://127.0.0.1:*");
-    }
-    else {
-        counter++;
-        snprintf (fe, sizeof fe, "inproc://broker-test-fe-%d", counter);
-        snprintf (be, sizeof be, "inproc://broker-test-be-%d", counter);
-    }
-    zstr_sendx (t->actor, "BIND", fe, be, NULL);
-    int rc = -1;
-    if (zsock_recv (t->actor, "iss", &rc, &t->frontend, &t->backend) == -1)
-        return -1;
-    return rc;
-}
-
-static void
-s_test_stop (s_test_t *t)
-{
-    zactor_destroy (&t->actor);
-    free (t->frontend);
-    free (t->backend);
-    t->frontend = t->backend = NULL;
-}
-
-static zsock_t *
-s_test_dealer (const char *endpoint)
-{
-    zsock_t *sock = zsock_new_dealer (endpoint);
-    if (sock) {
-        zsock_set_rcvtimeo (sock, S_TEST_WAIT);
-        zsock_set_linger (sock, 0);
-    }
-    return sock;
-}
-
-/*  Asks the actor for its counters.  */
-static void
-s_test_status (s_test_t *t, int *workers, int *inflight, int *queued)
-{
-    int services;
-    zstr_send (t->actor, "STATUS");
-    zsock_recv (t->actor, "iiii", workers, inflight, queued, &services);
-}
-
-/*  Waits until the broker has the given number of workers.  */
-static bool
-s_test_wait_workers (s_test_t *t, int expected)
-{
-    int64_t until = ferry_mono_ms () + S_TEST_WAIT;
-    while (ferry_mono_ms () < until) {
-        int workers, inflight, queued;
-        s_test_status (t, &workers, &inflight, &queued);
-        if (workers == expected)
-            return true;
-        zclock_sleep (5);
-    }
-    return false;
-}
-
-static void
-s_test_request (zsock_t *edge, const char *service, const char *msg_id,
-                uint64_t deadline, const char *flags, const void *payload,
-                size_t size)
-{
-    char text[24];
-    snprintf (text, sizeof text, "%" PRIu64, deadline);
-    zmsg_t *msg = zmsg_new ();
-    zmsg_addstr (msg, FERRY_PROTO);
-    zmsg_addstr (msg, FERRY_CMD_REQ);
-    zmsg_addstr (msg, service);
-    zmsg_addstr (msg, msg_id);
-    zmsg_addstr (msg, text);
-    zmsg_addstr (msg, flags);
-    zmsg_addmem (msg, payload, size);
-    zmsg_send (&msg, edge);
-}
-
-/*  Receives a message with the timeout set on sock (or ms when > 0), and
-    checks it is [FRY1, command, ...] with count frames after the command.
-    Returns NULL otherwise.  */
-static zmsg_t *
-s_test_recv (zsock_t *sock, const char *command, size_t count, int ms)
-{
-    if (ms > 0)
-        zsock_set_rcvtimeo (sock, ms);
-    zmsg_t *msg = zmsg_recv (sock);
-    if (ms > 0)
-        zsock_set_rcvtimeo (sock, S_TEST_WAIT);
-    if (!msg)
-        return NULL;
-    zframe_t *proto = zmsg_first (msg), *cmd = zmsg_next (msg);
-    if (zmsg_size (msg) != count + 2 || !zframe_streq (proto, FERRY_PROTO)
-        || !zframe_streq (cmd, command)) {
-        zmsg_destroy (&msg);
-        return NULL;
-    }
-    for (int i = 0; i < 2; i++) {
-        zframe_t *frame = zmsg_pop (msg);
-        zframe_destroy (&frame);
-    }
-    return msg;
-}
-
-/*  True when nothing arrives on sock within ms.  */
-static bool
-s_test_silent (zsock_t *sock, int ms)
-{
-    zpoller_t *poller = zpoller_new (sock, NULL);
-    void *which = zpoller_wait (poller, ms);
-    zpoller_destroy (&poller);
-    return which == NULL;
-}
-
-/*  Receives a broker problem reply to msg_id on edge and checks status and
-    (when retry_after) the retry-after header.  Returns 0 or -1.  */
-static int
-s_test_problem (zsock_t *edge, const char *msg_id, unsigned status,
-                bool retry_after)
-{
-    zmsg_t *msg = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
-    if (!msg)
-        return -1;
-    char *id = zmsg_popstr (msg);
-    zframe_t *payload = zmsg_pop (msg);
-    char err[160];
-    ferry_envelope_t *env = ferry_envelope_decode (
-        zframe_data (payload), zframe_size (payload), NULL, err, sizeof err);
-    int rc = env && streq (id, msg_id)
-                     && ferry_envelope_kind (env) == FERRY_KIND_REPLY
-                     && ferry_envelope_status (env) == status
-                     && ferry_envelope_re (env)
-                     && streq (ferry_envelope_re (env), msg_id)
-                 ? 0
-                 : -1;
-    if (rc == 0 && retry_after) {
-        const char *value = ferry_envelope_header (env, "retry-after");
-        rc = value && streq (value, "1") ? 0 : -1;
-    }
-    if (!env)
-        fprintf (stderr, "# problem reply does not decode: %s\n", err);
-    ferry_envelope_destroy (&env);
-    zframe_destroy (&payload);
-    free (id);
-    zmsg_destroy (&msg);
-    return rc;
-}
-
-static uint64_t
-s_test_deadline (void)
-{
-    return ferry_wall_ms () + 10000;
-}
-
-/*  A worker receives REQ for msg_id (any when NULL), skipping broker
-    heartbeats, and returns its frames [msg_id, deadline, payload].  */
-static zmsg_t *
-s_test_work_skip_hb (zsock_t *worker, const char *msg_id, int ms)
-{
-    int64_t until = ferry_mono_ms () + ms;
-    int64_t left;
-    while ((left = until - ferry_mono_ms ()) > 0) {
-        zsock_set_rcvtimeo (worker, (int) left);
-        zmsg_t *msg = zmsg_recv (worker);
-        zsock_set_rcvtimeo (worker, S_TEST_WAIT);
-        if (!msg)
-            return NULL;
-        if (zmsg_size (msg) == 5 && zframe_streq (zmsg_first (msg), "FRY1")
-            && zframe_streq (zmsg_next (msg), FERRY_CMD_REQ)) {
-            zframe_t *f = zmsg_pop (msg);
-            zframe_destroy (&f);
-            f = zmsg_pop (msg);
-            zframe_destroy (&f);
-            if (!msg_id || zframe_streq (zmsg_first (msg), msg_id))
-                return msg;
-        }
-        zmsg_destroy (&msg);
-    }
-    return NULL;
-}
-
-static void
-s_test_reply (zsock_t *worker, const char *msg_id, const void *data,
-              size_t size)
-{
-    zmsg_t *msg = zmsg_new ();
-    zmsg_addstr (msg, FERRY_PROTO);
-    zmsg_addstr (msg, FERRY_CMD_REP);
-    zmsg_addstr (msg, msg_id);
-    zmsg_addmem (msg, data, size);
-    zmsg_send (&msg, worker);
-}
-
-int
-broker_settings_test (bool verbose)
-{
-    (void) verbose;
-    const char *yaml
-        = "broker:\n"
-          "  frontend: tcp://127.0.0.1:21001\n"
-          "  heartbeat: 250ms\n"
-          "  liveness: 4\n"
-          "  no_worker_grace: 1s\n"
-          "  max_message: 1MiB\n"
-          "  default_queue_limit: 7\n"
-          "  services:\n"
-          "    app: {queue_limit: 3}\n"
-          "    reports: {}\n";
-    char err[256];
-    ferry_config_t *config = ferry_config_parse (yaml, strlen (yaml), "t.yaml",
-                                                 err, sizeof err);
-    FERRY_CHECK (config);
-    broker_settings_t *settings = broker_settings_new ();
-    FERRY_CHECK (broker_settings_load (settings, config) == 0);
-    FERRY_CHECK (ferry_config_check_unused (config, "broker") == 0);
-    FERRY_CHECK (streq (broker_settings_frontend (settings),
-                        "tcp://127.0.0.1:21001"));
-    FERRY_CHECK (streq (broker_settings_backend (settings),
-                        "tcp://127.0.0.1:5556"));
-    FERRY_CHECK (settings->heartbeat == 250 && settings->liveness == 4);
-    FERRY_CHECK (settings->no_worker_grace == 1000);
-    FERRY_CHECK (settings->max_message == 1024 * 1024);
-    FERRY_CHECK (settings->max_inflight == 100000);
-    FERRY_CHECK (settings->default_queue_limit == 7);
-    size_t *limit = (size_t *) zhashx_lookup (settings->limits, "app");
-    FERRY_CHECK (limit && *limit == 3);
-    limit = (size_t *) zhashx_lookup (settings->limits, "reports");
-    FERRY_CHECK (limit && *limit == 7);
-    broker_settings_destroy (&settings);
-    broker_settings_destroy (&settings);
-    ferry_config_destroy (&config);
-
-    /*  Errors name the key.  */
-    const char *bad[] = {
-        "broker:\n  liveness: 0\n",
-        "broker:\n  heartbeat: soon\n",
-        "broker:\n  services:\n    \"a b\": {queue_limit: 1}\n",
-        "broker:\n  services:\n    app: {queue_limit: -1}\n",
-        "broker:\n  services: [app]\n",
-    };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        config = ferry_config_parse (bad[i], strlen (bad[i]), "t.yaml", err,
-                                     sizeof err);
-        FERRY_CHECK (config);
-        settings = broker_settings_new ();
-        FERRY_CHECK (broker_settings_load (settings, config) == -1);
-        FERRY_CHECK (strstr (ferry_config_error (config), "t.yaml:"));
-        broker_settings_destroy (&settings);
-        ferry_config_destroy (&config);
-    }
-    FERRY_CHECK (broker_name_valid ("app.v2_x-y"));
-    FERRY_CHECK (!broker_name_valid (""));
-    FERRY_CHECK (!broker_name_valid ("a b"));
-    FERRY_CHECK (!broker_name_valid ("x/y"));
-    return 0;
-}
+#define S_WAIT BROKER_HARNESS_WAIT
 
 int
 broker_dispatch_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (false);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, true, verbose) == 0);
-    FERRY_CHECK (strncmp (t.frontend, "tcp://127.0.0.1:", 16) == 0);
-    FERRY_CHECK (!strstr (t.frontend, "*"));
-    zsock_t *edge = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, NULL, true, verbose) == 0);
+    FERRY_CHECK (strncmp (h.frontend, "tcp://127.0.0.1:", 16) == 0);
+    FERRY_CHECK (!strstr (h.frontend, "*"));
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *worker = broker_harness_worker (&h, "app", "1");
     FERRY_CHECK (edge && worker);
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "1", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
 
     /*  Binary payload, zero bytes included: it must arrive as sent.  */
     unsigned char payload[300];
@@ -1568,9 +1082,10 @@ broker_dispatch_test (bool verbose)
         payload[i] = (unsigned char) (i * 7);
     char id[FERRY_ID_LEN + 1];
     ferry_id_generate (id);
-    uint64_t deadline = s_test_deadline ();
-    s_test_request (edge, "app", id, deadline, "", payload, sizeof payload);
-    zmsg_t *work = s_test_work_skip_hb (worker, id, S_TEST_WAIT);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", id, deadline, "", payload,
+                            sizeof payload);
+    zmsg_t *work = broker_harness_work (worker, id, S_WAIT);
     FERRY_CHECK (work);
     char *got_id = zmsg_popstr (work), *got_deadline = zmsg_popstr (work);
     zframe_t *got = zmsg_pop (work);
@@ -1586,275 +1101,205 @@ broker_dispatch_test (bool verbose)
     zmsg_destroy (&work);
 
     unsigned char answer[] = {0x81, 0xa1, 'x', 0x00};
-    s_test_reply (worker, id, answer, sizeof answer);
-    zmsg_t *reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
+    broker_harness_reply (worker, id, answer, sizeof answer);
+    zmsg_t *reply = broker_harness_recv (edge, FERRY_CMD_REP, 2, 0);
     FERRY_CHECK (reply);
     FERRY_CHECK (zframe_streq (zmsg_first (reply), id));
     zframe_t *body = zmsg_next (reply);
     FERRY_CHECK (zframe_size (body) == sizeof answer
                  && memcmp (zframe_data (body), answer, sizeof answer) == 0);
     zmsg_destroy (&reply);
-    int workers, inflight, queued;
-    s_test_status (&t, &workers, &inflight, &queued);
-    FERRY_CHECK (workers == 1 && inflight == 0 && queued == 0);
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.workers == 1 && status.inflight == 0
+                 && status.queued == 0);
 
     /*  The edge's heartbeat is answered with the live services.  */
-    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_HB, NULL);
-    zmsg_t *hb = s_test_recv (edge, FERRY_CMD_HB, 1, 0);
-    FERRY_CHECK (hb && zframe_streq (zmsg_first (hb), "app"));
-    zmsg_destroy (&hb);
-
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    char *services = broker_harness_edge_hb (edge);
+    FERRY_CHECK (services && streq (services, "app"));
+    free (services);
+    broker_harness_stop (&h);
     return 0;
 }
 
 int
 broker_routing_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (false);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge_a = s_test_dealer (t.frontend);
-    zsock_t *edge_b = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "2", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, NULL, false, verbose) == 0);
+    zsock_t *edge_a = broker_harness_edge (&h);
+    zsock_t *edge_b = broker_harness_edge (&h);
+    zsock_t *worker = broker_harness_worker (&h, "app", "2");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
     char id_a[FERRY_ID_LEN + 1], id_b[FERRY_ID_LEN + 1];
     ferry_id_generate (id_a);
     ferry_id_generate (id_b);
-    s_test_request (edge_a, "app", id_a, s_test_deadline (), "", "A", 1);
-    zmsg_t *work_a = s_test_work_skip_hb (worker, id_a, S_TEST_WAIT);
-    s_test_request (edge_b, "app", id_b, s_test_deadline (), "", "B", 1);
-    zmsg_t *work_b = s_test_work_skip_hb (worker, id_b, S_TEST_WAIT);
-    FERRY_CHECK (work_a && work_b);
-    zmsg_destroy (&work_a);
-    zmsg_destroy (&work_b);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge_a, "app", id_a, deadline, "", "A", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, id_a));
+    broker_harness_request (edge_b, "app", id_b, deadline, "", "B", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, id_b));
 
     /*  Answer in the other order: each reply finds its own edge.  */
-    s_test_reply (worker, id_b, "for b", 5);
-    s_test_reply (worker, id_a, "for a", 5);
-    zmsg_t *reply = s_test_recv (edge_a, FERRY_CMD_REP, 2, 0);
-    FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), id_a)
-                 && zframe_streq (zmsg_next (reply), "for a"));
-    zmsg_destroy (&reply);
-    reply = s_test_recv (edge_b, FERRY_CMD_REP, 2, 0);
-    FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), id_b)
-                 && zframe_streq (zmsg_next (reply), "for b"));
-    zmsg_destroy (&reply);
-    FERRY_CHECK (s_test_silent (edge_a, 50) && s_test_silent (edge_b, 50));
+    broker_harness_reply (worker, id_b, "for b", 5);
+    broker_harness_reply (worker, id_a, "for a", 5);
+    FERRY_CHECK (broker_harness_got_reply (edge_a, id_a, "for a"));
+    FERRY_CHECK (broker_harness_got_reply (edge_b, id_b, "for b"));
+    FERRY_CHECK (broker_harness_silent (edge_a, 50)
+                 && broker_harness_silent (edge_b, 50));
 
     /*  A second reply to the same message is late and dropped.  */
-    s_test_reply (worker, id_a, "again", 5);
-    FERRY_CHECK (s_test_silent (edge_a, 100));
+    broker_harness_reply (worker, id_a, "again", 5);
+    FERRY_CHECK (broker_harness_silent (edge_a, 100));
 
     /*  An edge that went away: its reply is dropped, the broker lives on
         (ROUTER_MANDATORY turns the send into EHOSTUNREACH).  */
-    s_test_request (edge_b, "app", id_b, s_test_deadline (), "", "B", 1);
-    work_b = s_test_work_skip_hb (worker, id_b, S_TEST_WAIT);
-    FERRY_CHECK (work_b);
-    zmsg_destroy (&work_b);
-    zsock_destroy (&edge_b);
+    broker_harness_request (edge_b, "app", id_b, deadline, "", "B", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, id_b));
+    broker_harness_drop (&h, &edge_b);
     zclock_sleep (20);
-    s_test_reply (worker, id_b, "nobody", 6);
+    broker_harness_reply (worker, id_b, "nobody", 6);
     ferry_id_generate (id_a);
-    s_test_request (edge_a, "app", id_a, s_test_deadline (), "", "A", 1);
-    work_a = s_test_work_skip_hb (worker, id_a, S_TEST_WAIT);
-    FERRY_CHECK (work_a);
-    zmsg_destroy (&work_a);
-
-    zsock_destroy (&edge_a);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    broker_harness_request (edge_a, "app", id_a, deadline, "", "A", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, id_a));
+    broker_harness_stop (&h);
     return 0;
 }
 
 int
 broker_credit_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (false);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "1", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, NULL, "app", "1",
+                                              verbose, &edge, &worker)
+                 == 0);
     char ids[3][FERRY_ID_LEN + 1];
-    for (int i = 0; i < 3; i++) {
-        ferry_id_generate (ids[i]);
-        s_test_request (edge, "app", ids[i], s_test_deadline (), "", "x", 1);
-    }
-    zmsg_t *work = s_test_work_skip_hb (worker, ids[0], S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
+    broker_harness_requests (edge, "app", ids, 3);
+    FERRY_CHECK (broker_harness_got_work (worker, ids[0]));
     /*  One credit: nothing more until the reply.  */
-    FERRY_CHECK (s_test_work_skip_hb (worker, NULL, 150) == NULL);
-    int workers, inflight, queued;
-    s_test_status (&t, &workers, &inflight, &queued);
-    FERRY_CHECK (inflight == 1 && queued == 2);
-    s_test_reply (worker, ids[0], "r", 1);
-    work = s_test_work_skip_hb (worker, ids[1], S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
+    FERRY_CHECK (broker_harness_work (worker, NULL, 150) == NULL);
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 1 && status.queued == 2);
+    broker_harness_reply (worker, ids[0], "r", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, ids[1]));
     /*  CREDIT adds to what the reply will give back.  */
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
-    work = s_test_work_skip_hb (worker, ids[2], S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
-    s_test_status (&t, &workers, &inflight, &queued);
-    FERRY_CHECK (inflight == 2 && queued == 0);
+    FERRY_CHECK (broker_harness_got_work (worker, ids[2]));
+    status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 2 && status.queued == 0);
     for (int i = 0; i < 3; i++) {
-        zmsg_t *reply = NULL;
-        if (i > 0) {
-            s_test_reply (worker, ids[i], "r", 1);
-        }
-        reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
-        FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), ids[i]));
-        zmsg_destroy (&reply);
+        if (i > 0)
+            broker_harness_reply (worker, ids[i], "r", 1);
+        FERRY_CHECK (broker_harness_got_reply (edge, ids[i], NULL));
     }
     /*  A worker that leaves with BYE is forgotten.  */
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_BYE, NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 0));
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 0));
+    broker_harness_stop (&h);
     return 0;
 }
 
 int
 broker_queue_full_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (false);
+    broker_settings_t *settings = broker_harness_settings (false);
     broker_settings_set_queue_limit (settings, "app", 2);
     broker_settings_set_default_queue_limit (settings, 5);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
     /*  A worker without credit: everything queues.  */
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "0", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "app", "0",
+                                              verbose, &edge, &worker)
+                 == 0);
     char ids[3][FERRY_ID_LEN + 1];
-    for (int i = 0; i < 3; i++) {
-        ferry_id_generate (ids[i]);
-        s_test_request (edge, "app", ids[i], s_test_deadline (), "", "x", 1);
-    }
+    broker_harness_requests (edge, "app", ids, 3);
     int64_t start = ferry_mono_ms ();
-    FERRY_CHECK (s_test_problem (edge, ids[2], 503, true) == 0);
+    FERRY_CHECK (broker_harness_got_problem (edge, ids[2], 503, true));
     /*  "Immediate": well before any timer (grace 100 ms, deadline 10 s). */
     FERRY_CHECK (ferry_mono_ms () - start < 90);
-    int workers, inflight, queued;
-    s_test_status (&t, &workers, &inflight, &queued);
-    FERRY_CHECK (queued == 2);
+    FERRY_CHECK (broker_harness_status (&h).queued == 2);
     /*  Credit drains the queue in order.  */
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "2", NULL);
-    for (int i = 0; i < 2; i++) {
-        zmsg_t *work = s_test_work_skip_hb (worker, ids[i], S_TEST_WAIT);
-        FERRY_CHECK (work);
-        zmsg_destroy (&work);
-    }
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    for (int i = 0; i < 2; i++)
+        FERRY_CHECK (broker_harness_got_work (worker, ids[i]));
+    broker_harness_stop (&h);
     return 0;
 }
 
 int
 broker_deadline_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (false);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "0", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, NULL, "app", "0",
+                                              verbose, &edge, &worker)
+                 == 0);
 
     /*  Already past on arrival: 504 at once.  */
     char id[FERRY_ID_LEN + 1];
     ferry_id_generate (id);
-    s_test_request (edge, "app", id, ferry_wall_ms () - 1, "", "x", 1);
-    FERRY_CHECK (s_test_problem (edge, id, 504, false) == 0);
+    broker_harness_request (edge, "app", id, ferry_wall_ms () - 1, "", "x",
+                            1);
+    FERRY_CHECK (broker_harness_got_problem (edge, id, 504, false));
 
     /*  Passes while queued: 504 near the deadline, never dispatched.  */
     ferry_id_generate (id);
     int64_t start = ferry_mono_ms ();
-    s_test_request (edge, "app", id, ferry_wall_ms () + 100, "", "x", 1);
-    FERRY_CHECK (s_test_problem (edge, id, 504, false) == 0);
+    broker_harness_request (edge, "app", id, ferry_wall_ms () + 100, "", "x",
+                            1);
+    FERRY_CHECK (broker_harness_got_problem (edge, id, 504, false));
     int64_t took = ferry_mono_ms () - start;
     FERRY_CHECK (took >= 90 && took < 1000);
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
-    FERRY_CHECK (s_test_work_skip_hb (worker, NULL, 150) == NULL);
-    int workers, inflight, queued;
-    s_test_status (&t, &workers, &inflight, &queued);
-    FERRY_CHECK (workers == 1 && inflight == 0 && queued == 0);
+    FERRY_CHECK (broker_harness_work (worker, NULL, 150) == NULL);
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.workers == 1 && status.inflight == 0
+                 && status.queued == 0);
 
     /*  Deadline 0 means none: dispatched.  */
     ferry_id_generate (id);
-    s_test_request (edge, "app", id, 0, "", "x", 1);
-    zmsg_t *work = s_test_work_skip_hb (worker, id, S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    broker_harness_request (edge, "app", id, 0, "", "x", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, id));
+    broker_harness_stop (&h);
     return 0;
 }
 
 int
 broker_no_worker_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (false);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge = s_test_dealer (t.frontend);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, NULL, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
     char id[FERRY_ID_LEN + 1];
     ferry_id_generate (id);
     int64_t start = ferry_mono_ms ();
-    s_test_request (edge, "ghost", id, s_test_deadline (), "", "x", 1);
-    FERRY_CHECK (s_test_problem (edge, id, 503, true) == 0);
+    broker_harness_request (edge, "ghost", id, broker_harness_deadline (),
+                            "", "x", 1);
+    FERRY_CHECK (broker_harness_got_problem (edge, id, 503, true));
     int64_t took = ferry_mono_ms () - start;
     FERRY_CHECK (took >= 90 && took < 1000);
 
     /*  A worker that comes within the grace gets the request.  */
     ferry_id_generate (id);
-    s_test_request (edge, "ghost", id, s_test_deadline (), "", "x", 1);
-    zsock_t *worker = s_test_dealer (t.backend);
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "ghost", "1", NULL);
-    zmsg_t *work = s_test_work_skip_hb (worker, id, S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    broker_harness_request (edge, "ghost", id, broker_harness_deadline (),
+                            "", "x", 1);
+    zsock_t *worker = broker_harness_worker (&h, "ghost", "1");
+    FERRY_CHECK (broker_harness_got_work (worker, id));
+    broker_harness_stop (&h);
     return 0;
-}
-
-/*  Edge heartbeat answer: the services list, or NULL.  */
-static char *
-s_test_edge_hb (zsock_t *edge)
-{
-    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_HB, NULL);
-    zmsg_t *hb = s_test_recv (edge, FERRY_CMD_HB, 1, 0);
-    char *services = hb ? zmsg_popstr (hb) : NULL;
-    zmsg_destroy (&hb);
-    return services;
 }
 
 int
 broker_liveness_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (true);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
-    zsock_t *reports = s_test_dealer (t.backend);
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "1", NULL);
-    zstr_sendx (reports, FERRY_PROTO, FERRY_CMD_READY, "reports", "1", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 2));
-    char *services = s_test_edge_hb (edge);
+    broker_settings_t *settings = broker_harness_settings (true);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, &settings, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *worker = broker_harness_worker (&h, "app", "1");
+    zsock_t *reports = broker_harness_worker (&h, "reports", "1");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    char *services = broker_harness_edge_hb (edge);
     FERRY_CHECK (services
                  && (streq (services, "app reports")
                      || streq (services, "reports app")));
@@ -1862,77 +1307,58 @@ broker_liveness_test (bool verbose)
 
     /*  The broker heartbeats the worker; "reports" answers, "app" keeps
         quiet and is removed after liveness (3) x 50 ms.  */
-    zmsg_t *hb = s_test_recv (worker, FERRY_CMD_HB, 0, 0);
+    zmsg_t *hb = broker_harness_recv (worker, FERRY_CMD_HB, 0, 0);
     FERRY_CHECK (hb);
     zmsg_destroy (&hb);
-    int64_t until = ferry_mono_ms () + S_TEST_WAIT;
-    int workers = 2, inflight, queued;
-    while (workers != 1 && ferry_mono_ms () < until) {
-        zstr_sendx (reports, FERRY_PROTO, FERRY_CMD_HB, NULL);
-        zclock_sleep (20);
-        s_test_status (&t, &workers, &inflight, &queued);
-    }
-    FERRY_CHECK (workers == 1);
-    services = s_test_edge_hb (edge);
+    FERRY_CHECK (broker_harness_wait_silent (&h, reports, 1).workers == 1);
+    services = broker_harness_edge_hb (edge);
     FERRY_CHECK (services && streq (services, "reports"));
     free (services);
 
     /*  The removed worker speaks again: BYE, then it can register.  */
-    zsock_set_rcvtimeo (worker, 0);
-    zmsg_t *drain;
-    while ((drain = zmsg_recv (worker)))
-        zmsg_destroy (&drain);
-    zsock_set_rcvtimeo (worker, S_TEST_WAIT);
+    broker_harness_drain (worker);
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_HB, NULL);
-    zmsg_t *bye = s_test_recv (worker, FERRY_CMD_BYE, 0, 0);
+    zmsg_t *bye = broker_harness_recv (worker, FERRY_CMD_BYE, 0, 0);
     FERRY_CHECK (bye);
     zmsg_destroy (&bye);
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    zsock_destroy (&reports);
-    s_test_stop (&t);
+    broker_harness_stop (&h);
     return 0;
 }
 
 int
 broker_unknown_worker_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (false);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *worker = s_test_dealer (t.backend);
-    const char *commands[] = {FERRY_CMD_HB, FERRY_CMD_REP, FERRY_CMD_CREDIT};
-    for (size_t i = 0; i < 3; i++) {
-        if (streq (commands[i], FERRY_CMD_REP))
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, NULL, false, verbose) == 0);
+    zsock_t *worker = broker_harness_worker (&h, NULL, NULL);
+    /*  HB, REP and CREDIT from a worker the broker does not know.  */
+    for (int i = 0; i < 3; i++) {
+        if (i == 0)
+            zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_HB, NULL);
+        else if (i == 1)
             zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_REP, "0123", "x",
                         NULL);
-        else if (streq (commands[i], FERRY_CMD_CREDIT))
-            zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
         else
-            zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_HB, NULL);
-        zmsg_t *bye = s_test_recv (worker, FERRY_CMD_BYE, 0, 0);
+            zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
+        zmsg_t *bye = broker_harness_recv (worker, FERRY_CMD_BYE, 0, 0);
         FERRY_CHECK (bye);
         zmsg_destroy (&bye);
     }
     /*  BYE from an unknown worker needs no answer.  */
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_BYE, NULL);
-    FERRY_CHECK (s_test_silent (worker, 50));
-    int workers, inflight, queued;
-    s_test_status (&t, &workers, &inflight, &queued);
-    FERRY_CHECK (workers == 0);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    FERRY_CHECK (broker_harness_silent (worker, 50));
+    FERRY_CHECK (broker_harness_status (&h).workers == 0);
+    broker_harness_stop (&h);
     return 0;
 }
 
 int
 broker_malformed_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (false);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, NULL, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *worker = broker_harness_worker (&h, NULL, NULL);
     char id[FERRY_ID_LEN + 1];
     ferry_id_generate (id);
     /*  Garbage from an edge.  */
@@ -1949,98 +1375,78 @@ broker_malformed_test (bool verbose)
     zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_REQ, "app", id, "0",
                 "flagsfarfartoolong", "x", NULL);
     zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_HB, "extra", NULL);
-    {
-        zmsg_t *msg = zmsg_new ();
-        zmsg_addstr (msg, FERRY_PROTO);
-        zmsg_addmem (msg, "\0\1", 2);
-        zmsg_send (&msg, edge);
-    }
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_REQ, "app", id, "0", "", "x",
+                "one too many", NULL);
+    zmsg_t *binary = zmsg_new ();
+    zmsg_addstr (binary, FERRY_PROTO);
+    zmsg_addmem (binary, "\0\1", 2);
+    zmsg_send (&binary, edge);
     /*  Garbage from a worker.  */
     zstr_send (worker, "");
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "-1", NULL);
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "many", NULL);
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "", "1", NULL);
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", NULL);
-    FERRY_CHECK (s_test_silent (edge, 50));
-    int workers, inflight, queued;
-    s_test_status (&t, &workers, &inflight, &queued);
-    FERRY_CHECK (workers == 0 && inflight == 0 && queued == 0);
+    FERRY_CHECK (broker_harness_silent (edge, 50));
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.workers == 0 && status.inflight == 0
+                 && status.queued == 0);
 
     /*  And the broker still works.  */
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "1", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "x", NULL);
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_REP, NULL);
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_REP, "nobody", "x", NULL);
-    s_test_request (edge, "app", id, s_test_deadline (), "r", "ok", 2);
-    zmsg_t *work = s_test_work_skip_hb (worker, id, S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
-    s_test_reply (worker, id, "done", 4);
-    zmsg_t *reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
-    FERRY_CHECK (reply && zframe_streq (zmsg_last (reply), "done"));
-    zmsg_destroy (&reply);
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    broker_harness_request (edge, "app", id, broker_harness_deadline (), "r",
+                            "ok", 2);
+    FERRY_CHECK (broker_harness_got_work (worker, id));
+    broker_harness_reply (worker, id, "done", 4);
+    FERRY_CHECK (broker_harness_got_reply (edge, id, "done"));
+    broker_harness_stop (&h);
     return 0;
 }
 
 int
 broker_worker_death_test (bool verbose)
 {
-    broker_settings_t *settings = s_test_settings (true);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "app", "2", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    broker_settings_t *settings = broker_harness_settings (true);
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "app", "2",
+                                              verbose, &edge, &worker)
+                 == 0);
     char plain[FERRY_ID_LEN + 1], retry[FERRY_ID_LEN + 1];
     ferry_id_generate (plain);
     ferry_id_generate (retry);
-    s_test_request (edge, "app", plain, s_test_deadline (), "", "p", 1);
-    s_test_request (edge, "app", retry, s_test_deadline (), "r",
-                    "retry me", 8);
-    zmsg_t *work = s_test_work_skip_hb (worker, plain, S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
-    work = s_test_work_skip_hb (worker, retry, S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", plain, deadline, "", "p", 1);
+    broker_harness_request (edge, "app", retry, deadline, "r", "retry me",
+                            8);
+    FERRY_CHECK (broker_harness_got_work (worker, plain));
+    FERRY_CHECK (broker_harness_got_work (worker, retry));
 
     /*  A second worker joins with no credit, then the first goes silent:
         the plain request gets 502, the retryable one goes to the second
         worker, payload untouched.  */
-    zsock_t *second = s_test_dealer (t.backend);
-    zstr_sendx (second, FERRY_PROTO, FERRY_CMD_READY, "app", "0", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 2));
-    int64_t until = ferry_mono_ms () + S_TEST_WAIT;
-    int workers = 2, inflight, queued;
-    while (workers != 1 && ferry_mono_ms () < until) {
-        zstr_sendx (second, FERRY_PROTO, FERRY_CMD_HB, NULL);
-        zclock_sleep (20);
-        s_test_status (&t, &workers, &inflight, &queued);
-    }
-    FERRY_CHECK (workers == 1);
-    FERRY_CHECK (s_test_problem (edge, plain, 502, false) == 0);
-    FERRY_CHECK (inflight == 0 && queued == 1);
+    zsock_t *second = broker_harness_worker (&h, "app", "0");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    broker_harness_status_t status
+        = broker_harness_wait_silent (&h, second, 1);
+    FERRY_CHECK (status.workers == 1);
+    FERRY_CHECK (broker_harness_got_problem (edge, plain, 502, false));
+    FERRY_CHECK (status.inflight == 0 && status.queued == 1);
     zstr_sendx (second, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
-    work = s_test_work_skip_hb (second, retry, S_TEST_WAIT);
+    zmsg_t *work = broker_harness_work (second, retry, S_WAIT);
     FERRY_CHECK (work);
     FERRY_CHECK (zframe_streq (zmsg_last (work), "retry me"));
     zmsg_destroy (&work);
-    s_test_reply (second, retry, "ok", 2);
-    zmsg_t *reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
-    FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), retry));
-    zmsg_destroy (&reply);
+    broker_harness_reply (second, retry, "ok", 2);
+    FERRY_CHECK (broker_harness_got_reply (edge, retry, NULL));
     /*  The dead worker's late reply is dropped.  */
-    s_test_reply (worker, plain, "late", 4);
-    FERRY_CHECK (s_test_silent (edge, 50));
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    zsock_destroy (&second);
-    s_test_stop (&t);
+    broker_harness_reply (worker, plain, "late", 4);
+    FERRY_CHECK (broker_harness_silent (edge, 50));
+    broker_harness_stop (&h);
     return 0;
 }
 
@@ -2049,36 +1455,28 @@ broker_overload_test (bool verbose)
 {
     /*  A full in-flight table answers 503 at once; a service with
         queue_limit 0 is still served while a worker has credit.  */
-    broker_settings_t *settings = s_test_settings (false);
+    broker_settings_t *settings = broker_harness_settings (false);
     broker_settings_set_max_inflight (settings, 1);
     broker_settings_set_queue_limit (settings, "zero", 0);
-    s_test_t t;
-    FERRY_CHECK (s_test_start (&t, &settings, false, verbose) == 0);
-    zsock_t *edge = s_test_dealer (t.frontend);
-    zsock_t *worker = s_test_dealer (t.backend);
-    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_READY, "zero", "5", NULL);
-    FERRY_CHECK (s_test_wait_workers (&t, 1));
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "zero", "5",
+                                              verbose, &edge, &worker)
+                 == 0);
     char first[FERRY_ID_LEN + 1], second[FERRY_ID_LEN + 1];
     ferry_id_generate (first);
     ferry_id_generate (second);
-    s_test_request (edge, "zero", first, s_test_deadline (), "", "1", 1);
-    zmsg_t *work = s_test_work_skip_hb (worker, first, S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
-    s_test_request (edge, "zero", second, s_test_deadline (), "", "2", 1);
-    FERRY_CHECK (s_test_problem (edge, second, 503, true) == 0);
-    s_test_reply (worker, first, "ok", 2);
-    zmsg_t *reply = s_test_recv (edge, FERRY_CMD_REP, 2, 0);
-    FERRY_CHECK (reply && zframe_streq (zmsg_first (reply), first));
-    zmsg_destroy (&reply);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "zero", first, deadline, "", "1", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, first));
+    broker_harness_request (edge, "zero", second, deadline, "", "2", 1);
+    FERRY_CHECK (broker_harness_got_problem (edge, second, 503, true));
+    broker_harness_reply (worker, first, "ok", 2);
+    FERRY_CHECK (broker_harness_got_reply (edge, first, NULL));
     /*  Room again: the next one goes through.  */
     ferry_id_generate (second);
-    s_test_request (edge, "zero", second, s_test_deadline (), "", "3", 1);
-    work = s_test_work_skip_hb (worker, second, S_TEST_WAIT);
-    FERRY_CHECK (work);
-    zmsg_destroy (&work);
-    zsock_destroy (&edge);
-    zsock_destroy (&worker);
-    s_test_stop (&t);
+    broker_harness_request (edge, "zero", second, deadline, "", "3", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, second));
+    broker_harness_stop (&h);
     return 0;
 }

@@ -18,41 +18,13 @@
 
 #include "ferry.h"
 #include "config.h"
+#include "settings.h"
 
 #include <czmq.h>
-
-typedef struct _broker_settings_t broker_settings_t;
-
-/*  The defaults of etc/ferry.yaml's broker section.  Never NULL.  */
-broker_settings_t *broker_settings_new (void);
-void broker_settings_destroy (broker_settings_t **self_p);
-
-/*  Reads the broker section of config.  Returns 0, or -1 with the message
-    in ferry_config_error (config).  */
-int broker_settings_load (broker_settings_t *self, ferry_config_t *config);
-
-const char *broker_settings_frontend (const broker_settings_t *self);
-const char *broker_settings_backend (const broker_settings_t *self);
-
-/*  Setters for what tests and embedders choose themselves.  */
-void broker_settings_set_heartbeat (broker_settings_t *self, int64_t ms,
-                                    int64_t liveness);
-void broker_settings_set_no_worker_grace (broker_settings_t *self,
-                                          int64_t ms);
-void broker_settings_set_max_inflight (broker_settings_t *self, size_t n);
-void broker_settings_set_max_message (broker_settings_t *self, uint64_t n);
-void broker_settings_set_default_queue_limit (broker_settings_t *self,
-                                              size_t n);
-void broker_settings_set_queue_limit (broker_settings_t *self,
-                                      const char *service, size_t limit);
 
 /*  The actor; args is a const broker_settings_t *.  */
 void broker_actor (zsock_t *pipe, void *args);
 
-/*  True for a usable service name: [A-Za-z0-9_.-]{1,64}.  */
-bool broker_name_valid (const char *name);
-
-int broker_settings_test (bool verbose);
 int broker_dispatch_test (bool verbose);
 int broker_routing_test (bool verbose);
 int broker_credit_test (bool verbose);
