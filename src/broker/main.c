@@ -20,25 +20,6 @@ static const ferry_flag_t s_flags[] = {
     {NULL, NULL, NULL},
 };
 
-/*  Sets up logging from log.level and log.json.  Returns 0 or -1.  */
-static int
-s_log_setup (ferry_config_t *config)
-{
-    const char *level_name;
-    bool json;
-    if (ferry_config_str (config, NULL, "log.level", "info", &level_name)
-        || ferry_config_bool (config, NULL, "log.json", false, &json))
-        return -1;
-    int level = ferry_log_level_parse (level_name);
-    if (level < 0)
-        return ferry_config_fail (config,
-                                  ferry_config_node (config, NULL,
-                                                     "log.level"),
-                                  "expected error, warn, info or debug");
-    ferry_log_init ("ferry-broker", level, json);
-    return 0;
-}
-
 int
 main (int argc, char **argv)
 {
@@ -53,7 +34,8 @@ main (int argc, char **argv)
         return 2;
 
     broker_settings_t *settings = broker_settings_new ();
-    if (s_log_setup (config) || broker_settings_load (settings, config)
+    if (ferry_daemon_log_setup (config, "ferry-broker")
+        || broker_settings_load (settings, config)
         || ferry_config_check_unused (config, "broker")) {
         fprintf (stderr, "ferry-broker: %s\n", ferry_config_error (config));
         broker_settings_destroy (&settings);

@@ -5,6 +5,7 @@
     thread tells them with $TERM.  */
 
 #include "daemon.h"
+#include "log.h"
 
 #include <czmq.h>
 #include <signal.h>
@@ -23,6 +24,24 @@ s_on_signal (int sig)
         s_reload = 1;
     else
         s_terminate = 1;
+}
+
+int
+ferry_daemon_log_setup (ferry_config_t *config, const char *component)
+{
+    const char *level_name;
+    bool json;
+    if (ferry_config_str (config, NULL, "log.level", "info", &level_name)
+        || ferry_config_bool (config, NULL, "log.json", false, &json))
+        return -1;
+    int level = ferry_log_level_parse (level_name);
+    if (level < 0)
+        return ferry_config_fail (config,
+                                  ferry_config_node (config, NULL,
+                                                     "log.level"),
+                                  "expected error, warn, info or debug");
+    ferry_log_init (component, level, json);
+    return 0;
 }
 
 int

@@ -12,6 +12,13 @@
 
 #include <stdbool.h>
 
+#include "config.h"
+
+/*  Sets up logging for component from the `log:` section (log.level,
+    log.json; --log-level sets the first).  Returns 0, or -1 with the
+    message in ferry_config_error.  */
+int ferry_daemon_log_setup (ferry_config_t *config, const char *component);
+
 /*  Installs the handlers for SIGTERM, SIGINT and SIGHUP and ignores
     SIGPIPE.  Returns 0 or -1.  */
 int ferry_daemon_signals (void);

@@ -24,24 +24,6 @@ static const ferry_flag_t s_flags[] = {
     {NULL, NULL, NULL},
 };
 
-/*  Log settings come from the `log:` section (--log-level sets it too).  */
-static int
-s_log_setup (ferry_config_t *config)
-{
-    const char *level_name;
-    bool json;
-    if (ferry_config_str (config, NULL, "log.level", "info", &level_name) != 0
-        || ferry_config_bool (config, NULL, "log.json", false, &json) != 0)
-        return -1;
-    int level = ferry_log_level_parse (level_name);
-    if (level < 0)
-        return ferry_config_fail (
-            config, ferry_config_node (config, NULL, "log.level"),
-            "expected error, warn, info or debug");
-    ferry_log_init ("ferry-edge", level, json);
-    return 0;
-}
-
 /*  Waits for "DRAINED" from every loop, at most wait_ms in all.  */
 static void
 s_drain (zactor_t **loops, size_t count, int64_t wait_ms)
@@ -88,7 +70,7 @@ main (int argc, char **argv)
     if (rc != 0)
         return 2;
     edge_settings_t *settings = NULL;
-    if (s_log_setup (config) != 0
+    if (ferry_daemon_log_setup (config, "ferry-edge") != 0
         || !(settings = edge_settings_load (config))
         || ferry_config_check_unused (config, "edge") != 0) {
         fprintf (stderr, "ferry-edge: %s\n", ferry_config_error (config));

@@ -30,24 +30,6 @@ static const ferry_flag_t s_flags[] = {
 
 #define POOLS_MAX 64
 
-static int
-s_log_setup (ferry_config_t *config)
-{
-    const char *level_name;
-    bool json;
-    if (ferry_config_str (config, NULL, "log.level", "info", &level_name)
-        || ferry_config_bool (config, NULL, "log.json", false, &json))
-        return -1;
-    int level = ferry_log_level_parse (level_name);
-    if (level < 0)
-        return ferry_config_fail (config,
-                                  ferry_config_node (config, NULL,
-                                                     "log.level"),
-                                  "expected error, warn, info or debug");
-    ferry_log_init ("ferry-worker", level, json);
-    return 0;
-}
-
 /*  True when name is one of the comma-separated names in list.  */
 static bool
 s_listed (const char *list, const char *name)
@@ -74,7 +56,7 @@ s_load (ferry_config_t *config, worker_settings_t *settings,
 {
     const char *selection, *database, *backend, *broker;
     int64_t heartbeat, liveness;
-    if (s_log_setup (config)
+    if (ferry_daemon_log_setup (config, "ferry-worker")
         || ferry_config_str (config, NULL, "worker.pool", "", &selection)
         || ferry_config_str (config, NULL, "worker.database", "", &database)
         || ferry_config_str (config, NULL, "broker.backend",
