@@ -492,8 +492,10 @@ edge_output_reply (edge_output_t *out, const ferry_envelope_t *reply,
                    const char *request_id, bool want_msgpack)
 {
     edge_output_clear (out);
+    /*  1xx is an interim answer: the client would wait for a final one
+        that never comes, so it is a bad reply like any other.  */
     unsigned status = ferry_envelope_status (reply);
-    if (status < 100 || status > 599) {
+    if (status < 200 || status > 599) {
         edge_output_problem (out, 502, "the reply has no valid status",
                              request_id);
         return -1;
@@ -748,6 +750,16 @@ edge_http_envelope_test (bool verbose)
     FERRY_CHECK (strcmp (out.retry_after, "1") == 0);
     FERRY_CHECK (strstr (out.body, "\"request_id\":\"client-7\""));
     ferry_envelope_destroy (&rep);
+
+    /*  An interim status is no answer: the client would wait for the
+        final one forever (101 makes libmicrohttpd drop the connection).  */
+    static const unsigned interim[] = {100, 101, 102, 199};
+    for (size_t i = 0; i < sizeof interim / sizeof interim[0]; i++) {
+        rep = ferry_envelope_new_reply (req, interim[i]);
+        FERRY_CHECK (edge_output_reply (&out, rep, "client-7", false) == -1);
+        FERRY_CHECK (out.status == 502);
+        ferry_envelope_destroy (&rep);
+    }
 
     /*  No body: no content type.  */
     rep = ferry_envelope_new_reply (req, 204);
