@@ -1202,6 +1202,10 @@ s_slot_result (s_actor_t *self, s_job_t *job, const s_slot_t *slot,
         return;
     }
     if (st == PGRES_PIPELINE_ABORTED) {
+        /*  An earlier Parse of the segment failed, so this one never ran:
+            the statement is not prepared on this connection.  */
+        if (slot->kind == SLOT_PREPARE)
+            self->prepared[job->op->steps[slot->step].index] = false;
         PQclear (r);
         return;
     }

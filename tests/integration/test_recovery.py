@@ -136,6 +136,31 @@ def _():
     check(took is not None, "/readyz not 200: " + describe(last))
 
 
+@tap.test("POST /orders works again once a missing table is back")
+def _():
+    # create_order prepares both its statements in one segment; when the
+    # first Parse fails (no table users) the second is skipped, and the
+    # worker must not count it as prepared.  Enough requests to reach
+    # every actor of pool app while the table is gone.
+    def order():
+        return harness.request(stack.http_port, "POST", "/orders",
+                               body=b'{"user_id": 1, "amount": "2.50"}',
+                               headers={"Content-Type": "application/json"},
+                               timeout=DEADLINE + 3)
+    stack.psql("ALTER TABLE users RENAME TO users_away")
+    try:
+        for i in range(12):
+            r = order()
+            check(r.status == 500, "without users, order %d: %s"
+                  % (i, r.describe()))
+    finally:
+        stack.psql("ALTER TABLE users_away RENAME TO users")
+    for i in range(12):
+        r = order()
+        check(r.status == 201, "with users back, order %d: %s"
+              % (i, r.describe()))
+
+
 harness.sanitizer_test(tap, stack)
 
 err = harness.bring_up(tap, stack, sets=SETS)
