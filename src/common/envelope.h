@@ -66,7 +66,9 @@ int ferry_msgpack_check (const void *data, size_t size,
                          size_t errlen);
 
 /* ---- fields --------------------------------------------------------------
-    String setters copy their argument; NULL clears the field.  Getters
+    String setters copy their argument; NULL clears the field.  The memory
+    of a replaced value is released with the envelope, so a value a getter
+    returned stays valid until then.  Getters
     return NULL (strings) or 0 (numbers) when a field is absent.  Setters
     do not check values; ferry_envelope_encode does.  */
 ferry_kind_t ferry_envelope_kind (const ferry_envelope_t *self);
