@@ -3,14 +3,18 @@
     sockets, so nothing here takes a lock.
 
     Edges send REQ on the frontend; the broker reads only the routing frames
-    (service, msg_id, deadline, flags) and either answers at once (503 when
-    the service queue is full or the in-flight table is, 504 when the
-    deadline already passed), dispatches the request to a worker of that
-    service that holds credit (round-robin), or queues it.  The payload
-    frame is never decoded or copied: the same zmq_msg_t goes out to the
-    worker and the worker's reply part goes back to the edge.  Replies are
-    matched by msg_id in the in-flight table, which remembers the edge's
-    routing identity.
+    (service, msg_id, deadline, flags) and either answers at once (409 when
+    a request with that msg_id is still queued or in flight, 503 when the
+    service queue is full or max_inflight requests are in flight, 504 when
+    the deadline already passed), dispatches the request to a worker of
+    that service that holds credit (round-robin), or queues it.  The
+    payload frame is never decoded or copied: the same zmq_msg_t goes out
+    to the worker and the worker's reply part goes back to the edge.
+    Replies are matched by msg_id in the requests table, which holds every
+    request not yet answered and remembers the edge's routing identity.
+    An in-flight request whose deadline passed a grace ago without a reply
+    is expired (504, and the worker gets its credit back), so a lost reply
+    costs nothing for good.
 
     Both ROUTERs set ZMQ_ROUTER_MANDATORY, so sending to a peer that went
     away fails with EHOSTUNREACH instead of vanishing; every send is
@@ -29,8 +33,9 @@
     Timers run from the monotonic clock (heartbeats, liveness, no-worker
     grace) and the wall clock (request deadlines, which travel between
     processes as absolute times); the poll timeout is the time to the
-    nearest of them.  Network input is never trusted: a malformed message is
-    logged at debug and dropped.  */
+    nearest of them.  In-flight expiry runs at heartbeat ticks.  Network
+    input is never trusted: a malformed message is logged at debug and
+    dropped.  */
 
 #include "broker.h"
 #include "envelope.h"
@@ -95,8 +100,14 @@ typedef struct {
     broker_settings_t *settings; /* private copy */
     zhashx_t *services;         /* name -> broker_service_t, owned */
     zhashx_t *workers;          /* key -> s_worker_t, owned */
-    zhashx_t *inflight;         /* msg_id -> broker_request_t, owned; the
-                                   key is the request's own msg_id */
+    zhashx_t *requests;         /* msg_id -> broker_request_t, every
+                                   request admitted and not yet answered,
+                                   queued or in flight; the key is the
+                                   request's own msg_id.  Owns the ones in
+                                   flight (queues own the others).  */
+    size_t inflight;            /* requests dispatched, not answered */
+    uint64_t inflight_deadline; /* lower bound of in-flight deadlines
+                                   (wall ms), UINT64_MAX when none */
     int64_t heartbeat_at;       /* monotonic ms of the next heartbeat */
     bool verbose;               /* per-message lines at info level */
     bool terminated;
@@ -274,7 +285,18 @@ s_send_problem (s_broker_t *self, const void *edge, size_t edge_size,
     msgpack_sbuffer_destroy (&buf);
 }
 
-/*  Answers req with a problem and destroys it.  */
+/*  Forgets a request that has been answered (or dropped) and destroys it:
+    its msg_id is free again.  */
+static void
+s_request_end (s_broker_t *self, broker_request_t **req_p)
+{
+    broker_request_t *req = *req_p;
+    if (zhashx_lookup (self->requests, req->msg_id) == req)
+        zhashx_delete (self->requests, req->msg_id);
+    broker_request_destroy (req_p);
+}
+
+/*  Answers req with a problem and ends it.  */
 static void
 s_fail_request (s_broker_t *self, broker_request_t **req_p, unsigned status,
                 const char *detail, unsigned retry_after)
@@ -282,7 +304,7 @@ s_fail_request (s_broker_t *self, broker_request_t **req_p, unsigned status,
     broker_request_t *req = *req_p;
     s_send_problem (self, req->edge, req->edge_size, req->msg_id, status,
                     detail, retry_after);
-    broker_request_destroy (req_p);
+    s_request_end (self, req_p);
 }
 
 /* ---- workers -------------------------------------------------------------- */
@@ -356,24 +378,50 @@ s_worker_remove (s_broker_t *self, s_worker_t *worker)
     zhashx_delete (self->workers, worker->key);
 }
 
-/*  True when the in-flight table holds max_inflight requests: the broker
-    then neither dispatches nor admits any more.  */
+/*  True when max_inflight requests are in flight: the broker then neither
+    dispatches nor admits any more.  */
 static bool
 s_inflight_full (s_broker_t *self)
 {
-    return zhashx_size (self->inflight)
-           >= broker_settings_max_inflight (self->settings);
+    return self->inflight >= broker_settings_max_inflight (self->settings);
 }
 
-/*  Takes req out of the in-flight table and its worker's list; the caller
-    owns it again.  */
+/*  Takes req from its worker's list; the caller owns it again.  It stays
+    in the requests table (it is still to be answered).  */
 static void
 s_inflight_take (s_broker_t *self, broker_request_t *req)
 {
     s_worker_t *worker = (s_worker_t *) req->worker;
     zlistx_detach (worker->inflight, req->handle);
-    zhashx_delete (self->inflight, req->msg_id);
     req->worker = req->handle = NULL;
+    assert (self->inflight > 0);
+    if (--self->inflight == 0)
+        self->inflight_deadline = UINT64_MAX;
+}
+
+/*  The worker holding *req_p is done with it: it answered, or the deadline
+    and the grace passed without an answer (then the worker no longer holds
+    the message either: its statement_timeout is the time left before the
+    deadline).  Takes the request out, ends it, and gives the worker its
+    credit back, or forgets a leaving worker that now holds nothing.  The
+    caller has answered the edge and dispatches afterwards.  */
+static void
+s_inflight_done (s_broker_t *self, broker_request_t **req_p)
+{
+    s_worker_t *worker = (s_worker_t *) (*req_p)->worker;
+    s_inflight_take (self, *req_p);
+    s_request_end (self, req_p);
+    if (worker->leaving) {
+        if (zlistx_size (worker->inflight) == 0) {
+            log_info ("broker: worker left id=%s service=%s", worker->key,
+                      broker_service_name (worker->service));
+            s_worker_remove (self, worker);
+        }
+        return;
+    }
+    if (worker->credit < BROKER_CREDIT_MAX)
+        worker->credit++;
+    s_worker_update_ready (worker);
 }
 
 /*  A worker died (silent, unreachable, or it registered again): what it
@@ -416,7 +464,9 @@ s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
         return -1;
     req->worker = worker;
     req->handle = zlistx_add_end (worker->inflight, req);
-    zhashx_insert (self->inflight, req->msg_id, req);
+    self->inflight++;
+    if (req->deadline && req->deadline < self->inflight_deadline)
+        self->inflight_deadline = req->deadline;
     *req_p = NULL;
     worker->credit--;
     s_worker_update_ready (worker);
@@ -438,11 +488,6 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
         if (req->deadline && req->deadline <= ferry_wall_ms ()) {
             s_fail_request (self, &req, 504,
                             "deadline passed before dispatch", 0);
-            continue;
-        }
-        if (zhashx_lookup (self->inflight, req->msg_id)) {
-            s_trace (self, "broker: duplicate msg=%s dropped", req->msg_id);
-            broker_request_destroy (&req);
             continue;
         }
         s_worker_t *worker = (s_worker_t *) broker_service_ready_next (svc);
@@ -485,8 +530,12 @@ s_edge_request (s_broker_t *self, s_message_t *msg)
         log_debug ("broker: malformed REQ from edge dropped");
         return;
     }
-    if (zhashx_lookup (self->inflight, msg_id)) {
-        s_trace (self, "broker: duplicate msg=%s dropped", msg_id);
+    /*  Replies are matched by msg_id: a second request with the id of one
+        that is still queued or in flight would take its reply.  Refused
+        here, answered, so that nothing is dropped without a word.  */
+    if (zhashx_lookup (self->requests, msg_id)) {
+        s_send_problem (self, zmq_msg_data (edge), zmq_msg_size (edge),
+                        msg_id, 409, "duplicate message id", 0);
         return;
     }
     s_trace (self, "broker: request msg=%s service=%s", msg_id, service);
@@ -509,6 +558,7 @@ s_edge_request (s_broker_t *self, s_message_t *msg)
     broker_request_t *req = broker_request_new (
         zmq_msg_data (edge), zmq_msg_size (edge), msg_id, flags, deadline,
         ferry_mono_ms (), &msg->part[7]);
+    zhashx_insert (self->requests, req->msg_id, req);
     /*  Nobody waits ahead of it and a worker has credit: it goes straight
         out, so even a service with queue_limit 0 is served.  */
     if (broker_service_queued (svc) == 0 && broker_service_ready (svc) > 0)
@@ -633,8 +683,11 @@ s_worker_reply (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
                    worker->key);
         return;
     }
+    /*  A queued request (no worker) or one another worker holds is not
+        this worker's to answer; nor is one that expired (it is gone, and
+        so is the credit it held, which the expiry gave back).  */
     broker_request_t *req
-        = (broker_request_t *) zhashx_lookup (self->inflight, msg_id);
+        = (broker_request_t *) zhashx_lookup (self->requests, msg_id);
     if (!req || req->worker != worker) {
         s_trace (self, "broker: late reply msg=%s dropped", msg_id);
         return;
@@ -643,25 +696,12 @@ s_worker_reply (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
     s_send_reply (self, req->edge, req->edge_size, msg_id, &msg->part[4]);
     /*  Only a full in-flight table holds back other services.  */
     bool was_full = s_inflight_full (self);
-    s_inflight_take (self, req);
-    broker_request_destroy (&req);
-    if (worker->leaving) {
-        if (zlistx_size (worker->inflight) == 0) {
-            log_info ("broker: worker left id=%s service=%s", worker->key,
-                      broker_service_name (worker->service));
-            s_worker_remove (self, worker);
-            if (was_full)
-                s_dispatch_all (self);
-            return;
-        }
-    }
-    else if (worker->credit < BROKER_CREDIT_MAX)
-        worker->credit++;
-    s_worker_update_ready (worker);
+    broker_service_t *svc = worker->service; /* the worker may go */
+    s_inflight_done (self, &req);
     if (was_full)
         s_dispatch_all (self);
     else
-        s_dispatch (self, worker->service);
+        s_dispatch (self, svc);
 }
 
 /*  parts: identity, FRY1, CREDIT, n.  */
@@ -781,6 +821,67 @@ s_heartbeat (s_broker_t *self, int64_t now)
         s_dispatch_all (self);
 }
 
+/*  Expires in-flight requests whose deadline passed more than a grace
+    ago: a worker that lost the reply (its send hit the high-water mark, it
+    dropped a bad frame) would otherwise keep the entry, an in-flight slot
+    and a unit of its credit for good, and after enough losses get no work
+    although it heartbeats.  The grace, liveness x heartbeat, covers a
+    statement_timeout that fires exactly at the deadline and the reply's
+    trip back.  The edge answered 504 itself at the deadline and drops late
+    replies, so the 504 sent here is harmless and keeps exactly one answer
+    per request on the edge's side.  Requests without a deadline never
+    expire this way.
+
+    Called at heartbeat ticks only, so the heartbeat timer, already in the
+    poll timeout, is also this timer: an expiry is at most one heartbeat
+    late, which is small next to the grace (liveness heartbeats).  Checking
+    on every turn would need a deadline-ordered structure, a cost on every
+    dispatch (requests with different timeouts do not arrive in deadline
+    order); a scan per tick costs nothing per message.  The scan walks the
+    workers' lists only when the lower bound inflight_deadline says
+    something may be due, so at most once per heartbeat, and it recomputes
+    the bound from what stays.  */
+static void
+s_inflight_expire (s_broker_t *self, uint64_t wall)
+{
+    uint64_t grace
+        = (uint64_t) (broker_settings_heartbeat (self->settings)
+                      * broker_settings_liveness (self->settings));
+    if (wall < grace || self->inflight_deadline > wall - grace)
+        return;
+    uint64_t cutoff = wall - grace;
+    uint64_t bound = UINT64_MAX;
+    zlistx_t *due = zlistx_new ();
+    assert (due);
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers)) {
+        zlistx_t *held = worker->inflight;
+        for (broker_request_t *req = (broker_request_t *) zlistx_first (held);
+             req; req = (broker_request_t *) zlistx_next (held)) {
+            if (!req->deadline)
+                continue;
+            if (req->deadline <= cutoff)
+                zlistx_add_end (due, req);
+            else if (req->deadline < bound)
+                bound = req->deadline;
+        }
+    }
+    self->inflight_deadline = bound;
+    bool expired = zlistx_size (due) > 0;
+    broker_request_t *req;
+    while ((req = (broker_request_t *) zlistx_first (due))) {
+        zlistx_delete (due, zlistx_cursor (due));
+        log_info ("broker: inflight expired msg=%s worker=%s", req->msg_id,
+                  ((s_worker_t *) req->worker)->key);
+        s_send_problem (self, req->edge, req->edge_size, req->msg_id, 504,
+                        "deadline passed, no reply from the worker", 0);
+        s_inflight_done (self, &req);
+    }
+    zlistx_destroy (&due);
+    if (expired)
+        s_dispatch_all (self);
+}
+
 static void
 s_timers (s_broker_t *self)
 {
@@ -789,6 +890,7 @@ s_timers (s_broker_t *self)
         self->heartbeat_at
             = now + broker_settings_heartbeat (self->settings);
         s_heartbeat (self, now);
+        s_inflight_expire (self, ferry_wall_ms ());
     }
     uint64_t wall = ferry_wall_ms ();
     int64_t grace = broker_settings_no_worker_grace (self->settings);
@@ -805,7 +907,8 @@ s_timers (s_broker_t *self)
     }
 }
 
-/*  Milliseconds to the nearest timer, for the poll.  */
+/*  Milliseconds to the nearest timer, for the poll.  In-flight expiry runs
+    at heartbeat ticks (s_inflight_expire), so the heartbeat covers it.  */
 static int
 s_timeout (s_broker_t *self)
 {
@@ -851,13 +954,15 @@ s_broker_destroy (s_broker_t **self_p)
     s_broker_t *self = *self_p;
     if (self) {
         /*  In-flight requests are listed by their workers: free them
-            first.  */
-        if (self->inflight)
+            first.  Queued ones belong to their service's queue.  */
+        if (self->requests)
             for (broker_request_t *req
-                 = (broker_request_t *) zhashx_first (self->inflight);
-                 req; req = (broker_request_t *) zhashx_next (self->inflight))
-                broker_request_destroy (&req);
-        zhashx_destroy (&self->inflight);
+                 = (broker_request_t *) zhashx_first (self->requests);
+                 req;
+                 req = (broker_request_t *) zhashx_next (self->requests))
+                if (req->worker)
+                    broker_request_destroy (&req);
+        zhashx_destroy (&self->requests);
         zhashx_destroy (&self->workers);
         zhashx_destroy (&self->services);
         zsock_destroy (&self->frontend.sock);
@@ -876,10 +981,11 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     self->settings = broker_settings_dup (settings);
     self->services = zhashx_new ();
     self->workers = zhashx_new ();
-    self->inflight = zhashx_new ();
+    self->requests = zhashx_new ();
+    self->inflight_deadline = UINT64_MAX;
     if (s_router_init (&self->frontend, settings)
         || s_router_init (&self->backend, settings) || !self->services
-        || !self->workers || !self->inflight) {
+        || !self->workers || !self->requests) {
         s_broker_destroy (&self);
         return NULL;
     }
@@ -888,8 +994,8 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     zhashx_set_destructor (self->services, s_service_destructor);
     zhashx_set_destructor (self->workers, s_worker_destructor);
     /*  The key is the request's own msg_id: no copy per request.  */
-    zhashx_set_key_duplicator (self->inflight, NULL);
-    zhashx_set_key_destructor (self->inflight, NULL);
+    zhashx_set_key_duplicator (self->requests, NULL);
+    zhashx_set_key_destructor (self->requests, NULL);
     self->heartbeat_at
         = ferry_mono_ms () + broker_settings_heartbeat (self->settings);
     return self;
@@ -944,7 +1050,7 @@ s_pipe_recv (s_broker_t *self)
              svc; svc = (broker_service_t *) zhashx_next (self->services))
             queued += broker_service_queued (svc);
         zsock_send (self->pipe, "iiii", (int) zhashx_size (self->workers),
-                    (int) zhashx_size (self->inflight), (int) queued,
+                    (int) self->inflight, (int) queued,
                     (int) zhashx_size (self->services));
     }
     else
@@ -1477,6 +1583,128 @@ broker_overload_test (bool verbose)
     ferry_id_generate (second);
     broker_harness_request (edge, "zero", second, deadline, "", "3", 1);
     FERRY_CHECK (broker_harness_got_work (worker, second));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_inflight_expiry_test (bool verbose)
+{
+    /*  Heartbeat 50 ms x liveness 3: the in-flight grace is 150 ms.  The
+        worker stays alive (it heartbeats) but never answers "lost".  */
+    broker_settings_t *settings = broker_harness_settings (true);
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "app", "2",
+                                              verbose, &edge, &worker)
+                 == 0);
+    char lost[FERRY_ID_LEN + 1], forever[FERRY_ID_LEN + 1];
+    char next[FERRY_ID_LEN + 1];
+    ferry_id_generate (lost);
+    ferry_id_generate (forever);
+    ferry_id_generate (next);
+    int64_t start = ferry_mono_ms ();
+    broker_harness_request (edge, "app", lost, ferry_wall_ms () + 100, "",
+                            "x", 1);
+    broker_harness_request (edge, "app", forever, 0, "", "y", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, lost));
+    FERRY_CHECK (broker_harness_got_work (worker, forever));
+
+    /*  Deadline + grace later the edge gets 504 for "lost", not before.  */
+    FERRY_CHECK (broker_harness_wait_alive (edge, worker, S_WAIT));
+    FERRY_CHECK (broker_harness_got_problem (edge, lost, 504, false));
+    int64_t took = ferry_mono_ms () - start;
+    FERRY_CHECK (took >= 240 && took < 1500);
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.workers == 1 && status.inflight == 1);
+
+    /*  Its credit came back: the worker gets new work.  */
+    broker_harness_request (edge, "app", next, broker_harness_deadline (),
+                            "", "z", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, next));
+
+    /*  "forever" has no deadline: it never expires this way.  */
+    FERRY_CHECK (!broker_harness_wait_alive (edge, worker, 300));
+    FERRY_CHECK (broker_harness_status (&h).inflight == 2);
+    broker_harness_reply (worker, forever, "f", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, forever, "f"));
+    broker_harness_reply (worker, next, "n", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, next, "n"));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_late_reply_test (bool verbose)
+{
+    broker_settings_t *settings = broker_harness_settings (true);
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "app", "1",
+                                              verbose, &edge, &worker)
+                 == 0);
+    char lost[FERRY_ID_LEN + 1], ids[2][FERRY_ID_LEN + 1];
+    ferry_id_generate (lost);
+    broker_harness_request (edge, "app", lost, ferry_wall_ms () + 50, "",
+                            "x", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, lost));
+    FERRY_CHECK (broker_harness_wait_alive (edge, worker, S_WAIT));
+    FERRY_CHECK (broker_harness_got_problem (edge, lost, 504, false));
+    broker_harness_requests (edge, "app", ids, 1);
+    FERRY_CHECK (broker_harness_got_work (worker, ids[0]));
+
+    /*  The reply to "lost" comes after all: dropped, and it gives no
+        credit (the expiry gave it back already).  The worker announced 1
+        and holds ids[0], so ids[1] must wait.  */
+    broker_harness_reply (worker, lost, "late", 4);
+    FERRY_CHECK (broker_harness_silent (edge, 50));
+    ferry_id_generate (ids[1]);
+    broker_harness_request (edge, "app", ids[1], broker_harness_deadline (),
+                            "", "x", 1);
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_HB, NULL);
+    FERRY_CHECK (broker_harness_work (worker, NULL, 100) == NULL);
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.workers == 1 && status.inflight == 1
+                 && status.queued == 1);
+    broker_harness_reply (worker, ids[0], "a", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, ids[0], "a"));
+    FERRY_CHECK (broker_harness_got_work (worker, ids[1]));
+    broker_harness_reply (worker, ids[1], "b", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, ids[1], "b"));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_duplicate_id_test (bool verbose)
+{
+    /*  No credit: the first request with the id waits in the queue.  */
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, NULL, "app", "0", verbose,
+                                              &edge, &worker)
+                 == 0);
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", id, deadline, "", "first", 5);
+    broker_harness_request (edge, "app", id, deadline, "", "again", 5);
+    FERRY_CHECK (broker_harness_got_problem (edge, id, 409, false));
+    FERRY_CHECK (broker_harness_status (&h).queued == 1);
+
+    /*  In flight: refused the same way; the first one is served.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "2", NULL);
+    zmsg_t *work = broker_harness_work (worker, id, S_WAIT);
+    FERRY_CHECK (work && zframe_streq (zmsg_last (work), "first"));
+    zmsg_destroy (&work);
+    broker_harness_request (edge, "app", id, deadline, "", "third", 5);
+    FERRY_CHECK (broker_harness_got_problem (edge, id, 409, false));
+    FERRY_CHECK (broker_harness_work (worker, NULL, 100) == NULL);
+    broker_harness_reply (worker, id, "done", 4);
+    FERRY_CHECK (broker_harness_got_reply (edge, id, "done"));
+    FERRY_CHECK (broker_harness_silent (edge, 50));
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 0 && status.queued == 0);
     broker_harness_stop (&h);
     return 0;
 }

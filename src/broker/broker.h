@@ -36,5 +36,8 @@ int broker_unknown_worker_test (bool verbose);
 int broker_malformed_test (bool verbose);
 int broker_worker_death_test (bool verbose);
 int broker_overload_test (bool verbose);
+int broker_inflight_expiry_test (bool verbose);
+int broker_late_reply_test (bool verbose);
+int broker_duplicate_id_test (bool verbose);
 
 #endif

@@ -251,6 +251,18 @@ broker_harness_silent (zsock_t *sock, int ms)
     return which == NULL;
 }
 
+bool
+broker_harness_wait_alive (zsock_t *sock, zsock_t *keeper, int ms)
+{
+    int64_t until = ferry_mono_ms () + ms;
+    while (ferry_mono_ms () < until) {
+        zstr_sendx (keeper, FERRY_PROTO, FERRY_CMD_HB, NULL);
+        if (!broker_harness_silent (sock, 20))
+            return true;
+    }
+    return false;
+}
+
 void
 broker_harness_drain (zsock_t *sock)
 {

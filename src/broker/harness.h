@@ -88,6 +88,10 @@ zmsg_t *broker_harness_recv (zsock_t *sock, const char *command,
                              size_t count, int ms);
 /*  True when nothing arrives on sock within ms.  */
 bool broker_harness_silent (zsock_t *sock, int ms);
+/*  Heartbeats from keeper every 20 ms, so a fast-liveness broker keeps it,
+    until something waits on sock or ms pass.  True when something
+    waits.  */
+bool broker_harness_wait_alive (zsock_t *sock, zsock_t *keeper, int ms);
 /*  Drops whatever waits on sock.  */
 void broker_harness_drain (zsock_t *sock);
 

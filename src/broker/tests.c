@@ -19,5 +19,8 @@ const ferry_test_t broker_tests[] = {
     {"malformed", broker_malformed_test},
     {"worker_death", broker_worker_death_test},
     {"overload", broker_overload_test},
+    {"inflight_expiry", broker_inflight_expiry_test},
+    {"late_reply", broker_late_reply_test},
+    {"duplicate_id", broker_duplicate_id_test},
     {NULL, NULL},
 };
