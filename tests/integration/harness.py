@@ -613,22 +613,31 @@ class Stack:
                                    % (d.name, d.pid, d.proc.returncode,
                                       "\n".join(_tail(d.log))))
 
-    def wait_http(self, path="/readyz", want=200, timeout=20.0, port=None):
-        """Polls GET path until it answers want; returns the seconds it
-        took.  Raises RuntimeError on timeout or when a daemon died."""
+    def wait_http(self, path="/readyz", want=200, timeout=20.0, port=None,
+                  streak=6):
+        """Polls GET path until it answers want `streak` times in a row;
+        returns the seconds it took.  Raises RuntimeError on timeout or
+        when a daemon died.  Each edge loop keeps its own view of the
+        broker (its own heartbeats), and a new connection lands on any
+        loop, so one 200 from /readyz says only that one loop is ready:
+        a streak spread over more than a heartbeat (200 ms here) covers
+        them all."""
         port = port or self.http_port
         t0 = time.monotonic()
         last = None
+        run = 0
         while time.monotonic() - t0 < timeout:
             self.check_alive()
             try:
                 r = request(port, "GET", path, timeout=2.0)
                 last = "%d %r" % (r.status, r.body[:200])
-                if r.status == want:
+                run = run + 1 if r.status == want else 0
+                if run >= streak:
                     return time.monotonic() - t0
             except TestFailure as e:
                 last = str(e)
-            time.sleep(0.1)
+                run = 0
+            time.sleep(0.05 if run else 0.1)
         raise RuntimeError("GET %s did not answer %d within %.0f s (last: %s)"
                            % (path, want, timeout, last))
 
