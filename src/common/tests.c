@@ -18,6 +18,13 @@ int ferry_config_set_test (bool verbose);
 int ferry_config_unused_test (bool verbose);
 int ferry_config_demo_test (bool verbose);
 int ferry_config_cli_test (bool verbose);
+int ferry_kafka_conf_test (bool verbose);
+int ferry_kafka_produce_test (bool verbose);
+int ferry_kafka_broker_down_test (bool verbose);
+int ferry_kafka_retry_test (bool verbose);
+int ferry_kafka_queue_full_test (bool verbose);
+int ferry_kafka_flush_test (bool verbose);
+int ferry_kafka_fatal_test (bool verbose);
 
 const ferry_test_t ferry_common_tests[] = {
     {"ids", ferry_ids_test},
@@ -35,5 +42,12 @@ const ferry_test_t ferry_common_tests[] = {
     {"config_unused", ferry_config_unused_test},
     {"config_demo", ferry_config_demo_test},
     {"config_cli", ferry_config_cli_test},
+    {"kafka_conf", ferry_kafka_conf_test},
+    {"kafka_produce", ferry_kafka_produce_test},
+    {"kafka_broker_down", ferry_kafka_broker_down_test},
+    {"kafka_retry", ferry_kafka_retry_test},
+    {"kafka_queue_full", ferry_kafka_queue_full_test},
+    {"kafka_flush", ferry_kafka_flush_test},
+    {"kafka_fatal", ferry_kafka_fatal_test},
     {NULL, NULL},
 };
