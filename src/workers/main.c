@@ -169,13 +169,16 @@ main (int argc, char **argv)
             worker_pool_destroy (&pools[i]);
             continue;
         }
-        worker_pool_start (pools[i]);
+        if (worker_pool_start (pools[i])) {
+            status = 1;
+            break;
+        }
         actors += worker_pool_size (pools[i]);
     }
 
     bool ready = false;
     size_t last_up = (size_t) -1;
-    while (!ferry_daemon_terminating ()) {
+    while (!status && !ferry_daemon_terminating ()) {
         size_t up = 0, ever = 0;
         for (size_t i = 0; i < count; i++)
             if (pools[i]) {

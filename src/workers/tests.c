@@ -2,6 +2,7 @@
     (tests/unit/selftest.c).  Each module keeps its test at its bottom.  */
 
 #include "ferry.h"
+#include "worker_kafka.h"
 #include "worker_ops.h"
 #include "worker_pgerror.h"
 #include "worker_pool.h"
@@ -15,5 +16,6 @@ const ferry_test_t worker_tests[] = {
     {"ops_config", worker_ops_config_test},
     {"ops_bind", worker_ops_bind_test},
     {"pool_config", worker_pool_config_test},
+    {"kafka_config", worker_kafka_config_test},
     {NULL, NULL},
 };

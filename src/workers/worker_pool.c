@@ -9,6 +9,7 @@
 #include "log.h"
 #include "proto.h"
 #include "worker_actor.h"
+#include "worker_kafka.h"
 #include "worker_pool.h"
 
 #include <czmq.h>
@@ -24,6 +25,7 @@ struct _worker_pool_t {
     unsigned credit;             /* per actor */
     worker_ops_t *ops;           /* shared by the actors, read-only */
     worker_actor_args_t *args;   /* one per actor, alive while it runs */
+    worker_kafka_t *kafka;       /* the pool's Kafka consumer, or NULL */
     zactor_t **actors;
     bool *up;                    /* actor connected now */
     bool *ever;                  /* actor connected at least once */
@@ -83,6 +85,13 @@ worker_pool_new (ferry_config_t *config, const ferry_cnode_t *node,
             ferry_config_fail (config, node, "missing operations");
         goto fail;
     }
+    const ferry_cnode_t *kafka = ferry_config_node (config, node, "kafka");
+    if (kafka) {
+        self->kafka = worker_kafka_new (config, kafka, self->name, self->ops,
+                                        self->conninfo);
+        if (!self->kafka)
+            goto fail;
+    }
     self->args = ferry_calloc (self->size, sizeof *self->args);
     for (size_t i = 0; i < self->size; i++) {
         worker_actor_args_t *a = &self->args[i];
@@ -114,6 +123,7 @@ worker_pool_destroy (worker_pool_t **self_p)
     if (self->actors)
         for (size_t i = 0; i < self->size; i++)
             zactor_destroy (&self->actors[i]);
+    worker_kafka_destroy (&self->kafka);
     free (self->actors);
     free (self->args);
     free (self->up);
@@ -142,6 +152,8 @@ worker_pool_size (const worker_pool_t *self)
 int
 worker_pool_start (worker_pool_t *self)
 {
+    if (self->kafka && worker_kafka_start (self->kafka))
+        return -1;
     for (size_t i = 0; i < self->size; i++) {
         self->actors[i] = zactor_new (worker_actor, &self->args[i]);
         assert (self->actors[i]);
@@ -157,6 +169,8 @@ worker_pool_stop (worker_pool_t *self)
     if (self->stopping)
         return;
     self->stopping = true;
+    if (self->kafka)
+        worker_kafka_stop (self->kafka);
     /*  zactor_destroy sends $TERM again and waits for the actor's exit
         signal, which it finds already queued.  */
     for (size_t i = 0; i < self->size; i++)

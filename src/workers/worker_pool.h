@@ -35,7 +35,9 @@ void worker_pool_destroy (worker_pool_t **self_p);
 const char *worker_pool_name (const worker_pool_t *self);
 size_t worker_pool_size (const worker_pool_t *self);
 
-/*  Starts the actors; they connect in the background.  Returns 0.  */
+/*  Starts the actors (and the pool's Kafka consumer, if it has a `kafka:`
+    section); they connect in the background.  Returns 0, or -1 (logged)
+    when librdkafka refuses the consumer's configuration.  */
 int worker_pool_start (worker_pool_t *self);
 /*  Asks every actor to stop without waiting, so that pools drain in
     parallel; destroy waits.  */

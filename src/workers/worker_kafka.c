@@ -1,0 +1,961 @@
+/*  worker_kafka.c: a pool's Kafka consumer (one CZMQ actor per pool).
+
+    Exactly-once effect rests on PostgreSQL, not on Kafka: each message
+    runs in one transaction that first claims its offset in
+    ferry.kafka_offsets (an upsert that only moves the group's next offset
+    forward past this message) and then runs the operation's steps.  A
+    message whose offset PostgreSQL already holds claims nothing and is
+    skipped, so a redelivery after a crash, a rebalance or a zombie consumer
+    changes nothing.  The offset is stored to librdkafka (which commits
+    stored offsets in the background) only after COMMIT, and on assignment
+    the consumer starts from the offsets PostgreSQL holds, so Kafka's
+    committed offsets are a hint that is never ahead of the truth.
+
+    One thread polls (rd_kafka_consumer_poll; the batch APIs are buggy in
+    librdkafka 2.0) and runs the transaction on its own blocking libpq
+    connection: order within a partition holds trivially, and the
+    rebalance callback runs on the same thread, between messages, so
+    partitions are never revoked under a transaction.  A retriable failure
+    (connection lost, deadlock, serialization, any server-side 5xx class)
+    seeks the partition back to the message and retries after a backoff; a
+    failure that is the message's fault (bad value, constraint), and a
+    message that does not decode, is recorded in ferry.dead_letters in the
+    same claiming transaction, so nothing is dropped silently and the
+    messages after it go on.  */
+
+#include "ferry.h"
+#include "json.h"
+#include "kafka.h"
+#include "log.h"
+#include "worker_kafka.h"
+#include "worker_pgerror.h"
+
+#include <czmq.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { S_FORMAT_JSON, S_FORMAT_CLOUDEVENTS } s_format_t;
+
+typedef struct {
+    char *name;
+    s_format_t format;
+    const worker_op_t *op;
+} s_topic_t;
+
+/*  The actor's state; lives in worker_kafka_t because librdkafka's
+    rebalance callback gets it as the handle's opaque.  */
+typedef struct {
+    worker_kafka_t *cfg;
+    rd_kafka_t *rk;
+    PGconn *conn;
+    int64_t backoff_ms;      /* next wait after a failure */
+    bool terminated;
+    zsock_t *pipe;
+} s_consumer_t;
+
+struct _worker_kafka_t {
+    char *pool;
+    char *group;
+    const char *conninfo;
+    size_t ntopics;
+    s_topic_t *topics;
+    rd_kafka_conf_t *conf;   /* until start */
+    rd_kafka_t *rk;          /* from start; used by the actor only */
+    zactor_t *actor;
+    s_consumer_t consumer;   /* the actor's, from start */
+    bool stopping;
+};
+
+#define S_BACKOFF_MIN 100
+#define S_BACKOFF_MAX 5000
+
+static const char s_claim_sql[]
+    = "INSERT INTO ferry.kafka_offsets (group_id, topic, partition,"
+      " \"offset\") VALUES ($1, $2, $3, $4 + 1)"
+      " ON CONFLICT (group_id, topic, partition) DO UPDATE"
+      " SET \"offset\" = EXCLUDED.\"offset\", updated_at = now()"
+      " WHERE ferry.kafka_offsets.\"offset\" <= $4 RETURNING 1";
+
+static const char s_dead_sql[]
+    = "INSERT INTO ferry.dead_letters (message_id, service, operation,"
+      " source, topic, partition, \"offset\", envelope, error, attempts)"
+      " VALUES ($1, $2, $3, 'kafka', $4, $5, $6, $7, $8, 1)";
+
+/* ---- configuration ------------------------------------------------------ */
+
+worker_kafka_t *
+worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
+                  const char *pool, const worker_ops_t *ops,
+                  const char *conninfo)
+{
+    if (ferry_cnode_type (node) != FERRY_CNODE_MAP) {
+        ferry_config_fail (config, node, "expected a map");
+        return NULL;
+    }
+    worker_kafka_t *self = ferry_calloc (1, sizeof *self);
+    self->pool = ferry_strdup (pool);
+    self->conninfo = conninfo;
+    char dflt[128];
+    snprintf (dflt, sizeof dflt, "ferry.%s", pool);
+    const char *group;
+    if (ferry_config_str (config, node, "group", dflt, &group))
+        goto fail;
+    if (!group || !*group) {
+        ferry_config_fail (config, ferry_config_node (config, node, "group"),
+                           "must not be empty");
+        goto fail;
+    }
+    self->group = ferry_strdup (group);
+
+    const ferry_cnode_t *topics = ferry_config_node (config, node, "topics");
+    if (!topics || ferry_cnode_type (topics) != FERRY_CNODE_SEQ
+        || ferry_cnode_size (topics) == 0) {
+        ferry_config_fail (config, topics ? topics : node,
+                           "%s", topics ? "expected a sequence of topics"
+                                        : "missing topics");
+        goto fail;
+    }
+    self->ntopics = ferry_cnode_size (topics);
+    self->topics = ferry_calloc (self->ntopics, sizeof *self->topics);
+    for (size_t i = 0; i < self->ntopics; i++) {
+        const ferry_cnode_t *t = ferry_cnode_child (topics, i);
+        const char *name, *format, *op;
+        if (ferry_cnode_type (t) != FERRY_CNODE_MAP) {
+            ferry_config_fail (config, t, "expected a map");
+            goto fail;
+        }
+        if (ferry_config_str (config, t, "topic", NULL, &name)
+            || ferry_config_str (config, t, "format", "json", &format)
+            || ferry_config_str (config, t, "operation", NULL, &op))
+            goto fail;
+        if (!name || !*name) {
+            ferry_config_fail (config, t, "missing topic");
+            goto fail;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp (self->topics[j].name, name) == 0) {
+                ferry_config_fail (config,
+                                   ferry_config_node (config, t, "topic"),
+                                   "topic '%s' listed twice", name);
+                goto fail;
+            }
+        self->topics[i].name = ferry_strdup (name);
+        if (strcmp (format, "json") == 0)
+            self->topics[i].format = S_FORMAT_JSON;
+        else if (strcmp (format, "cloudevents") == 0)
+            self->topics[i].format = S_FORMAT_CLOUDEVENTS;
+        else {
+            ferry_config_fail (config, ferry_config_node (config, t, "format"),
+                               "format is json or cloudevents");
+            goto fail;
+        }
+        if (!op) {
+            ferry_config_fail (config, t, "missing operation");
+            goto fail;
+        }
+        self->topics[i].op = worker_ops_find (ops, op);
+        if (!self->topics[i].op) {
+            ferry_config_fail (config,
+                               ferry_config_node (config, t, "operation"),
+                               "no operation named '%s' in this pool", op);
+            goto fail;
+        }
+    }
+
+    /*  Ours first, then the file's properties (which may, for instance,
+        choose auto.offset.reset), then the settings exactly-once needs,
+        which win.  Events written before a group first ran are consumed:
+        an outside producer's events must not be lost to a late start.  */
+    char err[512];
+    self->conf = ferry_kafka_conf_new (config, node, err, sizeof err);
+    if (!self->conf)
+        goto fail;
+    bool reset_given = false;
+    const ferry_cnode_t *props = ferry_config_node (config, node,
+                                                    "properties");
+    for (size_t i = 0; props && i < ferry_cnode_size (props); i++) {
+        const char *item = ferry_cnode_value (ferry_cnode_child (props, i));
+        const char *eq = item ? strchr (item, '=') : NULL;
+        if (!eq)
+            continue;
+        while (*item == ' ')
+            item++;
+        size_t n = (size_t) (eq - item);
+        while (n && item[n - 1] == ' ')
+            n--;
+        if (n == strlen ("auto.offset.reset")
+            && strncmp (item, "auto.offset.reset", n) == 0)
+            reset_given = true;
+    }
+    static const char *forced[][2] = {
+        {"enable.auto.offset.store", "false"},
+        {"enable.auto.commit", "true"},
+        {"partition.assignment.strategy", "cooperative-sticky"},
+        {"isolation.level", "read_committed"},
+        {"enable.partition.eof", "false"},
+    };
+    if (rd_kafka_conf_set (self->conf, "group.id", self->group, err,
+                           sizeof err) != RD_KAFKA_CONF_OK
+        || (!reset_given
+            && rd_kafka_conf_set (self->conf, "auto.offset.reset",
+                                  "earliest", err, sizeof err)
+                   != RD_KAFKA_CONF_OK)) {
+        ferry_config_fail (config, node, "%s", err);
+        goto fail;
+    }
+    for (size_t i = 0; i < sizeof forced / sizeof forced[0]; i++)
+        if (rd_kafka_conf_set (self->conf, forced[i][0], forced[i][1], err,
+                               sizeof err) != RD_KAFKA_CONF_OK) {
+            ferry_config_fail (config, node, "%s", err);
+            goto fail;
+        }
+    return self;
+fail:
+    worker_kafka_destroy (&self);
+    return NULL;
+}
+
+void
+worker_kafka_destroy (worker_kafka_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    worker_kafka_t *self = *self_p;
+    zactor_destroy (&self->actor);
+    if (self->rk)
+        rd_kafka_destroy (self->rk);
+    if (self->conf)
+        rd_kafka_conf_destroy (self->conf);
+    for (size_t i = 0; self->topics && i < self->ntopics; i++)
+        free (self->topics[i].name);
+    free (self->topics);
+    free (self->group);
+    free (self->pool);
+    free (self);
+    *self_p = NULL;
+}
+
+/* ---- PostgreSQL --------------------------------------------------------- */
+
+static const char s_setup_sql[]
+    = "SELECT set_config('DateStyle', 'ISO, MDY', false),"
+      " set_config('TimeZone', 'UTC', false),"
+      " set_config('IntervalStyle', 'iso_8601', false),"
+      " set_config('bytea_output', 'hex', false),"
+      " set_config('extra_float_digits', '3', false)";
+
+/*  Waits up to ms for a $TERM on the pipe.  */
+static void
+s_wait (s_consumer_t *self, int64_t ms)
+{
+    zpoller_t *poller = zpoller_new (self->pipe, NULL);
+    if (zpoller_wait (poller, (int) ms) == self->pipe) {
+        char *cmd = zstr_recv (self->pipe);
+        if (!cmd || strcmp (cmd, "$TERM") == 0)
+            self->terminated = true;
+        free (cmd);
+    }
+    if (zpoller_terminated (poller))
+        self->terminated = true;
+    zpoller_destroy (&poller);
+}
+
+static void
+s_backoff (s_consumer_t *self)
+{
+    int64_t ms = self->backoff_ms / 2
+                 + (int64_t) (random () % (self->backoff_ms / 2 + 1));
+    s_wait (self, ms);
+    self->backoff_ms = self->backoff_ms * 2 > S_BACKOFF_MAX
+                           ? S_BACKOFF_MAX
+                           : self->backoff_ms * 2;
+}
+
+/*  Connects when not connected.  Returns 0 when a connection is up.  */
+static int
+s_pg_ensure (s_consumer_t *self)
+{
+    if (self->conn && PQstatus (self->conn) == CONNECTION_OK)
+        return 0;
+    if (self->conn)
+        PQfinish (self->conn);
+    self->conn = PQconnectdb (self->cfg->conninfo);
+    if (PQstatus (self->conn) == CONNECTION_OK) {
+        PGresult *r = PQexec (self->conn, s_setup_sql);
+        bool ok = PQresultStatus (r) == PGRES_TUPLES_OK;
+        PQclear (r);
+        if (ok) {
+            log_info ("kafka consumer connected to PostgreSQL pool=%s",
+                      self->cfg->pool);
+            return 0;
+        }
+    }
+    char msg[256];
+    snprintf (msg, sizeof msg, "%s", PQerrorMessage (self->conn));
+    msg[strcspn (msg, "\n")] = '\0';
+    log_warn ("kafka consumer cannot connect to PostgreSQL pool=%s: %s",
+              self->cfg->pool, msg);
+    PQfinish (self->conn);
+    self->conn = NULL;
+    return -1;
+}
+
+/*  Runs sql without parameters; true when it succeeded.  */
+static bool
+s_exec (PGconn *conn, const char *sql)
+{
+    PGresult *r = PQexec (conn, sql);
+    bool ok = PQresultStatus (r) == PGRES_COMMAND_OK;
+    PQclear (r);
+    return ok;
+}
+
+/* ---- rebalance ---------------------------------------------------------- */
+
+/*  Sets the start offset of every partition in parts that PostgreSQL
+    holds an offset for; the others keep RD_KAFKA_OFFSET_INVALID (Kafka's
+    committed offset, never ahead of PostgreSQL's, or auto.offset.reset).
+    Without PostgreSQL the claim still skips anything already done.  */
+static void
+s_resume_offsets (s_consumer_t *self,
+                  rd_kafka_topic_partition_list_t *parts)
+{
+    if (s_pg_ensure (self))
+        return;
+    const char *values[1] = {self->cfg->group};
+    PGresult *r = PQexecParams (
+        self->conn,
+        "SELECT topic, partition, \"offset\" FROM ferry.kafka_offsets"
+        " WHERE group_id = $1",
+        1, NULL, values, NULL, NULL, 0);
+    if (PQresultStatus (r) != PGRES_TUPLES_OK) {
+        log_warn ("kafka consumer cannot read offsets pool=%s: %s",
+                  self->cfg->pool, PQresultErrorMessage (r));
+        PQclear (r);
+        return;
+    }
+    for (int row = 0; row < PQntuples (r); row++) {
+        int64_t partition, offset;
+        if (ferry_parse_int64 (PQgetvalue (r, row, 1), &partition)
+            || ferry_parse_int64 (PQgetvalue (r, row, 2), &offset))
+            continue;
+        rd_kafka_topic_partition_t *p = rd_kafka_topic_partition_list_find (
+            parts, PQgetvalue (r, row, 0), (int32_t) partition);
+        if (p)
+            p->offset = offset;
+    }
+    PQclear (r);
+    for (int i = 0; i < parts->cnt; i++)
+        log_info ("kafka partition assigned pool=%s topic=%s partition=%d "
+                  "offset=%" PRId64,
+                  self->cfg->pool, parts->elems[i].topic,
+                  parts->elems[i].partition, parts->elems[i].offset);
+}
+
+static void
+s_rebalance (rd_kafka_t *rk, rd_kafka_resp_err_t err,
+             rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    s_consumer_t *self = opaque;
+    bool coop = strcmp (rd_kafka_rebalance_protocol (rk), "COOPERATIVE") == 0;
+    rd_kafka_error_t *error = NULL;
+    rd_kafka_resp_err_t rc = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        s_resume_offsets (self, parts);
+        if (coop)
+            error = rd_kafka_incremental_assign (rk, parts);
+        else
+            rc = rd_kafka_assign (rk, parts);
+    } else {
+        for (int i = 0; i < parts->cnt; i++)
+            log_info ("kafka partition revoked pool=%s topic=%s partition=%d",
+                      self->cfg->pool, parts->elems[i].topic,
+                      parts->elems[i].partition);
+        if (coop)
+            error = rd_kafka_incremental_unassign (rk, parts);
+        else
+            rc = rd_kafka_assign (rk, NULL);
+    }
+    if (error) {
+        log_error ("kafka rebalance failed pool=%s: %s", self->cfg->pool,
+                   rd_kafka_error_string (error));
+        rd_kafka_error_destroy (error);
+    } else if (rc)
+        log_error ("kafka rebalance failed pool=%s: %s", self->cfg->pool,
+                   rd_kafka_err2str (rc));
+}
+
+/* ---- one message -------------------------------------------------------- */
+
+static const s_topic_t *
+s_topic_find (const worker_kafka_t *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->ntopics; i++)
+        if (strcmp (cfg->topics[i].name, name) == 0)
+            return &cfg->topics[i];
+    return NULL;
+}
+
+static void
+s_pack_str (msgpack_packer *pk, const char *s, size_t len)
+{
+    msgpack_pack_str (pk, len);
+    msgpack_pack_str_body (pk, s, len);
+}
+
+/*  Packs the arguments (Kafka metadata, and the ce_* headers for
+    CloudEvents) into args and the value's JSON into body.  Returns 0, or
+    -1 with the reason in err (the message cannot be decoded).  */
+static int
+s_decode (const rd_kafka_message_t *m, const s_topic_t *topic,
+          msgpack_sbuffer *args, msgpack_sbuffer *body, char *err,
+          size_t errlen)
+{
+    rd_kafka_headers_t *hdrs = NULL;
+    size_t nce = 0;
+    if (topic->format == S_FORMAT_CLOUDEVENTS
+        && rd_kafka_message_headers (m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        const char *name;
+        const void *val;
+        size_t size;
+        for (size_t i = 0;
+             !rd_kafka_header_get_all (hdrs, i, &name, &val, &size); i++)
+            if (strncmp (name, "ce_", 3) == 0)
+                nce++;
+    }
+    msgpack_packer pk;
+    msgpack_packer_init (&pk, args, msgpack_sbuffer_write);
+    msgpack_pack_map (&pk, 5 + nce);
+    const char *tname = rd_kafka_topic_name (m->rkt);
+    s_pack_str (&pk, "kafka_topic", 11);
+    s_pack_str (&pk, tname, strlen (tname));
+    s_pack_str (&pk, "kafka_partition", 15);
+    msgpack_pack_int32 (&pk, m->partition);
+    s_pack_str (&pk, "kafka_offset", 12);
+    msgpack_pack_int64 (&pk, m->offset);
+    s_pack_str (&pk, "kafka_key", 9);
+    if (m->key)
+        s_pack_str (&pk, m->key, m->key_len);
+    else
+        msgpack_pack_nil (&pk);
+    s_pack_str (&pk, "kafka_timestamp", 15);
+    rd_kafka_timestamp_type_t tstype;
+    int64_t ts = rd_kafka_message_timestamp (m, &tstype);
+    if (ts >= 0)
+        msgpack_pack_int64 (&pk, ts);
+    else
+        msgpack_pack_nil (&pk);
+    if (nce) {
+        const char *name;
+        const void *val;
+        size_t size;
+        for (size_t i = 0;
+             !rd_kafka_header_get_all (hdrs, i, &name, &val, &size); i++)
+            if (strncmp (name, "ce_", 3) == 0) {
+                /*  Duplicate ce_* headers would make a map with repeated
+                    keys, which binding cannot read unambiguously.  */
+                for (size_t j = 0; j < i; j++) {
+                    const char *n2;
+                    const void *v2;
+                    size_t s2;
+                    if (!rd_kafka_header_get_all (hdrs, j, &n2, &v2, &s2)
+                        && strcmp (n2, name) == 0) {
+                        snprintf (err, errlen, "header %s repeated", name);
+                        return -1;
+                    }
+                }
+                s_pack_str (&pk, name, strlen (name));
+                if (val)
+                    s_pack_str (&pk, val, size);
+                else
+                    msgpack_pack_nil (&pk);
+            }
+    }
+    if (!m->payload || m->len == 0) {
+        snprintf (err, errlen, "empty value");
+        return -1;
+    }
+    return ferry_json_to_msgpack (m->payload, m->len, NULL, body, err, errlen);
+}
+
+static void
+s_unpack (const msgpack_sbuffer *buf, msgpack_unpacked *out)
+{
+    size_t off = 0;
+    msgpack_unpacked_init (out);
+    msgpack_unpack_return rc
+        = msgpack_unpack_next (out, buf->data, buf->size, &off);
+    assert (rc == MSGPACK_UNPACK_SUCCESS);
+    (void) rc;
+}
+
+/*  Outcome of one attempt at a message.  */
+typedef enum {
+    S_DONE,     /* committed, or already done: store the offset */
+    S_RETRY,    /* nothing happened: seek back and retry later */
+    S_DEAD      /* the handler failed for good: dead-letter it */
+} s_outcome_t;
+
+/*  Claims the message's offset in the open transaction: 1 when this
+    transaction owns it, 0 when PostgreSQL already holds it, -1 on
+    error (sqlstate filled).  */
+static int
+s_claim (s_consumer_t *self, const rd_kafka_message_t *m, char *sqlstate)
+{
+    char part[16], off[24];
+    snprintf (part, sizeof part, "%" PRId32, m->partition);
+    snprintf (off, sizeof off, "%" PRId64, m->offset);
+    const char *values[4]
+        = {self->cfg->group, rd_kafka_topic_name (m->rkt), part, off};
+    PGresult *r = PQexecParams (self->conn, s_claim_sql, 4, NULL, values,
+                                NULL, NULL, 0);
+    int rc = -1;
+    if (PQresultStatus (r) == PGRES_TUPLES_OK)
+        rc = PQntuples (r) > 0;
+    else {
+        const char *st = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+        snprintf (sqlstate, 6, "%s", st ? st : "");
+    }
+    PQclear (r);
+    return rc;
+}
+
+/*  Classifies a failure; on a lost connection drops it.  */
+static s_outcome_t
+s_failed (s_consumer_t *self, const char *sqlstate, char *err, size_t errlen,
+          const char *what)
+{
+    worker_pgerror_t e;
+    worker_pgerror_classify (sqlstate, &e);
+    if (e.reconnect || PQstatus (self->conn) != CONNECTION_OK) {
+        snprintf (err, errlen, "%s: connection lost", what);
+        PQfinish (self->conn);
+        self->conn = NULL;
+        return S_RETRY;
+    }
+    (void) s_exec (self->conn, "ROLLBACK");
+    /*  Only a failure that is the data's fault (4xx: a bad value, a
+        broken constraint) dead-letters the message.  A server-side one
+        (a missing table, out of resources) would fail every message
+        alike: retrying keeps the stream for when it is fixed.  */
+    if (e.retry || e.status >= 500) {
+        snprintf (err, errlen, "%s: SQLSTATE %s", what, sqlstate);
+        return S_RETRY;
+    }
+    return S_DEAD;
+}
+
+/*  One attempt: BEGIN, claim, steps, COMMIT.  */
+static s_outcome_t
+s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
+           const worker_op_t *op, const msgpack_object *args,
+           const msgpack_object *body, char *err, size_t errlen)
+{
+    char sqlstate[6] = "";
+    if (!s_exec (self->conn, "BEGIN"))
+        return s_failed (self, "", err, errlen, "BEGIN");
+    int claimed = s_claim (self, m, sqlstate);
+    if (claimed < 0)
+        return s_failed (self, sqlstate, err, errlen, "offset claim");
+    if (claimed == 0) {
+        (void) s_exec (self->conn, "ROLLBACK");
+        log_debug ("kafka message already done pool=%s topic=%s "
+                   "partition=%d offset=%" PRId64,
+                   self->cfg->pool, rd_kafka_topic_name (m->rkt),
+                   m->partition, m->offset);
+        return S_DONE;
+    }
+    for (size_t s = 0; s < op->nsteps; s++) {
+        const worker_step_t *st = &op->steps[s];
+        char *values[st->nparams ? st->nparams : 1];
+        if (worker_step_bind (st, args, body, values, err, errlen)) {
+            (void) s_exec (self->conn, "ROLLBACK");
+            return S_DEAD;
+        }
+        PGresult *r = PQexecParams (self->conn, st->sql, (int) st->nparams,
+                                    st->oids, (const char *const *) values,
+                                    NULL, NULL, 0);
+        worker_step_values_free (st, values);
+        ExecStatusType rs = PQresultStatus (r);
+        if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
+            const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+            snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
+            char *msg = PQresultErrorMessage (r);
+            snprintf (err, errlen, "step %zu: SQLSTATE %s: %s", s + 1,
+                      sqlstate, msg ? msg : "");
+            err[strcspn (err, "\n")] = '\0';
+            PQclear (r);
+            char keep[512];
+            snprintf (keep, sizeof keep, "%s", err);
+            s_outcome_t o = s_failed (self, sqlstate, err, errlen, "step");
+            if (self->conn)
+                snprintf (err, errlen, "%s", keep);
+            return o;
+        }
+        bool none = st->result == WORKER_RESULT_ONE && PQntuples (r) == 0;
+        PQclear (r);
+        if (none) {
+            snprintf (err, errlen, "step %zu: %s", s + 1,
+                      st->not_found_detail ? st->not_found_detail
+                                           : "no such row");
+            (void) s_exec (self->conn, "ROLLBACK");
+            return S_DEAD;
+        }
+    }
+    PGresult *r = PQexec (self->conn, "COMMIT");
+    ExecStatusType rs = PQresultStatus (r);
+    const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+    snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
+    PQclear (r);
+    if (rs != PGRES_COMMAND_OK)
+        return s_failed (self, sqlstate, err, errlen, "COMMIT");
+    return S_DONE;
+}
+
+/*  Records a message that cannot be handled in ferry.dead_letters, in the
+    transaction that claims its offset.  */
+static s_outcome_t
+s_dead_letter (s_consumer_t *self, const rd_kafka_message_t *m,
+               const char *operation, const char *reason, char *err,
+               size_t errlen)
+{
+    char sqlstate[6] = "";
+    if (!s_exec (self->conn, "BEGIN"))
+        return s_failed (self, "", err, errlen, "BEGIN");
+    int claimed = s_claim (self, m, sqlstate);
+    if (claimed < 0)
+        return s_failed (self, sqlstate, err, errlen, "offset claim");
+    if (claimed == 0) {
+        (void) s_exec (self->conn, "ROLLBACK");
+        return S_DONE;
+    }
+    const char *tname = rd_kafka_topic_name (m->rkt);
+    char id[320], part[16], off[24];
+    snprintf (id, sizeof id, "%s/%" PRId32 "/%" PRId64, tname, m->partition,
+              m->offset);
+    snprintf (part, sizeof part, "%" PRId32, m->partition);
+    snprintf (off, sizeof off, "%" PRId64, m->offset);
+    json_t *error = json_pack ("{s:s, s:s}", "detail", reason, "group",
+                               self->cfg->group);
+    char *error_text = error ? json_dumps (error, JSON_COMPACT) : NULL;
+    json_decref (error);
+    const char *values[8] = {id,   self->cfg->pool, operation,
+                             tname, part,           off,
+                             m->payload ? (const char *) m->payload : "",
+                             error_text ? error_text : "{}"};
+    int lengths[8] = {0, 0, 0, 0, 0, 0, (int) (m->payload ? m->len : 0), 0};
+    int formats[8] = {0, 0, 0, 0, 0, 0, 1, 0};
+    PGresult *r = PQexecParams (self->conn, s_dead_sql, 8, NULL, values,
+                                lengths, formats, 0);
+    free (error_text);
+    bool ok = PQresultStatus (r) == PGRES_COMMAND_OK;
+    const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+    snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
+    PQclear (r);
+    if (!ok)
+        return s_failed (self, sqlstate, err, errlen, "dead letter");
+    r = PQexec (self->conn, "COMMIT");
+    ok = PQresultStatus (r) == PGRES_COMMAND_OK;
+    code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+    snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
+    PQclear (r);
+    if (!ok)
+        return s_failed (self, sqlstate, err, errlen, "COMMIT");
+    log_warn ("kafka message dead-lettered pool=%s topic=%s partition=%d "
+              "offset=%" PRId64 ": %s",
+              self->cfg->pool, tname, m->partition, m->offset, reason);
+    return S_DONE;
+}
+
+/*  Handles one message until it is done or must be retried.  */
+static s_outcome_t
+s_handle (s_consumer_t *self, const rd_kafka_message_t *m, char *err,
+          size_t errlen)
+{
+    const s_topic_t *topic = s_topic_find (self->cfg,
+                                           rd_kafka_topic_name (m->rkt));
+    if (!topic) {
+        snprintf (err, errlen, "topic not configured");
+        return S_RETRY;
+    }
+    msgpack_sbuffer args, body;
+    msgpack_sbuffer_init (&args);
+    msgpack_sbuffer_init (&body);
+    char reason[512];
+    s_outcome_t o;
+    if (s_decode (m, topic, &args, &body, reason, sizeof reason))
+        o = S_DEAD;
+    else {
+        msgpack_unpacked a, b;
+        s_unpack (&args, &a);
+        s_unpack (&body, &b);
+        o = s_attempt (self, m, topic->op, &a.data, &b.data, reason,
+                       sizeof reason);
+        msgpack_unpacked_destroy (&a);
+        msgpack_unpacked_destroy (&b);
+        if (o == S_RETRY)
+            snprintf (err, errlen, "%s", reason);
+    }
+    msgpack_sbuffer_destroy (&args);
+    msgpack_sbuffer_destroy (&body);
+    if (o == S_DEAD)
+        o = s_dead_letter (self, m, topic->op->name, reason, err, errlen);
+    return o;
+}
+
+/*  Stores offset+1 for librdkafka's background commit.  */
+static void
+s_store (s_consumer_t *self, const rd_kafka_message_t *m)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new (1);
+    rd_kafka_topic_partition_list_add (l, rd_kafka_topic_name (m->rkt),
+                                       m->partition)
+        ->offset = m->offset + 1;
+    rd_kafka_resp_err_t rc = rd_kafka_offsets_store (self->rk, l);
+    /*  A partition revoked meanwhile refuses the store: harmless,
+        PostgreSQL holds the offset.  */
+    if (rc)
+        log_debug ("kafka offset store pool=%s: %s", self->cfg->pool,
+                   rd_kafka_err2str (rc));
+    rd_kafka_topic_partition_list_destroy (l);
+}
+
+static void
+s_seek_back (s_consumer_t *self, const rd_kafka_message_t *m)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new (1);
+    rd_kafka_topic_partition_list_add (l, rd_kafka_topic_name (m->rkt),
+                                       m->partition)
+        ->offset = m->offset;
+    rd_kafka_error_t *e = rd_kafka_seek_partitions (self->rk, l, 0);
+    if (e) {
+        log_warn ("kafka seek failed pool=%s: %s", self->cfg->pool,
+                  rd_kafka_error_string (e));
+        rd_kafka_error_destroy (e);
+    }
+    rd_kafka_topic_partition_list_destroy (l);
+}
+
+/* ---- the actor ---------------------------------------------------------- */
+
+static void
+s_consumer (zsock_t *pipe, void *arg)
+{
+    worker_kafka_t *cfg = arg;
+    s_consumer_t *self = &cfg->consumer;
+    self->pipe = pipe;
+    zsock_signal (pipe, 0);
+    rd_kafka_topic_partition_list_t *subs
+        = rd_kafka_topic_partition_list_new ((int) cfg->ntopics);
+    for (size_t i = 0; i < cfg->ntopics; i++)
+        rd_kafka_topic_partition_list_add (subs, cfg->topics[i].name,
+                                           RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t rc = rd_kafka_subscribe (self->rk, subs);
+    rd_kafka_topic_partition_list_destroy (subs);
+    if (rc) {
+        log_error ("kafka subscribe failed pool=%s: %s", cfg->pool,
+                   rd_kafka_err2str (rc));
+        while (!self->terminated)
+            s_wait (self, 1000);
+    }
+    log_info ("kafka consumer started pool=%s group=%s topics=%zu", cfg->pool,
+              cfg->group, cfg->ntopics);
+    while (!self->terminated) {
+        if (zsock_events (pipe) & ZMQ_POLLIN) {
+            char *cmd = zstr_recv (pipe);
+            if (!cmd || strcmp (cmd, "$TERM") == 0)
+                self->terminated = true;
+            free (cmd);
+            continue;
+        }
+        /*  No messages without PostgreSQL: they could only be sought
+            back.  A long outage exceeds max.poll.interval.ms and the group
+            moves the partitions to a consumer that can work.  */
+        if (s_pg_ensure (self)) {
+            s_backoff (self);
+            continue;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll (self->rk, 100);
+        if (!m)
+            continue;
+        if (m->err) {
+            log_warn ("kafka consumer pool=%s: %s", cfg->pool,
+                      rd_kafka_message_errstr (m));
+            rd_kafka_message_destroy (m);
+            continue;
+        }
+        char err[512] = "";
+        if (s_handle (self, m, err, sizeof err) == S_DONE) {
+            s_store (self, m);
+            self->backoff_ms = S_BACKOFF_MIN;
+        } else {
+            log_warn ("kafka message will be retried pool=%s topic=%s "
+                      "partition=%d offset=%" PRId64 ": %s",
+                      cfg->pool, rd_kafka_topic_name (m->rkt), m->partition,
+                      m->offset, err);
+            s_seek_back (self, m);
+            s_backoff (self);
+        }
+        rd_kafka_message_destroy (m);
+    }
+    /*  Leaves the group (the revocation runs s_rebalance) and commits the
+        stored offsets.  */
+    rc = rd_kafka_consumer_close (self->rk);
+    if (rc)
+        log_warn ("kafka consumer close pool=%s: %s", cfg->pool,
+                  rd_kafka_err2str (rc));
+    if (self->conn)
+        PQfinish (self->conn);
+    log_info ("kafka consumer stopped pool=%s", cfg->pool);
+}
+
+int
+worker_kafka_start (worker_kafka_t *self)
+{
+    char err[512];
+    /*  The actor's state is the handle's opaque: the rebalance callback
+        runs on the actor's thread inside rd_kafka_consumer_poll.  */
+    self->consumer.cfg = self;
+    self->consumer.backoff_ms = S_BACKOFF_MIN;
+    rd_kafka_conf_set_opaque (self->conf, &self->consumer);
+    rd_kafka_conf_set_rebalance_cb (self->conf, s_rebalance);
+    rd_kafka_t *rk = rd_kafka_new (RD_KAFKA_CONSUMER, self->conf, err,
+                                   sizeof err);
+    if (!rk) {
+        log_error ("kafka consumer refused pool=%s: %s", self->pool, err);
+        return -1;
+    }
+    self->conf = NULL;
+    rd_kafka_poll_set_consumer (rk);
+    self->rk = rk;
+    self->consumer.rk = rk;
+    self->actor = zactor_new (s_consumer, self);
+    assert (self->actor);
+    return 0;
+}
+
+void
+worker_kafka_stop (worker_kafka_t *self)
+{
+    if (self->stopping || !self->actor)
+        return;
+    self->stopping = true;
+    zstr_send (self->actor, "$TERM");
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+int
+worker_kafka_config_test (bool verbose)
+{
+    static const char yaml[]
+        = "pools:\n"
+          "  ev:\n"
+          "    operations:\n"
+          "      insert_event: {sql: SELECT $1::text, params: [kind:text],"
+          " result: exec}\n"
+          "    kafka:\n"
+          "      properties: [bootstrap.servers=127.0.0.1:1]\n"
+          "      topics:\n"
+          "        - {topic: ferry.demo.events, operation: insert_event}\n"
+          "        - {topic: ce, format: cloudevents,"
+          " operation: insert_event}\n"
+          "  g:\n"
+          "    kafka:\n"
+          "      group: mine\n"
+          "      properties: [auto.offset.reset=latest]\n"
+          "      topics: [{topic: t, operation: insert_event}]\n"
+          "  noop:\n"
+          "    kafka:\n"
+          "      topics: [{topic: t, operation: nope}]\n"
+          "  fmt:\n"
+          "    kafka:\n"
+          "      topics: [{topic: t, format: xml, operation: insert_event}]\n"
+          "  none:\n"
+          "    kafka: {}\n"
+          "  twice:\n"
+          "    kafka:\n"
+          "      topics: [{topic: t, operation: insert_event},"
+          " {topic: t, operation: insert_event}]\n"
+          "  prop:\n"
+          "    kafka:\n"
+          "      properties: [no.such.thing=1]\n"
+          "      topics: [{topic: t, operation: insert_event}]\n";
+    char err[256];
+    ferry_config_t *config
+        = ferry_config_parse (yaml, strlen (yaml), "k.yaml", err, sizeof err);
+    FERRY_CHECK (config);
+    worker_ops_t *ops = worker_ops_new (
+        config, ferry_config_node (config, NULL, "pools.ev.operations"));
+    FERRY_CHECK (ops);
+
+    worker_kafka_t *k = worker_kafka_new (
+        config, ferry_config_node (config, NULL, "pools.ev.kafka"), "ev", ops,
+        "");
+    FERRY_CHECK (k);
+    FERRY_CHECK (strcmp (k->group, "ferry.ev") == 0);
+    FERRY_CHECK (k->ntopics == 2);
+    FERRY_CHECK (k->topics[0].format == S_FORMAT_JSON);
+    FERRY_CHECK (k->topics[1].format == S_FORMAT_CLOUDEVENTS);
+    FERRY_CHECK (strcmp (k->topics[0].op->name, "insert_event") == 0);
+    char v[64];
+    size_t vlen = sizeof v;
+    FERRY_CHECK (rd_kafka_conf_get (k->conf, "enable.auto.offset.store", v,
+                                    &vlen) == RD_KAFKA_CONF_OK
+                 && strcmp (v, "false") == 0);
+    vlen = sizeof v;
+    FERRY_CHECK (rd_kafka_conf_get (k->conf, "partition.assignment.strategy",
+                                    v, &vlen) == RD_KAFKA_CONF_OK
+                 && strcmp (v, "cooperative-sticky") == 0);
+    vlen = sizeof v;
+    FERRY_CHECK (rd_kafka_conf_get (k->conf, "group.id", v, &vlen)
+                     == RD_KAFKA_CONF_OK
+                 && strcmp (v, "ferry.ev") == 0);
+    vlen = sizeof v;
+    FERRY_CHECK (rd_kafka_conf_get (k->conf, "auto.offset.reset", v, &vlen)
+                     == RD_KAFKA_CONF_OK
+                 && strcmp (v, "smallest") == 0); /* its alias */
+    worker_kafka_destroy (&k);
+    worker_kafka_destroy (&k);
+
+    k = worker_kafka_new (config,
+                          ferry_config_node (config, NULL, "pools.g.kafka"),
+                          "g", ops, "");
+    FERRY_CHECK (k);
+    FERRY_CHECK (strcmp (k->group, "mine") == 0);
+    vlen = sizeof v;
+    FERRY_CHECK (rd_kafka_conf_get (k->conf, "auto.offset.reset", v, &vlen)
+                     == RD_KAFKA_CONF_OK
+                 && strcmp (v, "largest") == 0);
+    worker_kafka_destroy (&k);
+
+    static const struct {
+        const char *pool, *line, *words;
+    } bad[] = {
+        {"noop", "k.yaml:17", "no operation named 'nope'"},
+        {"fmt", "k.yaml:20", "json or cloudevents"},
+        {"none", "k.yaml:22", "missing topics"},
+        {"twice", "k.yaml:25", "listed twice"},
+        {"prop", "k.yaml:28", "no.such.thing"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char path[64];
+        snprintf (path, sizeof path, "pools.%s.kafka", bad[i].pool);
+        k = worker_kafka_new (config, ferry_config_node (config, NULL, path),
+                              bad[i].pool, ops, "");
+        FERRY_CHECK (!k);
+        if (verbose)
+            printf ("# %s\n", ferry_config_error (config));
+        FERRY_CHECK (strstr (ferry_config_error (config), bad[i].words));
+        if (!strstr (ferry_config_error (config), bad[i].line))
+            printf ("# want %s\n", bad[i].line);
+        FERRY_CHECK (strstr (ferry_config_error (config), bad[i].line));
+    }
+    worker_ops_destroy (&ops);
+    ferry_config_destroy (&config);
+    return 0;
+}
