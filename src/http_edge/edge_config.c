@@ -7,7 +7,9 @@
 
 #include "ferry.h"
 #include "edge_config.h"
+#include "kafka.h"
 
+#include <ctype.h>
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +111,97 @@ s_load_query (ferry_config_t *config, const ferry_cnode_t *rnode,
     return 0;
 }
 
+/*  Reads a route's `transport` (zmq | kafka) and, for Kafka, `topic` and
+    `key`.  Returns 0 or -1 (message set).  */
+static int
+s_load_transport (ferry_config_t *config, const ferry_cnode_t *rnode,
+                  edge_route_t *route, edge_settings_t *self)
+{
+    const char *transport, *topic, *key;
+    if (ferry_config_str (config, rnode, "transport", "zmq", &transport) != 0
+        || ferry_config_str (config, rnode, "topic", NULL, &topic) != 0
+        || ferry_config_str (config, rnode, "key", NULL, &key) != 0)
+        return -1;
+    if (strcmp (transport, "zmq") == 0) {
+        if (topic || key)
+            return ferry_config_fail (
+                config, ferry_config_node (config, rnode, topic ? "topic"
+                                                                : "key"),
+                "only a route with transport: kafka has a %s",
+                topic ? "topic" : "key");
+        return 0;
+    }
+    if (!strcmp (transport, "kafka") == 0)
+        return ferry_config_fail (
+            config, ferry_config_node (config, rnode, "transport"),
+            "unknown transport '%s' (zmq, kafka)", transport);
+    char err[320];
+    if (edge_route_set_kafka (route, topic, key, err, sizeof err) != 0)
+        return ferry_config_fail (
+            config, ferry_config_node (config, rnode, topic && !key ? "topic"
+                                                     : key ? "key"
+                                                           : "transport"),
+            "%s", err);
+    self->kafka = true;
+    if (edge_route_timeout_ms (route) > self->max_timeout_ms)
+        self->max_timeout_ms = edge_route_timeout_ms (route);
+    return 0;
+}
+
+/*  The default reply topic, stable per instance so that a restart reuses
+    it rather than leaving topics behind: "ferry.replies.HOST.PORT", the
+    host name reduced to the characters a topic name allows.  */
+static char *
+s_default_reply_topic (const edge_settings_t *self)
+{
+    char host[128] = "localhost";
+    if (gethostname (host, sizeof host) != 0)
+        strcpy (host, "localhost");
+    host[sizeof host - 1] = '\0';
+    for (char *c = host; *c; c++)
+        if (!isalnum ((unsigned char) *c) && *c != '-' && *c != '.')
+            *c = '_';
+    const char *port = strrchr (self->listen, ':');
+    char topic[192];
+    snprintf (topic, sizeof topic, "ferry.replies.%s.%s", host,
+              port ? port + 1 : "0");
+    return ferry_strdup (topic);
+}
+
+/*  Reads `edge.kafka`: the librdkafka properties (kafka.h) and the reply
+    topic.  Returns 0 or -1 (message set).  */
+static int
+s_load_kafka (ferry_config_t *config, edge_settings_t *self)
+{
+    const ferry_cnode_t *section = ferry_config_node (config, NULL,
+                                                      "edge.kafka");
+    if (section && ferry_cnode_type (section) != FERRY_CNODE_MAP)
+        return ferry_config_fail (config, section, "expected a map");
+    const char *reply_topic = NULL;
+    if (section
+        && ferry_config_str (config, section, "reply_topic", NULL,
+                             &reply_topic)
+               != 0)
+        return -1;
+    char err[512];
+    self->kafka_conf = ferry_kafka_conf_new (config, section, err,
+                                             sizeof err);
+    if (!self->kafka_conf)
+        return -1;
+    if (reply_topic) {
+        if (strlen (reply_topic) > 249 || strspn (reply_topic,
+                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                "0123456789._-") != strlen (reply_topic) || !*reply_topic)
+            return ferry_config_fail (
+                config, ferry_config_node (config, section, "reply_topic"),
+                "'%s' is not a Kafka topic name", reply_topic);
+        self->reply_topic = ferry_strdup (reply_topic);
+    }
+    else
+        self->reply_topic = s_default_reply_topic (self);
+    return 0;
+}
+
 static int
 s_load_routes (ferry_config_t *config, edge_settings_t *self,
                int64_t default_timeout, uint64_t default_max_body)
@@ -150,7 +243,8 @@ s_load_routes (ferry_config_t *config, edge_settings_t *self,
         if (!route)
             return ferry_config_fail (
                 config, ferry_config_node (config, r, "route"), "%s", err);
-        if (s_load_query (config, r, route) != 0)
+        if (s_load_query (config, r, route) != 0
+            || s_load_transport (config, r, route, self) != 0)
             return -1;
         s_service_note (self, service);
     }
@@ -234,7 +328,8 @@ edge_settings_load (ferry_config_t *config)
     self->max_header_total = (size_t) max_total;
     self->max_header_count = (size_t) max_count;
     self->liveness = liveness;
-    if (s_load_routes (config, self, default_timeout, default_max_body) != 0)
+    if (s_load_routes (config, self, default_timeout, default_max_body) != 0
+        || s_load_kafka (config, self) != 0)
         goto fail;
     return self;
 fail:
@@ -254,6 +349,9 @@ edge_settings_destroy (edge_settings_t **self_p)
     for (size_t i = 0; i < self->nservices; i++)
         free (self->services[i]);
     free (self->services);
+    if (self->kafka_conf)
+        rd_kafka_conf_destroy (self->kafka_conf);
+    free (self->reply_topic);
     free (self);
     *self_p = NULL;
 }
@@ -320,6 +418,9 @@ edge_config_test (bool verbose)
     FERRY_CHECK (s->nservices == 2);
     FERRY_CHECK (strcmp (s->services[0], "app") == 0);
     FERRY_CHECK (strcmp (s->services[1], "reports") == 0);
+    FERRY_CHECK (!s->kafka);
+    FERRY_CHECK (strncmp (s->reply_topic, "ferry.replies.", 14) == 0);
+    FERRY_CHECK (strstr (s->reply_topic, ".23001"));
     const edge_route_t *r = edge_routes_at (s->routes, 0);
     FERRY_CHECK (edge_route_timeout_ms (r) == 2000);
     FERRY_CHECK (edge_route_max_body (r) == 1024 * 1024);
@@ -334,6 +435,37 @@ edge_config_test (bool verbose)
     FERRY_CHECK (edge_route_pack_args (&m, NULL, NULL, &buf, err, sizeof err)
                  == 400);
     msgpack_sbuffer_destroy (&buf);
+    edge_settings_destroy (&s);
+
+    const char *kafka = "edge:\n"
+                        "  kafka:\n"
+                        "    properties: [bootstrap.servers=127.0.0.1:1]\n"
+                        "    reply_topic: edge-1.replies\n"
+                        "  routes:\n"
+                        "    - route: GET /users/{id:int}\n"
+                        "      service: app\n"
+                        "      operation: get_user\n"
+                        "      transport: kafka\n"
+                        "      key: id\n"
+                        "      timeout: 7s\n"
+                        "    - route: POST /users\n"
+                        "      service: app\n"
+                        "      operation: create_user\n"
+                        "      transport: kafka\n"
+                        "      topic: users.in\n";
+    s = s_load_text (kafka, err, sizeof err);
+    if (!s)
+        fprintf (stderr, "# %s\n", err);
+    FERRY_CHECK (s);
+    FERRY_CHECK (s->kafka && s->kafka_conf && s->max_timeout_ms == 7000);
+    FERRY_CHECK (strcmp (s->reply_topic, "edge-1.replies") == 0);
+    r = edge_routes_at (s->routes, 0);
+    FERRY_CHECK (edge_route_transport (r) == EDGE_TRANSPORT_KAFKA);
+    FERRY_CHECK (strcmp (edge_route_topic (r), "ferry.app.requests") == 0);
+    FERRY_CHECK (strcmp (edge_route_key (r), "id") == 0);
+    r = edge_routes_at (s->routes, 1);
+    FERRY_CHECK (strcmp (edge_route_topic (r), "users.in") == 0);
+    FERRY_CHECK (!edge_route_key (r));
     edge_settings_destroy (&s);
 
     /*  Errors name the line and the key.  */
@@ -358,6 +490,23 @@ edge_config_test (bool verbose)
         {"edge:\n  routes:\n    - route: GET /x\n      service: a\n"
          "      operation: b\n      timout: 1s\n",
          "timout"},
+        {"edge:\n  routes:\n    - route: GET /x\n      service: a\n"
+         "      operation: b\n      transport: amqp\n",
+         "test.yaml:6: edge.routes[0].transport: unknown transport 'amqp'"},
+        {"edge:\n  routes:\n    - route: GET /x\n      service: a\n"
+         "      operation: b\n      topic: t\n",
+         "only a route with transport: kafka has a topic"},
+        {"edge:\n  routes:\n    - route: GET /x/{id}\n      service: a\n"
+         "      operation: b\n      transport: kafka\n      key: nope\n",
+         "edge.routes[0].key: key 'nope' is not a path or query parameter"},
+        {"edge:\n  routes:\n    - route: GET /x\n      service: a\n"
+         "      operation: b\n      transport: kafka\n      topic: a/b\n",
+         "edge.routes[0].topic: 'a/b' is not a Kafka topic name"},
+        {"edge:\n  kafka:\n    properties: [no.such.thing=1]\n",
+         "no.such.thing"},
+        {"edge:\n  kafka:\n    reply_topic: \"r t\"\n",
+         "edge.kafka.reply_topic: 'r t' is not a Kafka topic name"},
+        {"edge:\n  kafka:\n    reply_topc: x\n", "reply_topc"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "edge_routes.h"
 
+#include <librdkafka/rdkafka.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -32,6 +33,11 @@ typedef struct {
     edge_routes_t *routes;
     char **services;                  /* distinct services the routes use */
     size_t nservices;
+    /*  Kafka (edge.kafka), used when a route says transport: kafka.  */
+    bool kafka;                       /* some route uses Kafka */
+    rd_kafka_conf_t *kafka_conf;      /* edge.kafka.properties, a template */
+    char *reply_topic;                /* this instance's reply topic */
+    int64_t max_timeout_ms;           /* longest Kafka route timeout */
 } edge_settings_t;
 
 /*  Reads the settings.  Returns a new record the caller owns, or NULL with

@@ -210,6 +210,8 @@ edge_request_encode (const edge_request_info_t *info, msgpack_sbuffer *out,
     ferry_envelope_set_created (env, info->created_ms);
     ferry_envelope_set_deadline (env, info->deadline_ms);
     ferry_envelope_set_attempt (env, 1);
+    if (info->reply_to)
+        ferry_envelope_set_reply_to (env, info->reply_to);
     int rc = ferry_envelope_set_args_raw (env, info->args, info->args_len,
                                           err, errlen);
     if (rc == 0 && info->body)

@@ -70,6 +70,7 @@ typedef struct {
     size_t body_len;
     uint64_t created_ms;  /* wall clock */
     uint64_t deadline_ms; /* wall clock */
+    const char *reply_to; /* Kafka reply topic; NULL over ZeroMQ */
 } edge_request_info_t;
 
 /*  Encodes a request envelope into out.  Returns 0, or -1 with a reason.  */

@@ -45,6 +45,9 @@ struct _edge_route_t {
     uint64_t max_body;
     size_t nquery;    /* declared query parameters */
     s_query_t *query;
+    edge_transport_t transport;
+    char *topic;      /* Kafka request topic */
+    char *key;        /* parameter keying Kafka messages, or NULL */
 };
 
 struct _edge_routes_t {
@@ -97,6 +100,8 @@ s_route_destroy (edge_route_t **self_p)
     for (size_t i = 0; i < self->nquery; i++)
         free (self->query[i].name);
     free (self->query);
+    free (self->topic);
+    free (self->key);
     free (self);
     *self_p = NULL;
 }
@@ -647,6 +652,98 @@ edge_route_retryable (const edge_route_t *self)
     return strcmp (self->method, "GET") == 0;
 }
 
+edge_transport_t
+edge_route_transport (const edge_route_t *self)
+{
+    return self->transport;
+}
+
+const char *
+edge_route_topic (const edge_route_t *self)
+{
+    return self->topic;
+}
+
+const char *
+edge_route_key (const edge_route_t *self)
+{
+    return self->key;
+}
+
+/*  Kafka's own rule for topic names: [A-Za-z0-9._-], 1 to 249 bytes.  */
+static bool
+s_topic_valid (const char *s)
+{
+    size_t len = strlen (s);
+    if (len == 0 || len > 249)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum ((unsigned char) s[i]) && !strchr ("._-", s[i]))
+            return false;
+    return true;
+}
+
+int
+edge_route_set_kafka (edge_route_t *route, const char *topic,
+                      const char *key, char *err, size_t errlen)
+{
+    char fallback[FERRY_NAME_MAX + 32];
+    if (!topic) {
+        snprintf (fallback, sizeof fallback, "ferry.%s.requests",
+                  route->service);
+        topic = fallback;
+    }
+    if (!s_topic_valid (topic)) {
+        snprintf (err, errlen,
+                  "'%s' is not a Kafka topic name ([A-Za-z0-9._-], 1 to "
+                  "249 characters)", topic);
+        return -1;
+    }
+    if (key) {
+        bool found = false;
+        for (size_t i = 0; i < route->nsegs && !found; i++)
+            found = route->segs[i].name
+                    && strcmp (route->segs[i].name, key) == 0;
+        for (size_t i = 0; i < route->nquery && !found; i++)
+            found = strcmp (route->query[i].name, key) == 0;
+        if (!found) {
+            snprintf (err, errlen,
+                      "key '%s' is not a path or query parameter of the "
+                      "route", key);
+            return -1;
+        }
+    }
+    route->transport = EDGE_TRANSPORT_KAFKA;
+    free (route->topic);
+    route->topic = ferry_strdup (topic);
+    free (route->key);
+    route->key = key ? ferry_strdup (key) : NULL;
+    return 0;
+}
+
+const char *
+edge_route_key_value (const edge_match_t *m, edge_query_fn *query, void *ctx,
+                      size_t *len)
+{
+    const edge_route_t *route = m->route;
+    if (!route->key)
+        return NULL;
+    size_t p = 0;
+    for (size_t i = 0; i < route->nsegs; i++) {
+        if (!route->segs[i].name)
+            continue;
+        if (strcmp (route->segs[i].name, route->key) == 0 && p < m->nparams) {
+            *len = m->params[p].len;
+            return m->params[p].value;
+        }
+        p++;
+    }
+    const char *value = query ? query (ctx, route->key) : NULL;
+    if (value)
+        *len = strlen (value);
+    return value;
+}
+
 /* ---- tests --------------------------------------------------------------- */
 
 static edge_route_t *
@@ -917,6 +1014,60 @@ edge_routes_args_test (bool verbose)
     FERRY_CHECK (s_unpack (&buf, &u, 0));
     msgpack_unpacked_destroy (&u);
     msgpack_sbuffer_destroy (&buf);
+    edge_routes_destroy (&t);
+    return 0;
+}
+
+int
+edge_routes_kafka_test (bool verbose)
+{
+    if (verbose)
+        printf ("# Kafka routes: default and custom topic, message key\n");
+    edge_routes_t *t = edge_routes_new ();
+    char err[256];
+    edge_route_t *z = s_add (t, "GET /z/{id:int}");
+    edge_route_t *a = s_add (t, "GET /a/{id:int}/{name}");
+    edge_route_t *b = s_add (t, "POST /b");
+    FERRY_CHECK (z && a && b);
+    FERRY_CHECK (edge_route_transport (z) == EDGE_TRANSPORT_ZMQ);
+    FERRY_CHECK (!edge_route_topic (z));
+
+    FERRY_CHECK (edge_route_set_kafka (a, NULL, "name", err, sizeof err)
+                 == 0);
+    FERRY_CHECK (edge_route_transport (a) == EDGE_TRANSPORT_KAFKA);
+    FERRY_CHECK (strcmp (edge_route_topic (a), "ferry.app.requests") == 0);
+    FERRY_CHECK (strcmp (edge_route_key (a), "name") == 0);
+
+    /*  A bad topic or an unknown key leaves the route as it was.  */
+    FERRY_CHECK (edge_route_set_kafka (b, "bad topic", NULL, err, sizeof err)
+                 == -1);
+    FERRY_CHECK (strstr (err, "not a Kafka topic name"));
+    FERRY_CHECK (edge_route_set_kafka (b, NULL, "tenant", err, sizeof err)
+                 == -1);
+    FERRY_CHECK (strstr (err, "key 'tenant'"));
+    FERRY_CHECK (edge_route_transport (b) == EDGE_TRANSPORT_ZMQ);
+    FERRY_CHECK (edge_route_add_query (b, "tenant", EDGE_PARAM_STRING, false,
+                                       err, sizeof err)
+                 == 0);
+    FERRY_CHECK (edge_route_set_kafka (b, "orders.in", "tenant", err,
+                                       sizeof err)
+                 == 0);
+    FERRY_CHECK (strcmp (edge_route_topic (b), "orders.in") == 0);
+
+    /*  The key's value: a path parameter, a query parameter, or none.  */
+    edge_match_t m;
+    size_t len = 0;
+    FERRY_CHECK (edge_routes_match (t, "GET", "/a/7/bob", &m) == 200);
+    const char *v = edge_route_key_value (&m, NULL, NULL, &len);
+    FERRY_CHECK (v && len == 3 && memcmp (v, "bob", 3) == 0);
+    FERRY_CHECK (edge_routes_match (t, "POST", "/b", &m) == 200);
+    const char *q[] = {"tenant", "acme", NULL};
+    v = edge_route_key_value (&m, s_query_lookup, q, &len);
+    FERRY_CHECK (v && len == 4 && memcmp (v, "acme", 4) == 0);
+    const char *none[] = {NULL};
+    FERRY_CHECK (!edge_route_key_value (&m, s_query_lookup, none, &len));
+    FERRY_CHECK (edge_routes_match (t, "GET", "/z/1", &m) == 200);
+    FERRY_CHECK (!edge_route_key_value (&m, s_query_lookup, q, &len));
     edge_routes_destroy (&t);
     return 0;
 }

@@ -29,6 +29,11 @@ typedef enum {
 /*  Longest path parameter value the edge accepts (longer: no match).  */
 #define EDGE_MAX_PARAM_LEN 1024
 
+typedef enum {
+    EDGE_TRANSPORT_ZMQ = 0,  /* REQ to ferry-broker (the default) */
+    EDGE_TRANSPORT_KAFKA = 1 /* produced to a request topic */
+} edge_transport_t;
+
 typedef struct _edge_routes_t edge_routes_t;
 typedef struct _edge_route_t edge_route_t;
 
@@ -69,6 +74,14 @@ int edge_route_add_query (edge_route_t *route, const char *name,
                           edge_param_type_t type, bool required, char *err,
                           size_t errlen);
 
+/*  Sends the route's requests over Kafka to topic (NULL: the default
+    "ferry.<service>.requests"), keyed by the value of the path or declared
+    query parameter key (NULL: by correlation id).  Call after the query
+    parameters are declared.  Returns 0, or -1 with a reason when the topic
+    is not a valid Kafka topic name or key names no parameter.  */
+int edge_route_set_kafka (edge_route_t *route, const char *topic,
+                          const char *key, char *err, size_t errlen);
+
 size_t edge_routes_size (const edge_routes_t *self);
 const edge_route_t *edge_routes_at (const edge_routes_t *self, size_t i);
 
@@ -99,7 +112,19 @@ uint64_t edge_route_max_body (const edge_route_t *self);
 /*  GET routes are safe to redeliver: their requests carry the "r" flag.  */
 bool edge_route_retryable (const edge_route_t *self);
 
+edge_transport_t edge_route_transport (const edge_route_t *self);
+/*  The Kafka request topic (set for Kafka routes only).  */
+const char *edge_route_topic (const edge_route_t *self);
+/*  The parameter whose value keys Kafka messages; NULL: correlation id.  */
+const char *edge_route_key (const edge_route_t *self);
+/*  The key parameter's value in a match (path parameter, else the query
+    parameter through query), or NULL when the route has no key or the
+    request does not carry it.  */
+const char *edge_route_key_value (const edge_match_t *m, edge_query_fn *query,
+                                  void *ctx, size_t *len);
+
 int edge_routes_test (bool verbose);
+int edge_routes_kafka_test (bool verbose);
 int edge_routes_match_test (bool verbose);
 int edge_routes_args_test (bool verbose);
 

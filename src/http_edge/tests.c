@@ -11,6 +11,7 @@ const ferry_test_t edge_tests[] = {
     {"routes", edge_routes_test},
     {"routes_match", edge_routes_match_test},
     {"routes_args", edge_routes_args_test},
+    {"routes_kafka", edge_routes_kafka_test},
     {"http_head", edge_http_head_test},
     {"http_negotiation", edge_http_negotiation_test},
     {"http_problem", edge_http_problem_test},
