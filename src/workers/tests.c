@@ -6,6 +6,7 @@
 #include "worker_ops.h"
 #include "worker_pgerror.h"
 #include "worker_pool.h"
+#include "worker_reply.h"
 #include "worker_values.h"
 
 const ferry_test_t worker_tests[] = {
@@ -16,6 +17,7 @@ const ferry_test_t worker_tests[] = {
     {"ops_config", worker_ops_config_test},
     {"ops_bind", worker_ops_bind_test},
     {"pool_config", worker_pool_config_test},
+    {"reply", worker_reply_test},
     {"kafka_config", worker_kafka_config_test},
     {NULL, NULL},
 };

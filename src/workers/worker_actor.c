@@ -38,6 +38,7 @@
 #include "proto.h"
 #include "worker_actor.h"
 #include "worker_pgerror.h"
+#include "worker_reply.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -205,8 +206,6 @@ static void s_slot_result (s_actor_t *self, s_job_t *job,
                            const s_slot_t *slot, PGresult *r);
 static void s_segment_done (s_actor_t *self, s_job_t *job);
 static void s_plan (s_job_t *job, s_slot_kind_t kind, size_t step);
-static int s_pack_result (msgpack_packer *pk, const PGresult *r,
-                          worker_result_t mode);
 
 void
 worker_actor (zsock_t *pipe, void *args)
@@ -849,11 +848,7 @@ static void
 s_job_reply (s_actor_t *self, s_job_t *job, ferry_envelope_t **reply_p)
 {
     ferry_envelope_t *reply = *reply_p;
-    char tp[FERRY_TRACEPARENT_LEN + 1];
-    ferry_traceparent_continue (ferry_envelope_traceparent (job->request),
-                                tp);
-    ferry_envelope_set_header (reply, "traceparent", tp);
-    ferry_envelope_set_traceparent (reply, tp);
+    worker_reply_trace (job->request, reply);
     msgpack_sbuffer_clear (&self->out);
     if (ferry_envelope_encode (reply, &self->out) == 0)
         s_broker_send (self, FERRY_CMD_REP, job->msg_id, NULL, self->out.data,
@@ -873,8 +868,8 @@ s_job_problem (s_actor_t *self, s_job_t *job, unsigned status,
 {
     log_debug ("problem msg=%s status=%u actor=%s", job->msg_id, status,
                self->name);
-    ferry_envelope_t *reply = ferry_envelope_new_reply (job->request, status);
-    ferry_envelope_set_problem (reply, status, NULL, detail, sqlstate);
+    ferry_envelope_t *reply
+        = worker_reply_problem (job->request, status, detail, sqlstate);
     s_job_reply (self, job, &reply);
 }
 
@@ -899,10 +894,11 @@ s_job_complete (s_actor_t *self, s_job_t *job)
         }
         /*  The constraint name stays in our log: schema names are
             nobody's business outside.  */
-        char sqlstate[6];
-        memcpy (sqlstate, job->sqlstate, sizeof sqlstate);
-        s_job_problem (self, job, e.status, e.detail,
-                       e.show_sqlstate && sqlstate[0] ? sqlstate : NULL);
+        log_debug ("problem msg=%s sqlstate=%s actor=%s", job->msg_id,
+                   job->sqlstate, self->name);
+        ferry_envelope_t *reply
+            = worker_reply_failure (job->request, job->sqlstate);
+        s_job_reply (self, job, &reply);
         if (e.reconnect)
             s_pg_lost (self, "server error");
         return;
@@ -915,71 +911,9 @@ s_job_complete (s_actor_t *self, s_job_t *job)
                        NULL);
         return;
     }
-    const worker_step_t *last = &op->steps[op->nsteps - 1];
-    msgpack_sbuffer_clear (&self->body);
-    msgpack_packer pk;
-    msgpack_packer_init (&pk, &self->body, msgpack_sbuffer_write);
-    char err[128];
-    ferry_envelope_t *reply = NULL;
-    if (!job->last || s_pack_result (&pk, job->last, last->result)) {
-        log_error ("result not convertible msg=%s op=%s", job->msg_id,
-                   op->name);
-    }
-    else {
-        reply = ferry_envelope_new_reply (job->request, op->status);
-        if (ferry_envelope_set_body_raw (reply, self->body.data,
-                                         self->body.size, err, sizeof err)) {
-            log_warn ("result refused msg=%s op=%s reason=%s", job->msg_id,
-                      op->name, err);
-            ferry_envelope_destroy (&reply);
-        }
-    }
-    if (reply)
-        s_job_reply (self, job, &reply);
-    else
-        s_job_problem (self, job, 500, "the result could not be converted",
-                       NULL);
-}
-
-static int
-s_pack_row (msgpack_packer *pk, const PGresult *r, int row)
-{
-    int nf = PQnfields (r);
-    msgpack_pack_map (pk, (size_t) nf);
-    for (int c = 0; c < nf; c++) {
-        const char *name = PQfname (r, c);
-        msgpack_pack_str_with_body (pk, name, strlen (name));
-        if (worker_value_pack (pk, PQftype (r, c), PQgetvalue (r, row, c),
-                               (size_t) PQgetlength (r, row, c),
-                               PQgetisnull (r, row, c)))
-            return -1;
-    }
-    return 0;
-}
-
-/*  Body by result mode: one -> map, many -> array of maps, exec ->
-    {"affected": N}.  `one` takes the first row.  */
-static int
-s_pack_result (msgpack_packer *pk, const PGresult *r, worker_result_t mode)
-{
-    if (mode == WORKER_RESULT_EXEC) {
-        uint64_t n = 0;
-        const char *t = PQcmdTuples ((PGresult *) r);
-        if (t && *t && ferry_parse_uint64 (t, &n))
-            return -1;
-        msgpack_pack_map (pk, 1);
-        msgpack_pack_str_with_body (pk, "affected", 8);
-        msgpack_pack_uint64 (pk, n);
-        return 0;
-    }
-    if (mode == WORKER_RESULT_ONE)
-        return PQntuples (r) > 0 ? s_pack_row (pk, r, 0) : -1;
-    int n = PQntuples (r);
-    msgpack_pack_array (pk, (size_t) n);
-    for (int i = 0; i < n; i++)
-        if (s_pack_row (pk, r, i))
-            return -1;
-    return 0;
+    ferry_envelope_t *reply
+        = worker_reply_result (job->request, op, job->last, &self->body);
+    s_job_reply (self, job, &reply);
 }
 
 /* ---- PostgreSQL --------------------------------------------------------- */

@@ -21,14 +21,23 @@
     failure that is the message's fault (bad value, constraint), and a
     message that does not decode, is recorded in ferry.dead_letters in the
     same claiming transaction, so nothing is dropped silently and the
-    messages after it go on.  */
+    messages after it go on.
+
+    A topic of format `ferry` is a request topic: its values are ferry
+    envelopes that an edge produced, each naming its operation, and each
+    gets a reply envelope produced to the reply topic it names, through
+    the actor's own producer, after COMMIT and before the offset is
+    stored.  A request PostgreSQL already holds is skipped without a
+    reply: its first run replied.  */
 
 #include "ferry.h"
+#include "envelope.h"
 #include "json.h"
 #include "kafka.h"
 #include "log.h"
 #include "worker_kafka.h"
 #include "worker_pgerror.h"
+#include "worker_reply.h"
 
 #include <czmq.h>
 #include <inttypes.h>
@@ -38,12 +47,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { S_FORMAT_JSON, S_FORMAT_CLOUDEVENTS } s_format_t;
+typedef enum { S_FORMAT_JSON, S_FORMAT_CLOUDEVENTS, S_FORMAT_FERRY } s_format_t;
 
 typedef struct {
     char *name;
     s_format_t format;
-    const worker_op_t *op;
+    const worker_op_t *op;   /* NULL for ferry: each envelope names one */
 } s_topic_t;
 
 /*  The actor's state; lives in worker_kafka_t because librdkafka's
@@ -52,6 +61,9 @@ typedef struct {
     worker_kafka_t *cfg;
     rd_kafka_t *rk;
     PGconn *conn;
+    ferry_kafka_producer_t *producer; /* replies; from start */
+    msgpack_sbuffer body;    /* a reply's result, reused */
+    msgpack_sbuffer out;     /* an encoded reply, reused */
     int64_t backoff_ms;      /* next wait after a failure */
     bool terminated;
     zsock_t *pipe;
@@ -63,7 +75,9 @@ struct _worker_kafka_t {
     const char *conninfo;
     size_t ntopics;
     s_topic_t *topics;
+    const worker_ops_t *ops;
     rd_kafka_conf_t *conf;   /* until start */
+    rd_kafka_conf_t *pconf;  /* the producer's; each producer gets a copy */
     rd_kafka_t *rk;          /* from start; used by the actor only */
     zactor_t *actor;
     s_consumer_t consumer;   /* the actor's, from start */
@@ -99,6 +113,7 @@ worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
     worker_kafka_t *self = ferry_calloc (1, sizeof *self);
     self->pool = ferry_strdup (pool);
     self->conninfo = conninfo;
+    self->ops = ops;
     char dflt[128];
     snprintf (dflt, sizeof dflt, "ferry.%s", pool);
     const char *group;
@@ -148,10 +163,22 @@ worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
             self->topics[i].format = S_FORMAT_JSON;
         else if (strcmp (format, "cloudevents") == 0)
             self->topics[i].format = S_FORMAT_CLOUDEVENTS;
+        else if (strcmp (format, "ferry") == 0)
+            self->topics[i].format = S_FORMAT_FERRY;
         else {
             ferry_config_fail (config, ferry_config_node (config, t, "format"),
-                               "format is json or cloudevents");
+                               "format is json, cloudevents or ferry");
             goto fail;
+        }
+        if (self->topics[i].format == S_FORMAT_FERRY) {
+            if (op) {
+                ferry_config_fail (config,
+                                   ferry_config_node (config, t, "operation"),
+                                   "a ferry topic's envelopes name their "
+                                   "operation");
+                goto fail;
+            }
+            continue;
         }
         if (!op) {
             ferry_config_fail (config, t, "missing operation");
@@ -174,6 +201,7 @@ worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
     self->conf = ferry_kafka_conf_new (config, node, err, sizeof err);
     if (!self->conf)
         goto fail;
+    self->pconf = rd_kafka_conf_dup (self->conf);
     bool reset_given = false;
     const ferry_cnode_t *props = ferry_config_node (config, node,
                                                     "properties");
@@ -230,6 +258,10 @@ worker_kafka_destroy (worker_kafka_t **self_p)
         rd_kafka_destroy (self->rk);
     if (self->conf)
         rd_kafka_conf_destroy (self->conf);
+    if (self->pconf)
+        rd_kafka_conf_destroy (self->pconf);
+    /*  Only when the actor never ran: it destroys its own.  */
+    ferry_kafka_producer_destroy (&self->consumer.producer);
     for (size_t i = 0; self->topics && i < self->ntopics; i++)
         free (self->topics[i].name);
     free (self->topics);
@@ -549,11 +581,49 @@ s_failed (s_consumer_t *self, const char *sqlstate, char *err, size_t errlen,
     return S_DEAD;
 }
 
-/*  One attempt: BEGIN, claim, steps, COMMIT.  */
+/*  What an attempt leaves for a reply.  */
+typedef struct {
+    bool skipped;          /* PostgreSQL already held the offset */
+    PGresult *last;        /* S_DONE: the last step's result (owned) */
+    unsigned status;       /* S_DEAD: the problem's status */
+    char sqlstate[6];      /* S_DEAD by a failed statement, else "" */
+} s_result_t;
+
+static void
+s_result_clear (s_result_t *res)
+{
+    PQclear (res->last);
+    memset (res, 0, sizeof *res);
+}
+
+/*  Sets the open transaction's statement_timeout to the time left before
+    deadline (wall ms; 0 = none), at least 1 ms since 0 disables it.  */
+static bool
+s_set_timeout (PGconn *conn, uint64_t deadline, char *sqlstate)
+{
+    if (!deadline)
+        return true;
+    uint64_t now = ferry_wall_ms ();
+    char ms[32];
+    snprintf (ms, sizeof ms, "%" PRIu64, deadline > now ? deadline - now : 1);
+    const char *values[1] = {ms};
+    PGresult *r = PQexecParams (
+        conn, "SELECT set_config('statement_timeout', $1, true)", 1, NULL,
+        values, NULL, NULL, 0);
+    bool ok = PQresultStatus (r) == PGRES_TUPLES_OK;
+    const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+    snprintf (sqlstate, 6, "%s", code ? code : "");
+    PQclear (r);
+    return ok;
+}
+
+/*  One attempt: BEGIN, claim, statement timeout, steps, COMMIT.  On
+    S_DEAD err holds the reason and res the problem's status.  */
 static s_outcome_t
 s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
            const worker_op_t *op, const msgpack_object *args,
-           const msgpack_object *body, char *err, size_t errlen)
+           const msgpack_object *body, uint64_t deadline, s_result_t *res,
+           char *err, size_t errlen)
 {
     char sqlstate[6] = "";
     if (!s_exec (self->conn, "BEGIN"))
@@ -567,13 +637,17 @@ s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
                    "partition=%d offset=%" PRId64,
                    self->cfg->pool, rd_kafka_topic_name (m->rkt),
                    m->partition, m->offset);
+        res->skipped = true;
         return S_DONE;
     }
+    if (!s_set_timeout (self->conn, deadline, sqlstate))
+        return s_failed (self, sqlstate, err, errlen, "statement timeout");
     for (size_t s = 0; s < op->nsteps; s++) {
         const worker_step_t *st = &op->steps[s];
         char *values[st->nparams ? st->nparams : 1];
         if (worker_step_bind (st, args, body, values, err, errlen)) {
             (void) s_exec (self->conn, "ROLLBACK");
+            res->status = 422;
             return S_DEAD;
         }
         PGresult *r = PQexecParams (self->conn, st->sql, (int) st->nparams,
@@ -594,24 +668,60 @@ s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
             s_outcome_t o = s_failed (self, sqlstate, err, errlen, "step");
             if (self->conn)
                 snprintf (err, errlen, "%s", keep);
+            memcpy (res->sqlstate, sqlstate, sizeof sqlstate);
             return o;
         }
         bool none = st->result == WORKER_RESULT_ONE && PQntuples (r) == 0;
-        PQclear (r);
         if (none) {
+            PQclear (r);
             snprintf (err, errlen, "step %zu: %s", s + 1,
                       st->not_found_detail ? st->not_found_detail
                                            : "no such row");
             (void) s_exec (self->conn, "ROLLBACK");
+            res->status = st->not_found_status;
             return S_DEAD;
         }
+        if (s == op->nsteps - 1)
+            res->last = r;
+        else
+            PQclear (r);
     }
     PGresult *r = PQexec (self->conn, "COMMIT");
     ExecStatusType rs = PQresultStatus (r);
     const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
     snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
     PQclear (r);
-    if (rs != PGRES_COMMAND_OK)
+    if (rs != PGRES_COMMAND_OK) {
+        memcpy (res->sqlstate, sqlstate, sizeof sqlstate);
+        return s_failed (self, sqlstate, err, errlen, "COMMIT");
+    }
+    return S_DONE;
+}
+
+/*  Claims the offset of a request that is answered without running its
+    operation (expired, unknown operation, refused by the data) in a
+    transaction of its own, so that a redelivery is skipped.  */
+static s_outcome_t
+s_record (s_consumer_t *self, const rd_kafka_message_t *m, s_result_t *res,
+          char *err, size_t errlen)
+{
+    char sqlstate[6] = "";
+    if (!s_exec (self->conn, "BEGIN"))
+        return s_failed (self, "", err, errlen, "BEGIN");
+    int claimed = s_claim (self, m, sqlstate);
+    if (claimed < 0)
+        return s_failed (self, sqlstate, err, errlen, "offset claim");
+    if (claimed == 0) {
+        (void) s_exec (self->conn, "ROLLBACK");
+        res->skipped = true;
+        return S_DONE;
+    }
+    PGresult *r = PQexec (self->conn, "COMMIT");
+    bool ok = PQresultStatus (r) == PGRES_COMMAND_OK;
+    const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+    snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
+    PQclear (r);
+    if (!ok)
         return s_failed (self, sqlstate, err, errlen, "COMMIT");
     return S_DONE;
 }
@@ -671,6 +781,177 @@ s_dead_letter (s_consumer_t *self, const rd_kafka_message_t *m,
     return S_DONE;
 }
 
+/*  Reports a reply that could not be delivered: the edge answers 504 at
+    its deadline, and our log says why.  */
+static void
+s_delivered (void *opaque, rd_kafka_resp_err_t err, void *arg)
+{
+    char *msg_id = opaque;
+    s_consumer_t *self = arg;
+    if (err)
+        log_warn ("kafka reply not delivered pool=%s msg=%s: %s",
+                  self->cfg->pool, msg_id, rd_kafka_err2str (err));
+    free (msg_id);
+}
+
+/*  Builds the reply producer when there is none or the last one died of a
+    fatal error.  Returns 0 when a producer is there.  */
+static int
+s_producer_ensure (s_consumer_t *self)
+{
+    if (self->producer && !ferry_kafka_producer_fatal (self->producer))
+        return 0;
+    ferry_kafka_producer_destroy (&self->producer);
+    rd_kafka_conf_t *conf = rd_kafka_conf_dup (self->cfg->pconf);
+    char err[512];
+    self->producer = ferry_kafka_producer_new (&conf, s_delivered, self, err,
+                                               sizeof err);
+    if (!self->producer) {
+        log_error ("kafka reply producer refused pool=%s: %s",
+                   self->cfg->pool, err);
+        return -1;
+    }
+    return 0;
+}
+
+/*  Produces reply to the request's reply topic, with the request's id,
+    correlation id and our span in the headers the edge matches on.  A
+    failure is logged: the transaction committed, so nothing can be
+    redone, and the edge answers 504 at its deadline.  */
+static void
+s_reply (s_consumer_t *self, const ferry_envelope_t *request,
+         const char *reply_to, ferry_envelope_t **reply_p)
+{
+    ferry_envelope_t *reply = *reply_p;
+    const char *id = ferry_envelope_id (request);
+    const char *cid = ferry_envelope_cid (request);
+    worker_reply_trace (request, reply);
+    const char *tp = ferry_envelope_traceparent (reply);
+    msgpack_sbuffer_clear (&self->out);
+    if (ferry_envelope_encode (reply, &self->out)) {
+        log_error ("cannot encode reply msg=%s", id);
+        ferry_envelope_destroy (reply_p);
+        return;
+    }
+    ferry_kafka_header_t headers[3] = {
+        {"ferry-msg-id", id, strlen (id)},
+        {"traceparent", tp, strlen (tp)},
+        {"ferry-cid", cid, cid ? strlen (cid) : 0},
+    };
+    const char *key = cid ? cid : id;
+    char *opaque = ferry_strdup (id);
+    if (s_producer_ensure (self)
+        || ferry_kafka_producer_send (self->producer, reply_to, key,
+                                      strlen (key), self->out.data,
+                                      self->out.size, headers, cid ? 3 : 2,
+                                      opaque)) {
+        log_warn ("kafka reply not sent pool=%s msg=%s topic=%s: %s",
+                  self->cfg->pool, id, reply_to,
+                  self->producer ? rd_kafka_err2str (
+                      ferry_kafka_producer_last_error (self->producer))
+                                 : "no producer");
+        free (opaque);
+    }
+    ferry_envelope_destroy (reply_p);
+}
+
+/*  The reply topic: the envelope's, else the ferry-reply-to header.  */
+static const char *
+s_reply_topic (const rd_kafka_message_t *m, const ferry_envelope_t *request,
+               char *buf, size_t buflen)
+{
+    const char *to = ferry_envelope_reply_to (request);
+    if (to && *to)
+        return to;
+    rd_kafka_headers_t *hdrs;
+    const void *val;
+    size_t size;
+    if (rd_kafka_message_headers (m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR
+        && rd_kafka_header_get_last (hdrs, "ferry-reply-to", &val, &size)
+               == RD_KAFKA_RESP_ERR_NO_ERROR
+        && val && size > 0 && size < buflen) {
+        memcpy (buf, val, size);
+        buf[size] = '\0';
+        return buf;
+    }
+    return NULL;
+}
+
+/*  Handles one request envelope from a ferry topic: runs its operation
+    exactly once and replies, or dead-letters what cannot be a request.  */
+static s_outcome_t
+s_handle_request (s_consumer_t *self, const rd_kafka_message_t *m,
+                  char *err, size_t errlen)
+{
+    char reason[512];
+    char topic_buf[256];
+    const char *reply_to = NULL;
+    ferry_envelope_t *req = NULL;
+    if (!m->payload || m->len == 0)
+        snprintf (reason, sizeof reason, "empty value");
+    else
+        req = ferry_envelope_decode (m->payload, m->len, NULL, reason,
+                                     sizeof reason);
+    if (req && (ferry_envelope_kind (req) != FERRY_KIND_REQUEST
+                || !ferry_envelope_id (req)))
+        snprintf (reason, sizeof reason, "not a request envelope");
+    else if (req
+             && !(reply_to = s_reply_topic (m, req, topic_buf,
+                                            sizeof topic_buf)))
+        snprintf (reason, sizeof reason, "no reply topic");
+    if (!reply_to) {
+        const char *opname = req ? ferry_envelope_operation (req) : NULL;
+        s_outcome_t o = s_dead_letter (self, m, opname ? opname : "",
+                                       reason, err, errlen);
+        ferry_envelope_destroy (&req);
+        return o;
+    }
+    const char *id = ferry_envelope_id (req);
+    uint64_t deadline = ferry_envelope_deadline (req);
+    const worker_op_t *op
+        = worker_ops_find (self->cfg->ops, ferry_envelope_operation (req));
+    s_result_t res = {0};
+    s_outcome_t o;
+    const char *detail = reason;
+    if (!op) {
+        res.status = 404;
+        detail = "unknown operation";
+        o = s_record (self, m, &res, err, errlen);
+    } else if (deadline && ferry_wall_ms () >= deadline) {
+        res.status = 504;
+        detail = "the deadline passed before the worker started";
+        o = s_record (self, m, &res, err, errlen);
+    } else {
+        o = s_attempt (self, m, op, ferry_envelope_args (req),
+                       ferry_envelope_body (req), deadline, &res, reason,
+                       sizeof reason);
+        if (o == S_RETRY)
+            snprintf (err, errlen, "%s", reason);
+        else if (o == S_DEAD) {
+            /*  The request's own fault is its answer (a 404, a 409):
+                recorded as done, replied, not dead-lettered.  */
+            o = s_record (self, m, &res, err, errlen);
+        }
+    }
+    if (o == S_DONE && !res.skipped) {
+        ferry_envelope_t *reply;
+        if (res.status && res.sqlstate[0])
+            reply = worker_reply_failure (req, res.sqlstate);
+        else if (res.status)
+            reply = worker_reply_problem (req, res.status, detail, NULL);
+        else
+            reply = worker_reply_result (req, op, res.last, &self->body);
+        log_debug ("kafka request done pool=%s msg=%s status=%u",
+                   self->cfg->pool, id, ferry_envelope_status (reply));
+        s_reply (self, req, reply_to, &reply);
+    }
+    if (o == S_DEAD)
+        o = S_RETRY;        /* the claim itself failed on data: not ours */
+    s_result_clear (&res);
+    ferry_envelope_destroy (&req);
+    return o;
+}
+
 /*  Handles one message until it is done or must be retried.  */
 static s_outcome_t
 s_handle (s_consumer_t *self, const rd_kafka_message_t *m, char *err,
@@ -682,6 +963,8 @@ s_handle (s_consumer_t *self, const rd_kafka_message_t *m, char *err,
         snprintf (err, errlen, "topic not configured");
         return S_RETRY;
     }
+    if (topic->format == S_FORMAT_FERRY)
+        return s_handle_request (self, m, err, errlen);
     msgpack_sbuffer args, body;
     msgpack_sbuffer_init (&args);
     msgpack_sbuffer_init (&body);
@@ -693,8 +976,10 @@ s_handle (s_consumer_t *self, const rd_kafka_message_t *m, char *err,
         msgpack_unpacked a, b;
         s_unpack (&args, &a);
         s_unpack (&body, &b);
-        o = s_attempt (self, m, topic->op, &a.data, &b.data, reason,
+        s_result_t res = {0};
+        o = s_attempt (self, m, topic->op, &a.data, &b.data, 0, &res, reason,
                        sizeof reason);
+        s_result_clear (&res);
         msgpack_unpacked_destroy (&a);
         msgpack_unpacked_destroy (&b);
         if (o == S_RETRY)
@@ -779,6 +1064,8 @@ s_consumer (zsock_t *pipe, void *arg)
             s_backoff (self);
             continue;
         }
+        if (self->producer)
+            ferry_kafka_producer_poll (self->producer);
         rd_kafka_message_t *m = rd_kafka_consumer_poll (self->rk, 100);
         if (!m)
             continue;
@@ -810,6 +1097,10 @@ s_consumer (zsock_t *pipe, void *arg)
                   rd_kafka_err2str (rc));
     if (self->conn)
         PQfinish (self->conn);
+    /*  Flushes the replies still queued.  */
+    ferry_kafka_producer_destroy (&self->producer);
+    msgpack_sbuffer_destroy (&self->body);
+    msgpack_sbuffer_destroy (&self->out);
     log_info ("kafka consumer stopped pool=%s", cfg->pool);
 }
 
@@ -821,6 +1112,13 @@ worker_kafka_start (worker_kafka_t *self)
         runs on the actor's thread inside rd_kafka_consumer_poll.  */
     self->consumer.cfg = self;
     self->consumer.backoff_ms = S_BACKOFF_MIN;
+    msgpack_sbuffer_init (&self->consumer.body);
+    msgpack_sbuffer_init (&self->consumer.out);
+    bool requests = false;
+    for (size_t i = 0; i < self->ntopics; i++)
+        requests = requests || self->topics[i].format == S_FORMAT_FERRY;
+    if (requests && s_producer_ensure (&self->consumer))
+        return -1;
     rd_kafka_conf_set_opaque (self->conf, &self->consumer);
     rd_kafka_conf_set_rebalance_cb (self->conf, s_rebalance);
     rd_kafka_t *rk = rd_kafka_new (RD_KAFKA_CONSUMER, self->conf, err,
@@ -884,7 +1182,14 @@ worker_kafka_config_test (bool verbose)
           "  prop:\n"
           "    kafka:\n"
           "      properties: [no.such.thing=1]\n"
-          "      topics: [{topic: t, operation: insert_event}]\n";
+          "      topics: [{topic: t, operation: insert_event}]\n"
+          "  req:\n"
+          "    kafka:\n"
+          "      topics: [{topic: ferry.app.requests, format: ferry}]\n"
+          "  reqop:\n"
+          "    kafka:\n"
+          "      topics: [{topic: r, format: ferry,"
+          " operation: insert_event}]\n";
     char err[256];
     ferry_config_t *config
         = ferry_config_parse (yaml, strlen (yaml), "k.yaml", err, sizeof err);
@@ -933,14 +1238,24 @@ worker_kafka_config_test (bool verbose)
                  && strcmp (v, "largest") == 0);
     worker_kafka_destroy (&k);
 
+    /*  A request topic: the operation comes from each envelope.  */
+    k = worker_kafka_new (config,
+                          ferry_config_node (config, NULL, "pools.req.kafka"),
+                          "req", ops, "");
+    FERRY_CHECK (k);
+    FERRY_CHECK (k->topics[0].format == S_FORMAT_FERRY && !k->topics[0].op);
+    FERRY_CHECK (k->pconf);
+    worker_kafka_destroy (&k);
+
     static const struct {
         const char *pool, *line, *words;
     } bad[] = {
         {"noop", "k.yaml:17", "no operation named 'nope'"},
-        {"fmt", "k.yaml:20", "json or cloudevents"},
+        {"fmt", "k.yaml:20", "json, cloudevents or ferry"},
         {"none", "k.yaml:22", "missing topics"},
         {"twice", "k.yaml:25", "listed twice"},
         {"prop", "k.yaml:28", "no.such.thing"},
+        {"reqop", "k.yaml:35", "name their operation"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char path[64];
