@@ -246,7 +246,9 @@ s_load_routes (ferry_config_t *config, edge_settings_t *self,
         if (s_load_query (config, r, route) != 0
             || s_load_transport (config, r, route, self) != 0)
             return -1;
-        s_service_note (self, service);
+        /*  /readyz asks the broker for workers of ZeroMQ services only.  */
+        if (edge_route_transport (route) == EDGE_TRANSPORT_ZMQ)
+            s_service_note (self, service);
     }
     return 0;
 }

@@ -27,6 +27,7 @@
 #include "proto.h"
 #include "edge_http.h"
 #include "edge_loop.h"
+#include "kafka.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -74,6 +75,8 @@ typedef struct s_req_t {
     char msg_id[FERRY_ID_LEN + 1];
     char traceparent[FERRY_TRACEPARENT_LEN + 1];
     char *idempotency_key;       /* NULL when absent */
+    char *kafka_key;             /* Kafka message key; NULL: the cid */
+    size_t kafka_key_len;
     edge_ct_t ctype;             /* request Content-Type */
     bool want_msgpack;           /* Accept prefers msgpack */
     char *body;                  /* accumulated body */
@@ -114,6 +117,11 @@ struct _edge_loop_t {
     int64_t drain_deadline;
     bool drained_sent;
     bool terminated;
+    /*  Kafka routes: this loop's own producer (kafka.h: one thread owns a
+        producer) and the PULL socket the reply consumer feeds.  */
+    edge_kafka_t *kafka;              /* shared; NULL without Kafka */
+    ferry_kafka_producer_t *producer;
+    zsock_t *replies;
 };
 
 /* ---- deadline heap ---------------------------------------------------------
@@ -246,6 +254,7 @@ s_req_destroy (s_req_t **req_p)
     s_unpark (self, req);
     self->active--;
     free (req->idempotency_key);
+    free (req->kafka_key);
     free (req->body);
     edge_output_clear (&req->out);
     if (self->nspare < S_SPARE_MAX) {
@@ -363,6 +372,11 @@ s_readyz (edge_loop_t *self, s_req_t *req)
     json_t *body = json_pack ("{s:s, s:b, s:o}", "status",
                               ready ? "ready" : "not ready", "broker",
                               broker, "missing_workers", missing);
+    /*  Kafka's state is reported, not required: ZeroMQ routes serve
+        without it and Kafka routes answer 503 at once while it is away.  */
+    if (self->kafka)
+        json_object_set_new (body, "kafka",
+                             json_boolean (edge_kafka_ready (self->kafka)));
     edge_output_clear (&req->out);
     req->out.status = ready ? 200 : 503;
     req->out.body = json_dumps (body, JSON_COMPACT);
@@ -440,6 +454,15 @@ s_begin (edge_loop_t *self, s_req_t *req, const char *url,
         s_fail (req, 400, err);
         return;
     }
+    size_t key_len = 0;
+    const char *key_value = edge_route_key_value (&match, s_query_value,
+                                                  req->conn, &key_len);
+    if (key_value) {
+        req->kafka_key = ferry_malloc (key_len + 1);
+        memcpy (req->kafka_key, key_value, key_len);
+        req->kafka_key[key_len] = '\0';
+        req->kafka_key_len = key_len;
+    }
     const char *length = s_header (req, MHD_HTTP_HEADER_CONTENT_LENGTH);
     uint64_t declared = 0;
     if (length && ferry_parse_uint64 (length, &declared) == 0
@@ -498,6 +521,115 @@ s_send (edge_loop_t *self, s_req_t *req, const msgpack_sbuffer *payload)
     return 0;
 }
 
+/* ---- Kafka routes ----------------------------------------------------------
+    A Kafka request is parked like a ZeroMQ one.  Its delivery report comes
+    back to s_on_delivery on this thread (the producer's fd is in the
+    loop's epoll set): a failure answers 503 at once if the request still
+    waits; success needs nothing, the reply or the deadline ends it.  The
+    report's opaque is a copy of the msg id, not the request, because a
+    request may end (and its record be reused) before its report.  */
+
+static void
+s_on_delivery (void *opaque, rd_kafka_resp_err_t err, void *arg)
+{
+    edge_loop_t *self = arg;
+    char *msg_id = opaque;
+    s_req_t *req = err ? zhashx_lookup (self->pending, msg_id) : NULL;
+    if (req) {
+        char detail[160];
+        snprintf (detail, sizeof detail,
+                  "the request could not be delivered to Kafka: %s",
+                  rd_kafka_err2str (err));
+        log_warn ("kafka delivery failed id=%s msg_id=%s reason=\"%s\"",
+                  req->request_id, msg_id, rd_kafka_err2str (err));
+        edge_output_problem (&req->out, 503, detail, req->request_id);
+        strcpy (req->out.retry_after, "1");
+        s_answer_parked (self, req);
+    }
+    free (msg_id);
+}
+
+static int
+s_producer_start (edge_loop_t *self)
+{
+    char err[512];
+    rd_kafka_conf_t *conf = edge_kafka_producer_conf (self->kafka);
+    self->producer = ferry_kafka_producer_new (&conf, s_on_delivery, self,
+                                               err, sizeof err);
+    if (!self->producer) {
+        log_error ("loop=%zu kafka producer: %s", self->index, err);
+        return -1;
+    }
+    struct epoll_event ev = {
+        .events = EPOLLIN,
+        .data = {.fd = ferry_kafka_producer_fd (self->producer)}};
+    if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, ev.data.fd, &ev) != 0) {
+        log_error ("loop=%zu epoll: %s", self->index, strerror (errno));
+        ferry_kafka_producer_destroy (&self->producer);
+        return -1;
+    }
+    return 0;
+}
+
+/*  A fatal error (broken idempotence sequence, fenced producer id) leaves
+    a producer that only fails: replace it.  Destroying it reports what it
+    still held, so those requests are answered 503 now.  */
+static void
+s_producer_rebuild (edge_loop_t *self)
+{
+    log_warn ("loop=%zu rebuilding the kafka producer after a fatal error",
+              self->index);
+    ferry_kafka_producer_set_flush_timeout (self->producer, 0);
+    ferry_kafka_producer_destroy (&self->producer);
+    if (s_producer_start (self) != 0)
+        log_error ("loop=%zu kafka routes answer 503 until restart",
+                   self->index);
+}
+
+static void
+s_producer_poll (edge_loop_t *self)
+{
+    if (!self->producer)
+        return;
+    ferry_kafka_producer_poll (self->producer);
+    if (ferry_kafka_producer_fatal (self->producer))
+        s_producer_rebuild (self);
+}
+
+/*  Produces req's envelope to its route's topic.  Returns 0, or -1 with
+    req answered 503 (queue full, fatal error: nothing waits in vain).  */
+static int
+s_kafka_send (edge_loop_t *self, s_req_t *req,
+              const msgpack_sbuffer *payload)
+{
+    const char *reply_topic = self->settings->reply_topic;
+    ferry_kafka_header_t headers[] = {
+        {"ferry-cid", req->request_id, strlen (req->request_id)},
+        {"traceparent", req->traceparent, strlen (req->traceparent)},
+        {"ferry-reply-to", reply_topic, strlen (reply_topic)},
+        {"ferry-msg-id", req->msg_id, FERRY_ID_LEN},
+    };
+    const char *key = req->kafka_key ? req->kafka_key : req->request_id;
+    size_t key_len = req->kafka_key ? req->kafka_key_len
+                                    : strlen (req->request_id);
+    char *opaque = ferry_strdup (req->msg_id);
+    if (ferry_kafka_producer_send (self->producer,
+                                   edge_route_topic (req->route), key,
+                                   key_len, payload->data, payload->size,
+                                   headers, 4, opaque)
+        == 0)
+        return 0;
+    free (opaque);
+    rd_kafka_resp_err_t err = ferry_kafka_producer_last_error (self->producer);
+    char detail[160];
+    snprintf (detail, sizeof detail, "Kafka refused the request: %s",
+              rd_kafka_err2str (err));
+    s_fail (req, 503, detail);
+    if (err == RD_KAFKA_RESP_ERR__FATAL)
+        s_producer_rebuild (self);
+    return -1;
+}
+
 /*  The last handler call of a request in S_BODY: the body is complete.  */
 static void
 s_dispatch (edge_loop_t *self, s_req_t *req)
@@ -522,7 +654,17 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
         strcpy (req->out.retry_after, "1");
         return;
     }
-    ferry_id_generate (req->msg_id);
+    bool kafka = edge_route_transport (route) == EDGE_TRANSPORT_KAFKA;
+    if (kafka && !(self->producer && edge_kafka_ready (self->kafka))) {
+        msgpack_sbuffer_destroy (&body);
+        s_fail (req, 503, "Kafka is not reachable");
+        strcpy (req->out.retry_after, "1");
+        return;
+    }
+    if (kafka)
+        edge_kafka_msg_id (req->msg_id, self->index);
+    else
+        ferry_id_generate (req->msg_id);
     int64_t timeout = edge_route_timeout_ms (route);
     uint64_t now = ferry_wall_ms ();
     req->deadline_wall = now + (uint64_t) timeout;
@@ -540,6 +682,7 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
         .body_len = body.size,
         .created_ms = now,
         .deadline_ms = req->deadline_wall,
+        .reply_to = kafka ? self->settings->reply_topic : NULL,
     };
     msgpack_sbuffer *payload = &self->payload;
     s_buffer_reuse (payload);
@@ -551,9 +694,11 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
         s_fail (req, 500, "the request could not be encoded");
         return;
     }
-    rc = s_send (self, req, payload);
-    if (rc != 0) {
+    if (kafka)
+        rc = s_kafka_send (self, req, payload);
+    else if ((rc = s_send (self, req, payload)) != 0)
         s_fail (req, 503, "the broker is not reachable");
+    if (rc != 0) {
         strcpy (req->out.retry_after, "1");
         return;
     }
@@ -661,6 +806,44 @@ s_frame_is (zmq_msg_t *frame, const char *text)
            && memcmp (zmq_msg_data (frame), text, len) == 0;
 }
 
+/*  A reply (an envelope) for msg id id (FERRY_ID_LEN characters), from
+    the broker or from the Kafka reply consumer: answers the request it
+    names, or drops it when that request is gone.  */
+static void
+s_reply (edge_loop_t *self, const void *id, const void *data, size_t size)
+{
+    char msg_id[FERRY_ID_LEN + 1];
+    memcpy (msg_id, id, FERRY_ID_LEN);
+    msg_id[FERRY_ID_LEN] = '\0';
+    s_req_t *req = zhashx_lookup (self->pending, msg_id);
+    if (!req) {
+        log_debug ("late reply dropped msg_id=%s", msg_id);
+        return;
+    }
+    char err[256];
+    ferry_limits_t limits = ferry_limits_default;
+    limits.max_frame = FERRY_MAX_MESSAGE_DEFAULT;
+    if (limits.max_string < limits.max_frame)
+        limits.max_string = limits.max_frame;
+    ferry_envelope_t *reply
+        = ferry_envelope_decode (data, size, &limits, err, sizeof err);
+    if (!reply) {
+        log_warn ("bad reply id=%s msg_id=%s reason=\"%s\"", req->request_id,
+                  msg_id, err);
+        edge_output_problem (&req->out, 502, "the reply could not be decoded",
+                             req->request_id);
+    }
+    else {
+        if (edge_output_reply (&req->out, reply, req->request_id,
+                               req->want_msgpack)
+            != 0)
+            log_warn ("reply not shown id=%s msg_id=%s", req->request_id,
+                      msg_id);
+        ferry_envelope_destroy (&reply);
+    }
+    s_answer_parked (self, req);
+}
+
 /*  Handles one message from the broker (frames after the signature).  */
 static void
 s_broker_message (edge_loop_t *self, zmq_msg_t *frames, size_t count)
@@ -684,38 +867,8 @@ s_broker_message (edge_loop_t *self, zmq_msg_t *frames, size_t count)
                   self->index, count);
         return;
     }
-    char msg_id[FERRY_ID_LEN + 1];
-    memcpy (msg_id, zmq_msg_data (&frames[2]), FERRY_ID_LEN);
-    msg_id[FERRY_ID_LEN] = '\0';
-    s_req_t *req = zhashx_lookup (self->pending, msg_id);
-    if (!req) {
-        log_debug ("late reply dropped msg_id=%s", msg_id);
-        return;
-    }
-    char err[256];
-    ferry_limits_t limits = ferry_limits_default;
-    limits.max_frame = FERRY_MAX_MESSAGE_DEFAULT;
-    if (limits.max_string < limits.max_frame)
-        limits.max_string = limits.max_frame;
-    ferry_envelope_t *reply
-        = ferry_envelope_decode (zmq_msg_data (&frames[3]),
-                                 zmq_msg_size (&frames[3]), &limits, err,
-                                 sizeof err);
-    if (!reply) {
-        log_warn ("bad reply id=%s msg_id=%s reason=\"%s\"", req->request_id,
-                  msg_id, err);
-        edge_output_problem (&req->out, 502, "the reply could not be decoded",
-                             req->request_id);
-    }
-    else {
-        if (edge_output_reply (&req->out, reply, req->request_id,
-                               req->want_msgpack)
-            != 0)
-            log_warn ("reply not shown id=%s msg_id=%s", req->request_id,
-                      msg_id);
-        ferry_envelope_destroy (&reply);
-    }
-    s_answer_parked (self, req);
+    s_reply (self, zmq_msg_data (&frames[2]), zmq_msg_data (&frames[3]),
+             zmq_msg_size (&frames[3]));
 }
 
 /*  Reads everything the DEALER holds, until a receive says EAGAIN.  That
@@ -771,6 +924,31 @@ s_dealer_drain (edge_loop_t *self)
     }
 }
 
+/*  Reads every reply the Kafka consumer forwarded: [msg_id][envelope].
+    Like the DEALER, until EAGAIN, which re-arms the socket's ZMQ_FD.  */
+static void
+s_replies_drain (edge_loop_t *self)
+{
+    void *s = zsock_resolve (self->replies);
+    for (;;) {
+        zmq_msg_t id, env;
+        zmq_msg_init (&id);
+        if (zmq_msg_recv (&id, s, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close (&id);
+            return;
+        }
+        zmq_msg_init (&env);
+        /*  The consumer always sends both parts (ZeroMQ delivers all
+            parts or none) and checked the id's length.  */
+        if (zmq_msg_more (&id) && zmq_msg_recv (&env, s, ZMQ_DONTWAIT) >= 0
+            && zmq_msg_size (&id) == FERRY_ID_LEN)
+            s_reply (self, zmq_msg_data (&id), zmq_msg_data (&env),
+                     zmq_msg_size (&env));
+        zmq_msg_close (&id);
+        zmq_msg_close (&env);
+    }
+}
+
 static void
 s_heartbeat (edge_loop_t *self, int64_t now)
 {
@@ -823,6 +1001,7 @@ s_loop_new (zsock_t *pipe, const edge_loop_args_t *args)
     self->pipe = pipe;
     self->settings = args->settings;
     self->index = args->index;
+    self->kafka = args->kafka;
     self->epoll_fd = -1;
     self->pending = zhashx_new ();
     /*  Keys are the requests' own msg_id buffers, alive while parked.  */
@@ -846,6 +1025,10 @@ s_loop_destroy (edge_loop_t **self_p)
         MHD_run (self->daemon);
         MHD_stop_daemon (self->daemon);
     }
+    /*  Shutdown flushes: every message still queued is delivered or
+        reported (its request was answered by s_abandon_all already).  */
+    ferry_kafka_producer_destroy (&self->producer);
+    zsock_destroy (&self->replies);
     zsock_destroy (&self->dealer);
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
@@ -931,6 +1114,23 @@ s_start (edge_loop_t *self)
         log_error ("loop=%zu epoll: %s", self->index, strerror (errno));
         return -1;
     }
+    if (self->kafka) {
+        char endpoint[128];
+        edge_kafka_endpoint (self->kafka, self->index, endpoint,
+                             sizeof endpoint);
+        self->replies = zsock_new (ZMQ_PULL);
+        if (!self->replies) {
+            log_error ("loop=%zu cannot create the reply socket", self->index);
+            return -1;
+        }
+        zsock_set_rcvhwm (self->replies, (int) st->max_inflight + 64);
+        if (zsock_bind (self->replies, "%s", endpoint) != 0
+            || s_epoll_add (self, zsock_fd (self->replies))
+            || s_producer_start (self) != 0) {
+            log_error ("loop=%zu cannot start the Kafka side", self->index);
+            return -1;
+        }
+    }
     self->next_heartbeat = 0;
     return 0;
 }
@@ -987,10 +1187,14 @@ s_timeout (edge_loop_t *self, int64_t now)
 /*  One round: read what the broker sent, expire, heartbeat, and let MHD
     handle its sockets once, which may send new requests.  */
 static void
-s_work (edge_loop_t *self, bool dealer_ready)
+s_work (edge_loop_t *self, bool dealer_ready, bool kafka_ready)
 {
     if (dealer_ready || self->dealer_sent)
         s_dealer_drain (self);
+    if (kafka_ready) {
+        s_replies_drain (self);
+        s_producer_poll (self);
+    }
     int64_t now = ferry_mono_ms ();
     s_expire (self, now);
     s_heartbeat (self, now);
@@ -1000,7 +1204,7 @@ s_work (edge_loop_t *self, bool dealer_ready)
 static void
 s_run (edge_loop_t *self)
 {
-    struct epoll_event events[4];
+    struct epoll_event events[6];
     int dealer_fd = zsock_fd (self->dealer), pipe_fd = zsock_fd (self->pipe);
     self->pipe_sent = true; /* START was answered on it */
     while (!self->terminated) {
@@ -1023,18 +1227,23 @@ s_run (edge_loop_t *self)
         int timeout = s_timeout (self, ferry_mono_ms ());
         if (self->pipe_sent || self->dealer_sent)
             timeout = 0;
-        int n = epoll_wait (self->epoll_fd, events, 4, timeout);
+        int n = epoll_wait (self->epoll_fd, events, 6, timeout);
         if (n < 0 && errno != EINTR) {
             log_error ("loop=%zu epoll_wait: %s", self->index,
                        strerror (errno));
             break;
         }
         bool dealer_ready = false, pipe_ready = self->pipe_sent;
+        /*  The reply socket and the producer are cheap to check, so any
+            of their fds (or MHD's) firing serves both.  */
+        bool kafka_ready = false;
         for (int i = 0; i < n; i++) {
             if (events[i].data.fd == dealer_fd)
                 dealer_ready = true;
             else if (events[i].data.fd == pipe_fd)
                 pipe_ready = true;
+            else if (self->kafka)
+                kafka_ready = true;
         }
         if (pipe_ready) {
             /*  s_pipe_command reads until ZMQ_EVENTS says no more, which
@@ -1044,7 +1253,7 @@ s_run (edge_loop_t *self)
             if (self->terminated)
                 break;
         }
-        s_work (self, dealer_ready);
+        s_work (self, dealer_ready, kafka_ready);
     }
 }
 
@@ -1273,7 +1482,7 @@ edge_loop_test (bool verbose)
     FERRY_CHECK (edge_routes_add (st.routes, "GET /slow", "app", "slow", 200,
                                   1024, err, sizeof err));
 
-    edge_loop_args_t args = {&st, 0};
+    edge_loop_args_t args = {&st, 0, NULL};
     zactor_t *loop = zactor_new (edge_loop_actor, &args);
     zstr_send (loop, "START");
     FERRY_CHECK (zsock_wait (loop) == 0);

@@ -16,12 +16,14 @@
 #define EDGE_LOOP_H_INCLUDED
 
 #include "edge_config.h"
+#include "edge_kafka.h"
 
 #include <czmq.h>
 
 typedef struct {
     const edge_settings_t *settings; /* shared, read-only */
     size_t index;                    /* 0-based, for logs */
+    edge_kafka_t *kafka;             /* NULL without Kafka routes */
 } edge_loop_args_t;
 
 /*  The actor function: zactor_new (edge_loop_actor, &args).  args must

@@ -86,12 +86,20 @@ main (int argc, char **argv)
     zsys_init ();
     zsys_set_logstream (NULL);
 
+    /*  The Kafka reply consumer starts first so that it is connected to
+        every loop's reply socket; it never waits for Kafka itself.  */
+    edge_kafka_t *kafka = NULL;
+    if (settings->kafka && !(kafka = edge_kafka_new (settings))) {
+        edge_settings_destroy (&settings);
+        ferry_config_destroy (&config);
+        return 1;
+    }
     size_t count = settings->loops;
     zactor_t **loops = ferry_calloc (count, sizeof *loops);
     edge_loop_args_t *args = ferry_calloc (count, sizeof *args);
     int status = 0;
     for (size_t i = 0; i < count; i++) {
-        args[i] = (edge_loop_args_t) {settings, i};
+        args[i] = (edge_loop_args_t) {settings, i, kafka};
         loops[i] = zactor_new (edge_loop_actor, &args[i]);
         zstr_send (loops[i], "START");
         if (zsock_wait (loops[i]) != 0) {
@@ -114,6 +122,7 @@ main (int argc, char **argv)
         zactor_destroy (&loops[i]);
     free (loops);
     free (args);
+    edge_kafka_destroy (&kafka);
     if (status == 0)
         log_info ("stopped");
     else

@@ -4,6 +4,7 @@
 #include "ferry.h"
 #include "edge_config.h"
 #include "edge_http.h"
+#include "edge_kafka.h"
 #include "edge_loop.h"
 #include "edge_routes.h"
 
@@ -19,6 +20,7 @@ const ferry_test_t edge_tests[] = {
     {"http_envelope", edge_http_envelope_test},
     {"http_json", edge_http_json_test},
     {"edge_config", edge_config_test},
+    {"edge_kafka", edge_kafka_test},
     {"edge_loop", edge_loop_test},
     {NULL, NULL},
 };
