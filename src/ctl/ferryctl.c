@@ -10,16 +10,27 @@
     rather than silently ignored.  A session advisory lock serialises two
     ferryctl processes migrating the same database at once.
 
+    `dlq list` and `dlq replay` read a Kafka dead-letter topic that a
+    worker's consumer fills (docs/kafka.md, "Dead letters").  They read with
+    a plain consumer assigned to every partition from its beginning to the
+    high watermark seen at start: no group join and no commit, so looking
+    at a dead-letter topic changes nothing, and the read ends.  Replay
+    produces through ferry's idempotent producer (kafka.h) and waits for
+    every delivery report before it says what it replayed.
+
     Exit codes: 0 success, 1 failure, 2 usage error.  */
 
 #include "ferry.h"
+#include "kafka.h"
 #include "log.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <poll.h>
 #include <libpq-fe.h>
 #include <stdlib.h>
+#include <inttypes.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -59,6 +70,17 @@ static const char *s_usage =
     "        CONNINFO: a libpq connection string or URI; by default the\n"
     "        PG* environment variables (PGHOST, PGPORT, PGDATABASE, ...).\n"
     "        DIR: default $FERRY_SQLDIR, else " FERRY_SQLDIR ".\n"
+    "  dlq list TOPIC [--bootstrap HOST:PORT] [--property NAME=VALUE ...]\n"
+    "                 [--limit N]\n"
+    "        Print the messages of a dead-letter topic: partition, offset,\n"
+    "        key, the ferry-* headers and a preview of the value.\n"
+    "  dlq replay TOPIC [--offset N] [--partition P] [--bootstrap ...]\n"
+    "                   [--property ...]\n"
+    "        Produce the dead letters (all, or those at offset N) back to\n"
+    "        their ferry-original-topic, without the ferry-error,\n"
+    "        ferry-attempts and ferry-original-* headers.\n"
+    "        --property: any librdkafka property (security.protocol, ...);\n"
+    "        --bootstrap H:P is bootstrap.servers (default 127.0.0.1:9092).\n"
     "  help  Print this help.\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n";
@@ -449,6 +471,418 @@ s_cmd_migrate (int argc, char **argv)
     return rc == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
+/* ---- dlq ----------------------------------------------------------------- */
+
+/*  How long a dlq command waits for the cluster (metadata, watermarks,
+    messages, delivery reports) before it gives up.  */
+#define DLQ_TIMEOUT_MS 30000
+
+/*  Bytes of a value that `dlq list` prints.  */
+#define DLQ_PREVIEW 120
+
+/*  The headers a worker adds to a dead letter; replay drops them.  */
+static bool
+s_dlq_header (const char *name)
+{
+    return strcmp (name, "ferry-error") == 0
+           || strcmp (name, "ferry-attempts") == 0
+           || strncmp (name, "ferry-original-", 15) == 0;
+}
+
+/*  Prints size bytes of data on one line: printable ASCII as is, the rest
+    as '.', cut at max with "...".  */
+static void
+s_preview (const void *data, size_t size, size_t max)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < size && i < max; i++)
+        putchar (p[i] >= 0x20 && p[i] < 0x7f ? p[i] : '.');
+    if (size > max)
+        fputs ("...", stdout);
+}
+
+/*  A header's value as a string (NULL when absent or too long).  */
+static const char *
+s_header (const rd_kafka_message_t *m, const char *name, char *buf,
+          size_t buflen)
+{
+    rd_kafka_headers_t *hdrs;
+    const void *val;
+    size_t size;
+    if (rd_kafka_message_headers (m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR
+        || rd_kafka_header_get_last (hdrs, name, &val, &size)
+               != RD_KAFKA_RESP_ERR_NO_ERROR
+        || !val || size >= buflen)
+        return NULL;
+    memcpy (buf, val, size);
+    buf[size] = '\0';
+    return buf;
+}
+
+/*  A configuration from --bootstrap and the --property items.  Returns
+    NULL after printing why.  */
+static rd_kafka_conf_t *
+s_dlq_conf (const char *bootstrap, char **props, size_t nprops)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new ();
+    char err[512];
+    if (rd_kafka_conf_set (conf, "bootstrap.servers", bootstrap, err,
+                           sizeof err) != RD_KAFKA_CONF_OK)
+        goto fail;
+    for (size_t i = 0; i < nprops; i++) {
+        char *eq = strchr (props[i], '=');
+        if (!eq) {
+            snprintf (err, sizeof err, "--property %s: expected NAME=VALUE",
+                      props[i]);
+            goto fail;
+        }
+        *eq = '\0';
+        rd_kafka_conf_res_t rc = rd_kafka_conf_set (conf, props[i], eq + 1,
+                                                    err, sizeof err);
+        *eq = '=';
+        if (rc != RD_KAFKA_CONF_OK)
+            goto fail;
+    }
+    return conf;
+fail:
+    fprintf (stderr, "ferryctl dlq: %s\n", err);
+    rd_kafka_conf_destroy (conf);
+    return NULL;
+}
+
+/*  The delivery reports of a replay.  */
+typedef struct {
+    int pending;
+    int failed;
+} dlq_replay_t;
+
+static void
+s_dlq_delivered (void *opaque, rd_kafka_resp_err_t err, void *arg)
+{
+    dlq_replay_t *state = arg;
+    char *what = opaque;
+    state->pending--;
+    if (err) {
+        state->failed++;
+        fprintf (stderr, "ferryctl dlq replay: %s not delivered: %s\n", what,
+                 rd_kafka_err2str (err));
+    } else
+        printf ("replayed %s\n", what);
+    free (what);
+}
+
+/*  Produces one dead letter back to its original topic.  Returns 0 when
+    queued.  */
+static int
+s_dlq_replay_one (ferry_kafka_producer_t *producer, dlq_replay_t *state,
+                  const rd_kafka_message_t *m)
+{
+    char topic[256];
+    if (!s_header (m, "ferry-original-topic", topic, sizeof topic)) {
+        fprintf (stderr, "ferryctl dlq replay: partition %" PRId32
+                 " offset %" PRId64 " has no ferry-original-topic header\n",
+                 m->partition, m->offset);
+        return -1;
+    }
+    rd_kafka_headers_t *hdrs = NULL;
+    size_t n = 0;
+    if (rd_kafka_message_headers (m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        n = rd_kafka_header_cnt (hdrs);
+    ferry_kafka_header_t *h = ferry_calloc (n ? n : 1, sizeof *h);
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        const void *val;
+        size_t size;
+        if (!rd_kafka_header_get_all (hdrs, i, &name, &val, &size)
+            && !s_dlq_header (name))
+            h[count++] = (ferry_kafka_header_t) {name, val, size};
+    }
+    char what[400];
+    snprintf (what, sizeof what, "partition=%" PRId32 " offset=%" PRId64
+              " to %s", m->partition, m->offset, topic);
+    char *opaque = ferry_strdup (what);
+    int rc = ferry_kafka_producer_send (producer, topic, m->key, m->key_len,
+                                        m->payload, m->len, h, count, opaque);
+    free (h);
+    if (rc) {
+        fprintf (stderr, "ferryctl dlq replay: %s not sent: %s\n", what,
+                 rd_kafka_err2str (ferry_kafka_producer_last_error (producer)));
+        free (opaque);
+        return -1;
+    }
+    state->pending++;
+    return 0;
+}
+
+static void
+s_dlq_print (const rd_kafka_message_t *m)
+{
+    printf ("partition=%" PRId32 " offset=%" PRId64 " key=", m->partition,
+            m->offset);
+    if (m->key)
+        s_preview (m->key, m->key_len, DLQ_PREVIEW);
+    else
+        fputs ("(null)", stdout);
+    putchar ('\n');
+    rd_kafka_headers_t *hdrs;
+    if (rd_kafka_message_headers (m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        const char *name;
+        const void *val;
+        size_t size;
+        for (size_t i = 0;
+             !rd_kafka_header_get_all (hdrs, i, &name, &val, &size); i++)
+            if (strncmp (name, "ferry-", 6) == 0) {
+                printf ("  %s: ", name);
+                s_preview (val, val ? size : 0, DLQ_PREVIEW);
+                putchar ('\n');
+            }
+    }
+    printf ("  value: ");
+    s_preview (m->payload, m->payload ? m->len : 0, DLQ_PREVIEW);
+    printf ("\n");
+}
+
+/*  Reads topic from the beginning to the high watermarks seen at start;
+    lists (replay false) or replays each message that matches (offset and
+    partition, -1 = any), at most limit (0 = no limit).  Returns an exit
+    status.  */
+static int
+s_dlq_run (rd_kafka_conf_t *conf, rd_kafka_conf_t *pconf, const char *topic,
+           bool replay, int64_t offset, int64_t partition, int64_t limit)
+{
+    char err[512];
+    int status = EXIT_FAILURE;
+    ferry_kafka_producer_t *producer = NULL;
+    dlq_replay_t state = {0, 0};
+    /*  A group id that is never joined: assign() needs none, but the
+        offset APIs of some librdkafka versions want one.  */
+    rd_kafka_conf_set (conf, "group.id", "ferryctl-dlq", err, sizeof err);
+    rd_kafka_conf_set (conf, "enable.auto.commit", "false", err, sizeof err);
+    rd_kafka_conf_set (conf, "enable.partition.eof", "false", err,
+                       sizeof err);
+    rd_kafka_t *rk = rd_kafka_new (RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (!rk) {
+        fprintf (stderr, "ferryctl dlq: %s\n", err);
+        rd_kafka_conf_destroy (conf);
+        rd_kafka_conf_destroy (pconf);
+        return EXIT_FAILURE;
+    }
+    rd_kafka_poll_set_consumer (rk);
+    if (replay) {
+        producer = ferry_kafka_producer_new (&pconf, s_dlq_delivered, &state,
+                                             err, sizeof err);
+        if (!producer) {
+            fprintf (stderr, "ferryctl dlq replay: %s\n", err);
+            goto done;
+        }
+    } else
+        rd_kafka_conf_destroy (pconf);
+    pconf = NULL;
+
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new (rk, topic, NULL);
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_resp_err_t rc = rd_kafka_metadata (rk, 0, rkt, &md,
+                                                DLQ_TIMEOUT_MS);
+    rd_kafka_topic_destroy (rkt);
+    if (rc || md->topic_cnt != 1 || md->topics[0].err) {
+        fprintf (stderr, "ferryctl dlq: topic %s: %s\n", topic,
+                 rd_kafka_err2str (rc ? rc : md->topics[0].err));
+        if (md)
+            rd_kafka_metadata_destroy (md);
+        goto done;
+    }
+    int nparts = md->topics[0].partition_cnt;
+    int64_t *high = ferry_calloc ((size_t) nparts + 1, sizeof *high);
+    rd_kafka_topic_partition_list_t *parts
+        = rd_kafka_topic_partition_list_new (nparts);
+    int open = 0;       /* partitions not read to their high mark yet */
+    for (int i = 0; i < nparts; i++) {
+        int32_t id = md->topics[0].partitions[i].id;
+        int64_t low;
+        if (partition >= 0 && id != partition)
+            continue;
+        rc = rd_kafka_query_watermark_offsets (rk, topic, id, &low, &high[i],
+                                               DLQ_TIMEOUT_MS);
+        if (rc) {
+            fprintf (stderr, "ferryctl dlq: %s [%d]: %s\n", topic, id,
+                     rd_kafka_err2str (rc));
+            rd_kafka_topic_partition_list_destroy (parts);
+            rd_kafka_metadata_destroy (md);
+            free (high);
+            goto done;
+        }
+        /*  Only partitions that hold what is asked: a fetch past the
+            end would wait for a message that never comes.  */
+        if (high[i] > low
+            && (offset < 0 || (offset >= low && offset < high[i]))) {
+            rd_kafka_topic_partition_list_add (parts, topic, id)->offset
+                = offset >= 0 ? offset : low;
+            open++;
+        }
+    }
+    int64_t found = 0;
+    int64_t t0 = ferry_mono_ms ();
+    bool failed = false;
+    rc = open ? rd_kafka_assign (rk, parts) : RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (rc) {
+        fprintf (stderr, "ferryctl dlq: assign: %s\n", rd_kafka_err2str (rc));
+        failed = true;
+        open = 0;
+    }
+    while (open > 0 && (!limit || found < limit)) {
+        if (ferry_mono_ms () - t0 > DLQ_TIMEOUT_MS) {
+            fprintf (stderr, "ferryctl dlq: %s not read to its end within "
+                     "%d s\n", topic, DLQ_TIMEOUT_MS / 1000);
+            failed = true;
+            break;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll (rk, 200);
+        if (!m)
+            continue;
+        if (m->err) {
+            fprintf (stderr, "ferryctl dlq: %s\n", rd_kafka_message_errstr (m));
+            rd_kafka_message_destroy (m);
+            failed = true;
+            break;
+        }
+        int idx = -1;
+        for (int i = 0; i < nparts; i++)
+            if (md->topics[0].partitions[i].id == m->partition)
+                idx = i;
+        bool last = idx >= 0 && m->offset + 1 >= high[idx];
+        if (offset < 0 || m->offset == offset) {
+            found++;
+            if (!replay)
+                s_dlq_print (m);
+            else if (s_dlq_replay_one (producer, &state, m))
+                failed = true;
+        }
+        /*  A partition is done at its high mark, or past the one offset
+            asked for.  */
+        if (last || (offset >= 0 && m->offset >= offset)) {
+            rd_kafka_topic_partition_list_t *one
+                = rd_kafka_topic_partition_list_new (1);
+            rd_kafka_topic_partition_list_add (one, topic, m->partition);
+            rd_kafka_pause_partitions (rk, one);
+            rd_kafka_topic_partition_list_destroy (one);
+            open--;
+        }
+        rd_kafka_message_destroy (m);
+    }
+    rd_kafka_topic_partition_list_destroy (parts);
+    rd_kafka_metadata_destroy (md);
+    free (high);
+    while (producer && state.pending > 0
+           && ferry_mono_ms () - t0 < 2 * DLQ_TIMEOUT_MS) {
+        struct pollfd pfd = {ferry_kafka_producer_fd (producer), POLLIN, 0};
+        poll (&pfd, 1, 100);
+        ferry_kafka_producer_poll (producer);
+    }
+    if (replay && offset >= 0 && found == 0) {
+        fprintf (stderr, "ferryctl dlq replay: no message at offset %" PRId64
+                 " in %s\n", offset, topic);
+        failed = true;
+    }
+    if (!replay && found == 0)
+        printf ("no dead letters in %s\n", topic);
+    status = failed ? EXIT_FAILURE : EXIT_SUCCESS;
+done:
+    /*  Reports anything still pending (as failed) before we judge.  */
+    ferry_kafka_producer_destroy (&producer);
+    if (state.failed)
+        status = EXIT_FAILURE;
+    if (pconf)
+        rd_kafka_conf_destroy (pconf);
+    rd_kafka_consumer_close (rk);
+    rd_kafka_destroy (rk);
+    return status;
+}
+
+static int
+s_cmd_dlq (int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"bootstrap", required_argument, NULL, 'b'},
+        {"property", required_argument, NULL, 'X'},
+        {"limit", required_argument, NULL, 'l'},
+        {"offset", required_argument, NULL, 'o'},
+        {"partition", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    if (argc < 2 || (strcmp (argv[1], "list") != 0
+                     && strcmp (argv[1], "replay") != 0)) {
+        fputs ("ferryctl dlq: expected 'list' or 'replay'\n"
+               "Try 'ferryctl --help'.\n", stderr);
+        return EXIT_USAGE;
+    }
+    bool replay = strcmp (argv[1], "replay") == 0;
+    argc--;
+    argv++;
+    const char *bootstrap = "127.0.0.1:9092";
+    char **props = ferry_calloc ((size_t) argc, sizeof *props);
+    size_t nprops = 0;
+    int64_t limit = 0, offset = -1, partition = -1;
+    int opt;
+    optind = 1;
+    argv[0] = (char *) (replay ? "ferryctl dlq replay" : "ferryctl dlq list");
+    int rc = -1;
+    while (rc < 0
+           && (opt = getopt_long (argc, argv, "", options, NULL)) != -1) {
+        int64_t *num = NULL;
+        switch (opt) {
+        case 'b':
+            bootstrap = optarg;
+            break;
+        case 'X':
+            props[nprops++] = optarg;
+            break;
+        case 'l':
+            num = &limit;
+            break;
+        case 'o':
+            num = &offset;
+            break;
+        case 'p':
+            num = &partition;
+            break;
+        case 'h':
+            fputs (s_usage, stdout);
+            rc = EXIT_SUCCESS;
+            break;
+        default:
+            fputs ("Try 'ferryctl --help'.\n", stderr);
+            rc = EXIT_USAGE;
+        }
+        if (num && (ferry_parse_int64 (optarg, num) || *num < 0)) {
+            fprintf (stderr, "%s: not a number: '%s'\n", argv[0], optarg);
+            rc = EXIT_USAGE;
+        }
+    }
+    if (rc < 0 && (optind != argc - 1 || !*argv[optind])) {
+        fprintf (stderr, "%s: expected one TOPIC\n", argv[0]);
+        rc = EXIT_USAGE;
+    }
+    if (rc < 0 && !replay && (offset >= 0 || partition >= 0)) {
+        fprintf (stderr, "%s: --offset and --partition are for replay\n",
+                 argv[0]);
+        rc = EXIT_USAGE;
+    }
+    if (rc < 0 && replay && limit) {
+        fprintf (stderr, "%s: --limit is for list\n", argv[0]);
+        rc = EXIT_USAGE;
+    }
+    if (rc < 0) {
+        rd_kafka_conf_t *conf = s_dlq_conf (bootstrap, props, nprops);
+        rd_kafka_conf_t *pconf = conf ? rd_kafka_conf_dup (conf) : NULL;
+        rc = !conf ? EXIT_USAGE
+                   : s_dlq_run (conf, pconf, argv[optind], replay, offset,
+                                partition, limit);
+    }
+    free (props);
+    return rc;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -469,6 +903,8 @@ main (int argc, char **argv)
     }
     if (strcmp (cmd, "migrate") == 0)
         return s_cmd_migrate (argc - 1, argv + 1);
+    if (strcmp (cmd, "dlq") == 0)
+        return s_cmd_dlq (argc - 1, argv + 1);
     fprintf (stderr, "ferryctl: unknown command '%s'\nTry 'ferryctl --help'.\n",
              cmd);
     return EXIT_USAGE;

@@ -17,11 +17,21 @@
     rebalance callback runs on the same thread, between messages, so
     partitions are never revoked under a transaction.  A retriable failure
     (connection lost, deadlock, serialization, any server-side 5xx class)
-    seeks the partition back to the message and retries after a backoff; a
-    failure that is the message's fault (bad value, constraint), and a
-    message that does not decode, is recorded in ferry.dead_letters in the
-    same claiming transaction, so nothing is dropped silently and the
-    messages after it go on.
+    pauses the partition, seeks it back to the message and resumes it when
+    its backoff (exponential, with jitter) has passed: the thread never
+    sleeps on one partition's failure, so the others go on meanwhile.
+    After the topic's `retries` the message is dead-lettered, like a
+    failure that is the message's fault (bad value, constraint) and a
+    message that does not decode, at once.
+
+    Dead-lettering is asynchronous for the same reason: the partition is
+    paused, the message is produced to the topic's dead-letter topic
+    (`<topic>.dlq`) with ferry-* headers saying why, and only once its
+    delivery report succeeded does one transaction claim the offset and
+    record the row in ferry.dead_letters.  Then the partition goes on past
+    it.  A failed delivery is produced again after a backoff: nothing is
+    dropped silently, and a crash in between at worst puts the message in
+    the dead-letter topic twice.
 
     A topic of format `ferry` is a request topic: its values are ferry
     envelopes that an edge produced, each naming its operation, and each
@@ -53,7 +63,42 @@ typedef struct {
     char *name;
     s_format_t format;
     const worker_op_t *op;   /* NULL for ferry: each envelope names one */
+    char *dlq;               /* dead-letter topic */
+    int64_t retries;         /* retries of a retriable failure before it */
 } s_topic_t;
+
+/*  Why a message failed: detail goes to ferry.dead_letters (operators'
+    table, may quote the server), text to the dead-letter topic's
+    ferry-error header (a fixed phrase and the SQLSTATE, never server text:
+    the topic may be read far more widely than the database).  */
+typedef struct {
+    char operation[128];
+    char text[96];
+    char detail[512];
+} s_fault_t;
+
+/*  What a paused partition waits for.  */
+typedef enum {
+    S_HOLD_BACKOFF,   /* a retry: resume at due */
+    S_HOLD_READY,     /* resumed: the message comes back for its retry */
+    S_HOLD_SENDING,   /* dead letter produced, delivery report pending */
+    S_HOLD_UNSENT,    /* its delivery failed: produce again at due */
+    S_HOLD_SENT,      /* delivered: record it in PostgreSQL (again at due) */
+} s_hold_state_t;
+
+/*  A partition held at one message: by a retry's backoff or while the
+    message is dead-lettered.  One per partition at most.  */
+typedef struct {
+    const s_topic_t *topic;
+    int32_t partition;
+    int64_t offset;          /* the message held */
+    int64_t attempts;        /* failed attempts so far */
+    int64_t backoff_ms;      /* the next wait */
+    int64_t due;             /* ferry_mono_ms of the next step */
+    s_hold_state_t state;
+    rd_kafka_message_t *m;   /* while dead-lettering */
+    s_fault_t fault;
+} s_hold_t;
 
 /*  The actor's state; lives in worker_kafka_t because librdkafka's
     rebalance callback gets it as the handle's opaque.  */
@@ -64,7 +109,10 @@ typedef struct {
     ferry_kafka_producer_t *producer; /* replies; from start */
     msgpack_sbuffer body;    /* a reply's result, reused */
     msgpack_sbuffer out;     /* an encoded reply, reused */
-    int64_t backoff_ms;      /* next wait after a failure */
+    int64_t backoff_ms;      /* next wait while PostgreSQL is down */
+    char sqlstate[6];        /* of the last failure classified, or "" */
+    s_hold_t **holds;        /* paused partitions */
+    size_t nholds, capholds;
     bool terminated;
     zsock_t *pipe;
 } s_consumer_t;
@@ -86,6 +134,7 @@ struct _worker_kafka_t {
 
 #define S_BACKOFF_MIN 100
 #define S_BACKOFF_MAX 5000
+#define S_RETRIES_DEFAULT 5
 
 static const char s_claim_sql[]
     = "INSERT INTO ferry.kafka_offsets (group_id, topic, partition,"
@@ -97,7 +146,7 @@ static const char s_claim_sql[]
 static const char s_dead_sql[]
     = "INSERT INTO ferry.dead_letters (message_id, service, operation,"
       " source, topic, partition, \"offset\", envelope, error, attempts)"
-      " VALUES ($1, $2, $3, 'kafka', $4, $5, $6, $7, $8, 1)";
+      " VALUES ($1, $2, $3, 'kafka', $4, $5, $6, $7, $8, $9)";
 
 /* ---- configuration ------------------------------------------------------ */
 
@@ -138,18 +187,34 @@ worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
     self->topics = ferry_calloc (self->ntopics, sizeof *self->topics);
     for (size_t i = 0; i < self->ntopics; i++) {
         const ferry_cnode_t *t = ferry_cnode_child (topics, i);
-        const char *name, *format, *op;
+        const char *name, *format, *op, *dlq;
         if (ferry_cnode_type (t) != FERRY_CNODE_MAP) {
             ferry_config_fail (config, t, "expected a map");
             goto fail;
         }
         if (ferry_config_str (config, t, "topic", NULL, &name)
             || ferry_config_str (config, t, "format", "json", &format)
-            || ferry_config_str (config, t, "operation", NULL, &op))
+            || ferry_config_str (config, t, "operation", NULL, &op)
+            || ferry_config_str (config, t, "dlq", NULL, &dlq)
+            || ferry_config_int (config, t, "retries", 0, 1000,
+                                 S_RETRIES_DEFAULT,
+                                 &self->topics[i].retries))
             goto fail;
         if (!name || !*name) {
             ferry_config_fail (config, t, "missing topic");
             goto fail;
+        }
+        if (dlq && (!*dlq || strcmp (dlq, name) == 0)) {
+            /*  Dead letters fed back into their own topic would loop.  */
+            ferry_config_fail (config, ferry_config_node (config, t, "dlq"),
+                               "must name another topic");
+            goto fail;
+        }
+        if (dlq)
+            self->topics[i].dlq = ferry_strdup (dlq);
+        else {
+            self->topics[i].dlq = ferry_malloc (strlen (name) + 5);
+            sprintf (self->topics[i].dlq, "%s.dlq", name);
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp (self->topics[j].name, name) == 0) {
@@ -262,8 +327,10 @@ worker_kafka_destroy (worker_kafka_t **self_p)
         rd_kafka_conf_destroy (self->pconf);
     /*  Only when the actor never ran: it destroys its own.  */
     ferry_kafka_producer_destroy (&self->consumer.producer);
-    for (size_t i = 0; self->topics && i < self->ntopics; i++)
+    for (size_t i = 0; self->topics && i < self->ntopics; i++) {
         free (self->topics[i].name);
+        free (self->topics[i].dlq);
+    }
     free (self->topics);
     free (self->group);
     free (self->pool);
@@ -388,6 +455,9 @@ s_resume_offsets (s_consumer_t *self,
                   parts->elems[i].partition, parts->elems[i].offset);
 }
 
+static void s_holds_revoke (s_consumer_t *self,
+                            const rd_kafka_topic_partition_list_t *parts);
+
 static void
 s_rebalance (rd_kafka_t *rk, rd_kafka_resp_err_t err,
              rd_kafka_topic_partition_list_t *parts, void *opaque)
@@ -407,6 +477,7 @@ s_rebalance (rd_kafka_t *rk, rd_kafka_resp_err_t err,
             log_info ("kafka partition revoked pool=%s topic=%s partition=%d",
                       self->cfg->pool, parts->elems[i].topic,
                       parts->elems[i].partition);
+        s_holds_revoke (self, parts);
         if (coop)
             error = rd_kafka_incremental_unassign (rk, parts);
         else
@@ -563,6 +634,7 @@ s_failed (s_consumer_t *self, const char *sqlstate, char *err, size_t errlen,
 {
     worker_pgerror_t e;
     worker_pgerror_classify (sqlstate, &e);
+    snprintf (self->sqlstate, sizeof self->sqlstate, "%s", sqlstate);
     if (e.reconnect || PQstatus (self->conn) != CONNECTION_OK) {
         snprintf (err, errlen, "%s: connection lost", what);
         PQfinish (self->conn);
@@ -726,13 +798,14 @@ s_record (s_consumer_t *self, const rd_kafka_message_t *m, s_result_t *res,
     return S_DONE;
 }
 
-/*  Records a message that cannot be handled in ferry.dead_letters, in the
-    transaction that claims its offset.  */
+/*  Records a message that went to the dead-letter topic in
+    ferry.dead_letters, in the transaction that claims its offset.  */
 static s_outcome_t
 s_dead_letter (s_consumer_t *self, const rd_kafka_message_t *m,
-               const char *operation, const char *reason, char *err,
+               const s_fault_t *fault, int64_t attempts, char *err,
                size_t errlen)
 {
+    const char *operation = fault->operation, *reason = fault->detail;
     char sqlstate[6] = "";
     if (!s_exec (self->conn, "BEGIN"))
         return s_failed (self, "", err, errlen, "BEGIN");
@@ -744,22 +817,25 @@ s_dead_letter (s_consumer_t *self, const rd_kafka_message_t *m,
         return S_DONE;
     }
     const char *tname = rd_kafka_topic_name (m->rkt);
-    char id[320], part[16], off[24];
+    char id[320], part[16], off[24], tries[24];
     snprintf (id, sizeof id, "%s/%" PRId32 "/%" PRId64, tname, m->partition,
               m->offset);
+    snprintf (tries, sizeof tries, "%" PRId64, attempts);
     snprintf (part, sizeof part, "%" PRId32, m->partition);
     snprintf (off, sizeof off, "%" PRId64, m->offset);
-    json_t *error = json_pack ("{s:s, s:s}", "detail", reason, "group",
+    json_t *error = json_pack ("{s:s, s:s, s:s}", "detail", reason,
+                               "error", fault->text, "group",
                                self->cfg->group);
     char *error_text = error ? json_dumps (error, JSON_COMPACT) : NULL;
     json_decref (error);
-    const char *values[8] = {id,   self->cfg->pool, operation,
+    const char *values[9] = {id,   self->cfg->pool, operation,
                              tname, part,           off,
                              m->payload ? (const char *) m->payload : "",
-                             error_text ? error_text : "{}"};
-    int lengths[8] = {0, 0, 0, 0, 0, 0, (int) (m->payload ? m->len : 0), 0};
-    int formats[8] = {0, 0, 0, 0, 0, 0, 1, 0};
-    PGresult *r = PQexecParams (self->conn, s_dead_sql, 8, NULL, values,
+                             error_text ? error_text : "{}", tries};
+    int lengths[9] = {0, 0, 0, 0, 0, 0, (int) (m->payload ? m->len : 0), 0,
+                      0};
+    int formats[9] = {0, 0, 0, 0, 0, 0, 1, 0, 0};
+    PGresult *r = PQexecParams (self->conn, s_dead_sql, 9, NULL, values,
                                 lengths, formats, 0);
     free (error_text);
     bool ok = PQresultStatus (r) == PGRES_COMMAND_OK;
@@ -776,22 +852,82 @@ s_dead_letter (s_consumer_t *self, const rd_kafka_message_t *m,
     if (!ok)
         return s_failed (self, sqlstate, err, errlen, "COMMIT");
     log_warn ("kafka message dead-lettered pool=%s topic=%s partition=%d "
-              "offset=%" PRId64 ": %s",
-              self->cfg->pool, tname, m->partition, m->offset, reason);
+              "offset=%" PRId64 " attempts=%" PRId64 ": %s",
+              self->cfg->pool, tname, m->partition, m->offset, attempts,
+              reason);
     return S_DONE;
 }
 
-/*  Reports a reply that could not be delivered: the edge answers 504 at
-    its deadline, and our log says why.  */
+/*  What a produced message was, for its delivery report.  A dead letter
+    names its partition and offset rather than pointing at its hold: a
+    rebalance may have dropped the hold before the report comes.  */
+typedef struct {
+    bool dead;               /* a dead letter, else a reply */
+    char *name;              /* the reply's msg id, or the held topic */
+    int32_t partition;
+    int64_t offset;
+} s_sent_t;
+
+static s_sent_t *
+s_sent_new (bool dead, const char *name, int32_t partition, int64_t offset)
+{
+    s_sent_t *sent = ferry_calloc (1, sizeof *sent);
+    sent->dead = dead;
+    sent->name = ferry_strdup (name);
+    sent->partition = partition;
+    sent->offset = offset;
+    return sent;
+}
+
+static void
+s_sent_destroy (s_sent_t **sent_p)
+{
+    if (*sent_p) {
+        free ((*sent_p)->name);
+        free (*sent_p);
+        *sent_p = NULL;
+    }
+}
+
+static s_hold_t *
+s_hold_find (s_consumer_t *self, const char *topic, int32_t partition)
+{
+    for (size_t i = 0; i < self->nholds; i++)
+        if (self->holds[i]->partition == partition
+            && strcmp (self->holds[i]->topic->name, topic) == 0)
+            return self->holds[i];
+    return NULL;
+}
+
+/*  A reply that could not be delivered is logged: the edge answers 504 at
+    its deadline.  A dead letter's report moves its hold on (the main loop
+    records it, or produces it again).  */
 static void
 s_delivered (void *opaque, rd_kafka_resp_err_t err, void *arg)
 {
-    char *msg_id = opaque;
+    s_sent_t *sent = opaque;
     s_consumer_t *self = arg;
-    if (err)
-        log_warn ("kafka reply not delivered pool=%s msg=%s: %s",
-                  self->cfg->pool, msg_id, rd_kafka_err2str (err));
-    free (msg_id);
+    if (!sent->dead) {
+        if (err)
+            log_warn ("kafka reply not delivered pool=%s msg=%s: %s",
+                      self->cfg->pool, sent->name, rd_kafka_err2str (err));
+    } else {
+        s_hold_t *hold = s_hold_find (self, sent->name, sent->partition);
+        if (hold && hold->offset == sent->offset
+            && hold->state == S_HOLD_SENDING) {
+            if (err) {
+                log_warn ("kafka dead letter not delivered pool=%s topic=%s "
+                          "partition=%d offset=%" PRId64 " to %s: %s",
+                          self->cfg->pool, sent->name, sent->partition,
+                          sent->offset, hold->topic->dlq,
+                          rd_kafka_err2str (err));
+                hold->state = S_HOLD_UNSENT;
+            } else
+                hold->state = S_HOLD_SENT;
+            hold->due = 0;  /* the main loop's backoff decides */
+        }
+    }
+    s_sent_destroy (&sent);
 }
 
 /*  Builds the reply producer when there is none or the last one died of a
@@ -839,7 +975,7 @@ s_reply (s_consumer_t *self, const ferry_envelope_t *request,
         {"ferry-cid", cid, cid ? strlen (cid) : 0},
     };
     const char *key = cid ? cid : id;
-    char *opaque = ferry_strdup (id);
+    s_sent_t *opaque = s_sent_new (false, id, 0, 0);
     if (s_producer_ensure (self)
         || ferry_kafka_producer_send (self->producer, reply_to, key,
                                       strlen (key), self->out.data,
@@ -850,7 +986,7 @@ s_reply (s_consumer_t *self, const ferry_envelope_t *request,
                   self->producer ? rd_kafka_err2str (
                       ferry_kafka_producer_last_error (self->producer))
                                  : "no producer");
-        free (opaque);
+        s_sent_destroy (&opaque);
     }
     ferry_envelope_destroy (reply_p);
 }
@@ -878,11 +1014,14 @@ s_reply_topic (const rd_kafka_message_t *m, const ferry_envelope_t *request,
 }
 
 /*  Handles one request envelope from a ferry topic: runs its operation
-    exactly once and replies, or dead-letters what cannot be a request.  */
+    exactly once and replies, or returns S_DEAD (f filled) for what cannot
+    be a request.  */
 static s_outcome_t
 s_handle_request (s_consumer_t *self, const rd_kafka_message_t *m,
-                  char *err, size_t errlen)
+                  s_fault_t *f)
 {
+    char *err = f->detail;
+    size_t errlen = sizeof f->detail;
     char reason[512];
     char topic_buf[256];
     const char *reply_to = NULL;
@@ -901,10 +1040,13 @@ s_handle_request (s_consumer_t *self, const rd_kafka_message_t *m,
         snprintf (reason, sizeof reason, "no reply topic");
     if (!reply_to) {
         const char *opname = req ? ferry_envelope_operation (req) : NULL;
-        s_outcome_t o = s_dead_letter (self, m, opname ? opname : "",
-                                       reason, err, errlen);
+        snprintf (f->operation, sizeof f->operation, "%s",
+                  opname ? opname : "");
+        snprintf (f->text, sizeof f->text, "%s",
+                  !req ? "undecodable value" : "not a ferry request");
+        snprintf (f->detail, sizeof f->detail, "%s", reason);
         ferry_envelope_destroy (&req);
-        return o;
+        return S_DEAD;
     }
     const char *id = ferry_envelope_id (req);
     uint64_t deadline = ferry_envelope_deadline (req);
@@ -952,43 +1094,44 @@ s_handle_request (s_consumer_t *self, const rd_kafka_message_t *m,
     return o;
 }
 
-/*  Handles one message until it is done or must be retried.  */
+/*  Handles one message of topic: S_DONE, S_RETRY (f->detail says why) or
+    S_DEAD (f says why: the message's own fault).  */
 static s_outcome_t
-s_handle (s_consumer_t *self, const rd_kafka_message_t *m, char *err,
-          size_t errlen)
+s_handle (s_consumer_t *self, const rd_kafka_message_t *m,
+          const s_topic_t *topic, s_fault_t *f)
 {
-    const s_topic_t *topic = s_topic_find (self->cfg,
-                                           rd_kafka_topic_name (m->rkt));
-    if (!topic) {
-        snprintf (err, errlen, "topic not configured");
-        return S_RETRY;
-    }
+    self->sqlstate[0] = '\0';
     if (topic->format == S_FORMAT_FERRY)
-        return s_handle_request (self, m, err, errlen);
+        return s_handle_request (self, m, f);
+    snprintf (f->operation, sizeof f->operation, "%s", topic->op->name);
     msgpack_sbuffer args, body;
     msgpack_sbuffer_init (&args);
     msgpack_sbuffer_init (&body);
-    char reason[512];
+    char *reason = f->detail;
+    size_t rlen = sizeof f->detail;
     s_outcome_t o;
-    if (s_decode (m, topic, &args, &body, reason, sizeof reason))
+    if (s_decode (m, topic, &args, &body, reason, rlen)) {
+        snprintf (f->text, sizeof f->text, "undecodable value");
         o = S_DEAD;
-    else {
+    } else {
         msgpack_unpacked a, b;
         s_unpack (&args, &a);
         s_unpack (&body, &b);
         s_result_t res = {0};
         o = s_attempt (self, m, topic->op, &a.data, &b.data, 0, &res, reason,
-                       sizeof reason);
+                       rlen);
+        if (o == S_DEAD && res.sqlstate[0])
+            snprintf (f->text, sizeof f->text,
+                      "statement failed (SQLSTATE %s)", res.sqlstate);
+        else if (o == S_DEAD)
+            snprintf (f->text, sizeof f->text, "refused with status %u",
+                      res.status);
         s_result_clear (&res);
         msgpack_unpacked_destroy (&a);
         msgpack_unpacked_destroy (&b);
-        if (o == S_RETRY)
-            snprintf (err, errlen, "%s", reason);
     }
     msgpack_sbuffer_destroy (&args);
     msgpack_sbuffer_destroy (&body);
-    if (o == S_DEAD)
-        o = s_dead_letter (self, m, topic->op->name, reason, err, errlen);
     return o;
 }
 
@@ -1009,20 +1152,263 @@ s_store (s_consumer_t *self, const rd_kafka_message_t *m)
     rd_kafka_topic_partition_list_destroy (l);
 }
 
+/* ---- held partitions ---------------------------------------------------- */
+
+/*  Pauses, seeks or resumes one partition (what: "pause", "seek" to
+    offset, "resume").  A failure is logged: the partition was revoked
+    meanwhile, and its next owner starts from PostgreSQL's offset.  */
 static void
-s_seek_back (s_consumer_t *self, const rd_kafka_message_t *m)
+s_partition (s_consumer_t *self, const char *what, const char *topic,
+             int32_t partition, int64_t offset)
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new (1);
-    rd_kafka_topic_partition_list_add (l, rd_kafka_topic_name (m->rkt),
-                                       m->partition)
-        ->offset = m->offset;
-    rd_kafka_error_t *e = rd_kafka_seek_partitions (self->rk, l, 0);
-    if (e) {
-        log_warn ("kafka seek failed pool=%s: %s", self->cfg->pool,
-                  rd_kafka_error_string (e));
-        rd_kafka_error_destroy (e);
+    rd_kafka_topic_partition_list_add (l, topic, partition)->offset = offset;
+    rd_kafka_resp_err_t rc = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (what[0] == 'p')
+        rc = rd_kafka_pause_partitions (self->rk, l);
+    else if (what[0] == 'r')
+        rc = rd_kafka_resume_partitions (self->rk, l);
+    else {
+        rd_kafka_error_t *e = rd_kafka_seek_partitions (self->rk, l, 0);
+        if (e) {
+            rc = rd_kafka_error_code (e);
+            rd_kafka_error_destroy (e);
+        }
     }
+    /*  An asynchronous seek (timeout 0) reports "in progress".  */
+    if (!rc && l->elems[0].err != RD_KAFKA_RESP_ERR__IN_PROGRESS)
+        rc = l->elems[0].err;
+    if (rc)
+        log_warn ("kafka %s failed pool=%s topic=%s partition=%d: %s", what,
+                  self->cfg->pool, topic, partition, rd_kafka_err2str (rc));
     rd_kafka_topic_partition_list_destroy (l);
+}
+
+/*  Next wait of a hold: exponential with jitter (half to all of it), so
+    that many consumers failing together do not retry in step.  */
+static int64_t
+s_hold_backoff (s_hold_t *hold)
+{
+    int64_t ms = hold->backoff_ms / 2
+                 + (int64_t) (random () % (hold->backoff_ms / 2 + 1));
+    hold->backoff_ms = hold->backoff_ms * 2 > S_BACKOFF_MAX
+                           ? S_BACKOFF_MAX
+                           : hold->backoff_ms * 2;
+    return ms;
+}
+
+/*  The hold of m's partition, created (not paused yet) when missing.  */
+static s_hold_t *
+s_hold_get (s_consumer_t *self, const s_topic_t *topic,
+            const rd_kafka_message_t *m)
+{
+    s_hold_t *hold = s_hold_find (self, topic->name, m->partition);
+    if (hold)
+        return hold;
+    if (self->nholds == self->capholds) {
+        self->capholds = self->capholds ? self->capholds * 2 : 8;
+        self->holds = ferry_realloc (self->holds,
+                                     self->capholds * sizeof *self->holds);
+    }
+    hold = ferry_calloc (1, sizeof *hold);
+    hold->topic = topic;
+    hold->partition = m->partition;
+    hold->offset = m->offset;
+    hold->backoff_ms = S_BACKOFF_MIN;
+    self->holds[self->nholds++] = hold;
+    return hold;
+}
+
+/*  Forgets a hold (the partition is not resumed here).  */
+static void
+s_hold_drop (s_consumer_t *self, s_hold_t *hold)
+{
+    for (size_t i = 0; i < self->nholds; i++)
+        if (self->holds[i] == hold) {
+            self->holds[i] = self->holds[--self->nholds];
+            break;
+        }
+    if (hold->m)
+        rd_kafka_message_destroy (hold->m);
+    free (hold);
+}
+
+/*  Drops the holds of revoked partitions: their next owner starts again
+    from PostgreSQL's offset (a dead letter in flight may then be produced
+    twice; it is never lost).  */
+static void
+s_holds_revoke (s_consumer_t *self,
+                const rd_kafka_topic_partition_list_t *parts)
+{
+    for (int i = 0; i < parts->cnt; i++) {
+        s_hold_t *hold = s_hold_find (self, parts->elems[i].topic,
+                                      parts->elems[i].partition);
+        if (hold)
+            s_hold_drop (self, hold);
+    }
+}
+
+/*  Produces the held message to its dead-letter topic: its key, value
+    and headers, and the ferry-* headers that say why and where from.  */
+static void
+s_dlq_send (s_consumer_t *self, s_hold_t *hold)
+{
+    const rd_kafka_message_t *m = hold->m;
+    rd_kafka_headers_t *hdrs = NULL;
+    size_t n = 0;
+    if (rd_kafka_message_headers (m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        n = rd_kafka_header_cnt (hdrs);
+    ferry_kafka_header_t *h = ferry_calloc (n + 5, sizeof *h);
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        const void *val;
+        size_t size;
+        /*  A replayed message that failed again says why afresh (its
+            other ferry-* headers, such as ferry-reply-to, stay).  */
+        if (rd_kafka_header_get_all (hdrs, i, &name, &val, &size)
+            || strcmp (name, "ferry-error") == 0
+            || strcmp (name, "ferry-attempts") == 0
+            || strncmp (name, "ferry-original-", 15) == 0)
+            continue;
+        h[count++] = (ferry_kafka_header_t) {name, val, size};
+    }
+    char attempts[24], part[16], off[24];
+    snprintf (attempts, sizeof attempts, "%" PRId64, hold->attempts);
+    snprintf (part, sizeof part, "%" PRId32, m->partition);
+    snprintf (off, sizeof off, "%" PRId64, m->offset);
+    const char *topic = hold->topic->name;
+    h[count++] = (ferry_kafka_header_t) {"ferry-error", hold->fault.text,
+                                         strlen (hold->fault.text)};
+    h[count++] = (ferry_kafka_header_t) {"ferry-attempts", attempts,
+                                         strlen (attempts)};
+    h[count++] = (ferry_kafka_header_t) {"ferry-original-topic", topic,
+                                         strlen (topic)};
+    h[count++] = (ferry_kafka_header_t) {"ferry-original-partition", part,
+                                         strlen (part)};
+    h[count++] = (ferry_kafka_header_t) {"ferry-original-offset", off,
+                                         strlen (off)};
+    s_sent_t *sent = s_sent_new (true, topic, m->partition, m->offset);
+    if (s_producer_ensure (self)
+        || ferry_kafka_producer_send (self->producer, hold->topic->dlq,
+                                      m->key, m->key_len, m->payload, m->len,
+                                      h, count, sent)) {
+        log_warn ("kafka dead letter not sent pool=%s topic=%s partition=%d "
+                  "offset=%" PRId64 " to %s: %s",
+                  self->cfg->pool, topic, m->partition, m->offset,
+                  hold->topic->dlq,
+                  self->producer ? rd_kafka_err2str (
+                      ferry_kafka_producer_last_error (self->producer))
+                                 : "no producer");
+        s_sent_destroy (&sent);
+        hold->state = S_HOLD_UNSENT;
+        hold->due = ferry_mono_ms () + s_hold_backoff (hold);
+    } else
+        hold->state = S_HOLD_SENDING;
+    free (h);
+}
+
+/*  Holds m's partition and dead-letters m (which the hold takes over).  */
+static void
+s_dlq_begin (s_consumer_t *self, const s_topic_t *topic,
+             rd_kafka_message_t *m, const s_fault_t *fault)
+{
+    s_hold_t *hold = s_hold_get (self, topic, m);
+    hold->attempts++;
+    hold->fault = *fault;
+    hold->m = m;
+    hold->backoff_ms = S_BACKOFF_MIN;
+    log_warn ("kafka message goes to %s pool=%s topic=%s partition=%d "
+              "offset=%" PRId64 " attempts=%" PRId64 ": %s",
+              topic->dlq, self->cfg->pool, topic->name, m->partition,
+              m->offset, hold->attempts, fault->detail);
+    s_partition (self, "pause", topic->name, m->partition, 0);
+    s_dlq_send (self, hold);
+}
+
+/*  Holds m's partition for a retry after a backoff.  A lost connection is
+    not the message's fault and does not count as an attempt (nor could
+    its dead letter be recorded without PostgreSQL).  Past the topic's
+    retries the message is dead-lettered instead; returns true when it
+    took m over for that.  */
+static bool
+s_retry_later (s_consumer_t *self, const s_topic_t *topic,
+               rd_kafka_message_t *m, s_fault_t *fault)
+{
+    s_hold_t *hold = s_hold_find (self, topic->name, m->partition);
+    bool counts = self->conn != NULL;
+    int64_t attempts = (hold ? hold->attempts : 0) + (counts ? 1 : 0);
+    if (counts && attempts > topic->retries) {
+        snprintf (fault->text, sizeof fault->text, "retries exhausted%s%s%s",
+                  self->sqlstate[0] ? " (SQLSTATE " : "", self->sqlstate,
+                  self->sqlstate[0] ? ")" : "");
+        if (hold)
+            hold->attempts = attempts - 1;  /* dlq_begin counts the last */
+        s_dlq_begin (self, topic, m, fault);
+        return true;
+    }
+    hold = s_hold_get (self, topic, m);
+    hold->attempts = attempts;
+    int64_t wait = s_hold_backoff (hold);
+    log_warn ("kafka message will be retried in %" PRId64 " ms pool=%s "
+              "topic=%s partition=%d offset=%" PRId64 " attempts=%" PRId64
+              ": %s",
+              wait, self->cfg->pool, topic->name, m->partition, m->offset,
+              attempts, fault->detail);
+    s_partition (self, "pause", topic->name, m->partition, 0);
+    s_partition (self, "seek", topic->name, m->partition, m->offset);
+    hold->state = S_HOLD_BACKOFF;
+    hold->due = ferry_mono_ms () + wait;
+    return false;
+}
+
+/*  Moves every hold whose time has come: resumes a partition after its
+    backoff, produces a dead letter again, records a delivered one (then
+    stores its offset and lets the partition go on past it).  Returns the
+    milliseconds until the next hold is due (at most 100).  */
+static int
+s_holds_run (s_consumer_t *self)
+{
+    int64_t now = ferry_mono_ms (), next = 100;
+    for (size_t i = 0; i < self->nholds; i++) {
+        s_hold_t *hold = self->holds[i];
+        if (hold->state == S_HOLD_SENT && hold->due <= now) {
+            char err[512] = "";
+            if (s_dead_letter (self, hold->m, &hold->fault, hold->attempts,
+                               err, sizeof err) != S_DONE) {
+                log_warn ("kafka dead letter not recorded pool=%s topic=%s "
+                          "partition=%d offset=%" PRId64 ": %s",
+                          self->cfg->pool, hold->topic->name,
+                          hold->partition, hold->offset, err);
+                if (!self->conn || s_pg_ensure (self))
+                    break;  /* the main loop waits for PostgreSQL */
+                hold->due = now + s_hold_backoff (hold);
+            } else {
+                s_store (self, hold->m);
+                s_partition (self, "seek", hold->topic->name, hold->partition,
+                             hold->offset + 1);
+                s_partition (self, "resume", hold->topic->name,
+                             hold->partition, 0);
+                s_hold_drop (self, hold);
+                i--;
+                continue;
+            }
+        } else if (hold->state == S_HOLD_UNSENT && hold->due <= now) {
+            if (!hold->due)     /* just failed: wait before the next try */
+                hold->due = now + s_hold_backoff (hold);
+            else
+                s_dlq_send (self, hold);
+        } else if (hold->state == S_HOLD_BACKOFF && hold->due <= now) {
+            s_partition (self, "resume", hold->topic->name, hold->partition,
+                         0);
+            hold->state = S_HOLD_READY;
+        }
+        if ((hold->state == S_HOLD_BACKOFF || hold->state == S_HOLD_UNSENT
+             || hold->state == S_HOLD_SENT)
+            && hold->due - now < next)
+            next = hold->due - now;
+    }
+    return next < 0 ? 0 : (int) next;
 }
 
 /* ---- the actor ---------------------------------------------------------- */
@@ -1064,9 +1450,11 @@ s_consumer (zsock_t *pipe, void *arg)
             s_backoff (self);
             continue;
         }
+        self->backoff_ms = S_BACKOFF_MIN;
         if (self->producer)
             ferry_kafka_producer_poll (self->producer);
-        rd_kafka_message_t *m = rd_kafka_consumer_poll (self->rk, 100);
+        int wait = s_holds_run (self);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll (self->rk, wait);
         if (!m)
             continue;
         if (m->err) {
@@ -1075,18 +1463,33 @@ s_consumer (zsock_t *pipe, void *arg)
             rd_kafka_message_destroy (m);
             continue;
         }
-        char err[512] = "";
-        if (s_handle (self, m, err, sizeof err) == S_DONE) {
-            s_store (self, m);
-            self->backoff_ms = S_BACKOFF_MIN;
-        } else {
-            log_warn ("kafka message will be retried pool=%s topic=%s "
-                      "partition=%d offset=%" PRId64 ": %s",
-                      cfg->pool, rd_kafka_topic_name (m->rkt), m->partition,
-                      m->offset, err);
-            s_seek_back (self, m);
-            s_backoff (self);
+        const s_topic_t *topic = s_topic_find (cfg,
+                                               rd_kafka_topic_name (m->rkt));
+        s_hold_t *hold = topic ? s_hold_find (self, topic->name, m->partition)
+                               : NULL;
+        if (!topic || (hold && hold->state != S_HOLD_READY)) {
+            /*  Fetched before its partition was paused: the seek brings
+                it back when the partition goes on.  */
+            rd_kafka_message_destroy (m);
+            continue;
         }
+        if (hold && m->offset != hold->offset) {
+            /*  Not the message held (the seek was refused): the claim in
+                PostgreSQL keeps whatever comes exactly-once.  */
+            s_hold_drop (self, hold);
+            hold = NULL;
+        }
+        s_fault_t fault = {.detail = ""};
+        s_outcome_t o = s_handle (self, m, topic, &fault);
+        if (o == S_DONE) {
+            s_store (self, m);
+            if (hold)
+                s_hold_drop (self, hold);
+        } else if (o == S_DEAD) {
+            s_dlq_begin (self, topic, m, &fault);
+            continue;       /* the hold owns m now */
+        } else if (s_retry_later (self, topic, m, &fault))
+            continue;
         rd_kafka_message_destroy (m);
     }
     /*  Leaves the group (the revocation runs s_rebalance) and commits the
@@ -1097,8 +1500,13 @@ s_consumer (zsock_t *pipe, void *arg)
                   rd_kafka_err2str (rc));
     if (self->conn)
         PQfinish (self->conn);
-    /*  Flushes the replies still queued.  */
+    /*  Flushes the replies and dead letters still queued (a dead letter
+        is recorded only by a next run: PostgreSQL is closed).  */
     ferry_kafka_producer_destroy (&self->producer);
+    while (self->nholds)
+        s_hold_drop (self, self->holds[0]);
+    free (self->holds);
+    self->holds = NULL;
     msgpack_sbuffer_destroy (&self->body);
     msgpack_sbuffer_destroy (&self->out);
     log_info ("kafka consumer stopped pool=%s", cfg->pool);
@@ -1114,10 +1522,8 @@ worker_kafka_start (worker_kafka_t *self)
     self->consumer.backoff_ms = S_BACKOFF_MIN;
     msgpack_sbuffer_init (&self->consumer.body);
     msgpack_sbuffer_init (&self->consumer.out);
-    bool requests = false;
-    for (size_t i = 0; i < self->ntopics; i++)
-        requests = requests || self->topics[i].format == S_FORMAT_FERRY;
-    if (requests && s_producer_ensure (&self->consumer))
+    /*  Every topic may dead-letter, so every consumer produces.  */
+    if (s_producer_ensure (&self->consumer))
         return -1;
     rd_kafka_conf_set_opaque (self->conf, &self->consumer);
     rd_kafka_conf_set_rebalance_cb (self->conf, s_rebalance);
@@ -1189,7 +1595,14 @@ worker_kafka_config_test (bool verbose)
           "  reqop:\n"
           "    kafka:\n"
           "      topics: [{topic: r, format: ferry,"
-          " operation: insert_event}]\n";
+          " operation: insert_event}]\n"
+          "  dlq:\n"
+          "    kafka:\n"
+          "      topics: [{topic: t, operation: insert_event, retries: 0,"
+          " dlq: t.dead}]\n"
+          "  loop:\n"
+          "    kafka:\n"
+          "      topics: [{topic: t, operation: insert_event, dlq: t}]\n";
     char err[256];
     ferry_config_t *config
         = ferry_config_parse (yaml, strlen (yaml), "k.yaml", err, sizeof err);
@@ -1207,6 +1620,8 @@ worker_kafka_config_test (bool verbose)
     FERRY_CHECK (k->topics[0].format == S_FORMAT_JSON);
     FERRY_CHECK (k->topics[1].format == S_FORMAT_CLOUDEVENTS);
     FERRY_CHECK (strcmp (k->topics[0].op->name, "insert_event") == 0);
+    FERRY_CHECK (strcmp (k->topics[0].dlq, "ferry.demo.events.dlq") == 0);
+    FERRY_CHECK (k->topics[0].retries == S_RETRIES_DEFAULT);
     char v[64];
     size_t vlen = sizeof v;
     FERRY_CHECK (rd_kafka_conf_get (k->conf, "enable.auto.offset.store", v,
@@ -1238,6 +1653,14 @@ worker_kafka_config_test (bool verbose)
                  && strcmp (v, "largest") == 0);
     worker_kafka_destroy (&k);
 
+    k = worker_kafka_new (config,
+                          ferry_config_node (config, NULL, "pools.dlq.kafka"),
+                          "dlq", ops, "");
+    FERRY_CHECK (k);
+    FERRY_CHECK (strcmp (k->topics[0].dlq, "t.dead") == 0);
+    FERRY_CHECK (k->topics[0].retries == 0);
+    worker_kafka_destroy (&k);
+
     /*  A request topic: the operation comes from each envelope.  */
     k = worker_kafka_new (config,
                           ferry_config_node (config, NULL, "pools.req.kafka"),
@@ -1256,6 +1679,7 @@ worker_kafka_config_test (bool verbose)
         {"twice", "k.yaml:25", "listed twice"},
         {"prop", "k.yaml:28", "no.such.thing"},
         {"reqop", "k.yaml:35", "name their operation"},
+        {"loop", "k.yaml:41", "must name another topic"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char path[64];

@@ -140,6 +140,7 @@ def t_setup():
     t0 = time.monotonic()
     broker.start()
     broker.create_topic(TOPIC, PARTITIONS)
+    broker.create_topic(TOPIC + ".dlq", 1)   # where the poison goes
     stack.start_postgres()
     stack.migrate()
     check(stack.migrate_error is None,
