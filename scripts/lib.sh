@@ -110,3 +110,74 @@ stop_pid() {
     fi
     wait "$pid" 2>/dev/null || true
 }
+
+# ---- Kafka (scripts/demo --kafka, bench/kafka-*) --------------------------------
+
+# What the Kafka parts need beyond FERRY_PACKAGES' build and test tools:
+# the broker's runtime, Maven to fetch its jars, kcat to produce from
+# outside ferry, and PyYAML to merge etc/ferry-kafka.yaml over ferry.yaml.
+FERRY_KAFKA_PACKAGES=(openjdk-17-jre-headless maven kcat python3-yaml)
+FERRY_KAFKA_SH=$FERRY_ROOT/tests/kafka/kafka.sh
+
+# ferry_kafka_config BASE OVERLAY OUT: writes OUT, BASE with OVERLAY merged
+# over it: maps key by key, edge.routes appended, anything else replaced.
+ferry_kafka_config() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import sys, yaml
+base, overlay, out = sys.argv[1:4]
+
+def merge(a, b, path):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k, v in b.items():
+            a[k] = merge(a[k], v, path + (k,)) if k in a else v
+        return a
+    if path == ("edge", "routes") and isinstance(a, list) \
+            and isinstance(b, list):
+        return a + b
+    return b
+
+with open(base) as f:
+    cfg = yaml.safe_load(f)
+with open(overlay) as f:
+    cfg = merge(cfg, yaml.safe_load(f), ())
+with open(out, "w") as f:
+    f.write("# Generated from %s and %s; edit those.\n" % (base, overlay))
+    yaml.safe_dump(cfg, f, sort_keys=False, default_flow_style=False)
+PY
+}
+
+# ferry_kafka_start DIR: fetches the Kafka jars (first time: Maven Central)
+# and starts one KRaft broker under DIR; prints its bootstrap address.
+# kafka.sh waits (with its own timeouts) until the broker answers.
+ferry_kafka_start() {
+    local dir=$1
+    bash "$FERRY_KAFKA_SH" fetch ||
+        { say "cannot fetch the Kafka jars (see ~/.cache/ferry)"; return 1; }
+    bash "$FERRY_KAFKA_SH" start "$dir" | tail -n 1
+}
+
+# ferry_kafka_topics DIR PARTITIONS TOPIC...: creates each topic (they must
+# not exist yet: the broker in DIR was just formatted).
+ferry_kafka_topics() {
+    local dir=$1 parts=$2 t
+    shift 2
+    for t in "$@"; do
+        bash "$FERRY_KAFKA_SH" topic "$dir" "$t" "$parts" ||
+            { say "cannot create topic $t"; return 1; }
+    done
+}
+
+# ferry_kafka_stop DIR: stops the broker of DIR by its PID (kafka.sh stop:
+# SIGTERM, then SIGKILL after its timeout).
+ferry_kafka_stop() { bash "$FERRY_KAFKA_SH" stop "$1" || true; }
+
+# ferry_kafka_sets BOOTSTRAP POOL...: the --set arguments pointing the
+# edge and each POOL's consumer at BOOTSTRAP.
+ferry_kafka_sets() {
+    local bs=$1 p
+    shift
+    printf '%s\n' --set "edge.kafka.properties=[\"bootstrap.servers=$bs\"]"
+    for p in "$@"; do
+        printf '%s\n' --set "pools.$p.kafka.properties=[\"bootstrap.servers=$bs\"]"
+    done
+}
