@@ -9,10 +9,20 @@
     rebalance before the first reply can be read.  It never commits.
 
     Readiness is one atomic flag: set once the partitions are assigned and
-    again after each probe (a watermark query about once a second) that
-    the cluster answers, cleared when a probe fails.  Loops answer a Kafka
-    route with 503 at once while it is clear, so a client never waits
-    until its deadline for a cluster that is known to be away.  */
+    again after each probe (a metadata request about once a second) that
+    the cluster answers, cleared when a probe fails or librdkafka reports
+    every broker down.  Loops answer a Kafka route with 503 at once while
+    it is clear, so a client never waits until its deadline for a cluster
+    that is known to be away; when it clears, the consumer tells every
+    loop, which answers its parked Kafka requests 503 too (their replies
+    could only come back through the cluster that is gone).
+
+    The probe is a metadata request, not a watermark query: librdkafka
+    2.0 queues a ListOffsets request on the partition leader's broker
+    thread and waits for it with no deadline of its own, so with the
+    broker gone the query sat for socket.timeout.ms (a minute), the flag
+    stayed set and $TERM waited behind it.  rd_kafka_metadata picks a
+    broker that is up (none: it fails) and bounds its wait.  */
 
 #include "ferry.h"
 #include "log.h"
@@ -26,6 +36,7 @@
 /*  How often the consumer probes the cluster, and how long a blocking
     request may take (this bounds how late $TERM is seen too).  */
 #define S_PROBE_MS 1000
+#define S_PROBE_TIMEOUT_MS 500
 #define S_REQUEST_MS 1500
 /*  Replies are useless after their request's deadline: an hour of
     retention is plenty and keeps the topic small.  */
@@ -36,6 +47,9 @@ struct _edge_kafka_t {
     zactor_t *actor;
     atomic_bool ready;
     rd_kafka_t *consumer;   /* owned by the actor once it runs */
+    /*  Set by the error callback (on the actor's thread, inside
+        rd_kafka_consumer_poll) when every broker is down.  */
+    bool all_down;
     /*  rd_kafka_conf_dup reads the template: one reader at a time, since
         loops start their producers from their own threads.  */
     pthread_mutex_t conf_lock;
@@ -208,6 +222,50 @@ s_assign (rd_kafka_t *rk, const char *topic)
     return rc;
 }
 
+/*  Asks the cluster for the reply topic's metadata, bounded by
+    S_PROBE_TIMEOUT_MS.  Returns true when a broker answered it.  */
+static bool
+s_probe (rd_kafka_t *rk, const char *topic)
+{
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new (rk, topic, NULL);
+    if (!rkt)
+        return false;
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata (rk, 0, rkt, &md,
+                                                 S_PROBE_TIMEOUT_MS);
+    rd_kafka_topic_destroy (rkt);
+    bool ok = err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1
+              && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (md)
+        rd_kafka_metadata_destroy (md);
+    if (!ok)
+        log_debug ("kafka: probe of %s failed: %s", topic,
+                   rd_kafka_err2str (err));
+    return ok;
+}
+
+/*  Tells every loop that the cluster went away: a one-part message on
+    the reply socket (replies have two).  A loop whose socket is full
+    still sees the flag on its next request.  */
+static void
+s_tell_down (edge_kafka_t *self, zsock_t **pushes)
+{
+    for (size_t i = 0; i < self->settings->loops; i++)
+        zmq_send (zsock_resolve (pushes[i]), "down", 4, ZMQ_DONTWAIT);
+}
+
+/*  librdkafka's error callback; runs inside rd_kafka_consumer_poll.  */
+static void
+s_on_error (rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void) rk;
+    edge_kafka_t *self = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        self->all_down = true;
+    log_debug ("kafka: reply consumer: %s: %s",
+               rd_kafka_err2str ((rd_kafka_resp_err_t) err), reason);
+}
+
 /*  Hands one reply to the loop its msg id names.  A full loop socket or
     a msg id that is not ours drops the reply: its request then ends at
     its deadline, as a lost reply would.  */
@@ -248,6 +306,8 @@ s_consumer_new (edge_kafka_t *self)
     snprintf (group, sizeof group, "ferry-edge.%s",
               self->settings->reply_topic);
     rd_kafka_t *rk = NULL;
+    rd_kafka_conf_set_error_cb (conf, s_on_error);
+    rd_kafka_conf_set_opaque (conf, self);
     if (rd_kafka_conf_set (conf, "group.id", group, errstr, sizeof errstr)
             != RD_KAFKA_CONF_OK
         || rd_kafka_conf_set (conf, "enable.auto.commit", "false", errstr,
@@ -291,20 +351,25 @@ s_consumer_actor (zsock_t *pipe, void *arg)
                 break;
         }
         int64_t now = ferry_mono_ms ();
-        if (now >= next_probe) {
-            int64_t low, high;
+        bool ok = atomic_load (&self->ready);
+        if (self->all_down) {
+            /*  No need to wait for the next probe.  */
+            self->all_down = false;
+            ok = false;
+            next_probe = now + S_PROBE_TIMEOUT_MS;
+        }
+        else if (now >= next_probe) {
             if (!assigned)
                 assigned = s_assign (rk, st->reply_topic) == 0;
-            bool ok = assigned
-                      && rd_kafka_query_watermark_offsets (
-                             rk, st->reply_topic, 0, &low, &high,
-                             S_REQUEST_MS)
-                             == 0;
-            if (ok != atomic_load (&self->ready))
-                log_info ("kafka: cluster %s", ok ? "reachable"
-                                                  : "not reachable");
-            atomic_store (&self->ready, ok);
+            ok = assigned && s_probe (rk, st->reply_topic);
             next_probe = ferry_mono_ms () + S_PROBE_MS;
+        }
+        if (ok != atomic_load (&self->ready)) {
+            log_info ("kafka: cluster %s", ok ? "reachable"
+                                              : "not reachable");
+            atomic_store (&self->ready, ok);
+            if (!ok)
+                s_tell_down (self, pushes);
         }
         rd_kafka_message_t *m = rd_kafka_consumer_poll (rk, 100);
         if (!m)

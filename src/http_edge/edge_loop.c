@@ -924,8 +924,34 @@ s_dealer_drain (edge_loop_t *self)
     }
 }
 
-/*  Reads every reply the Kafka consumer forwarded: [msg_id][envelope].
-    Like the DEALER, until EAGAIN, which re-arms the socket's ZMQ_FD.  */
+/*  The Kafka cluster went away: the replies of the Kafka requests parked
+    here could only come back through it, and their messages may sit in
+    the producer until message.timeout.ms (the longest route timeout).
+    Answer them 503 now rather than 504 at their deadlines.  */
+static void
+s_kafka_down (edge_loop_t *self)
+{
+    size_t count = 0;
+    s_req_t **down = ferry_malloc ((self->heap_size + 1) * sizeof *down);
+    for (size_t i = 0; i < self->heap_size; i++)
+        if (edge_route_transport (self->heap[i]->route)
+            == EDGE_TRANSPORT_KAFKA)
+            down[count++] = self->heap[i];
+    for (size_t i = 0; i < count; i++) {
+        s_req_t *req = down[i];
+        log_warn ("kafka unreachable id=%s msg_id=%s: answered 503",
+                  req->request_id, req->msg_id);
+        edge_output_problem (&req->out, 503, "Kafka is not reachable",
+                             req->request_id);
+        strcpy (req->out.retry_after, "1");
+        s_answer_parked (self, req);
+    }
+    free (down);
+}
+
+/*  Reads every reply the Kafka consumer forwarded: [msg_id][envelope],
+    or its one-part notice that the cluster went away.  Like the DEALER,
+    until EAGAIN, which re-arms the socket's ZMQ_FD.  */
 static void
 s_replies_drain (edge_loop_t *self)
 {
@@ -936,6 +962,12 @@ s_replies_drain (edge_loop_t *self)
         if (zmq_msg_recv (&id, s, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close (&id);
             return;
+        }
+        if (!zmq_msg_more (&id)) {
+            zmq_msg_close (&id);
+            if (!edge_kafka_ready (self->kafka))
+                s_kafka_down (self);
+            continue;
         }
         zmq_msg_init (&env);
         /*  The consumer always sends both parts (ZeroMQ delivers all
