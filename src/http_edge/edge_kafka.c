@@ -382,8 +382,10 @@ s_consumer_actor (zsock_t *pipe, void *arg)
         rd_kafka_message_destroy (m);
     }
     atomic_store (&self->ready, false);
-    rd_kafka_consumer_close (rk);
-    rd_kafka_destroy (rk);
+    /*  Nothing to leave or commit (no group join, no commits), and a
+        consumer close would wait for a group coordinator that may be
+        gone: destroy without it, which returns at once.  */
+    rd_kafka_destroy_flags (rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     for (size_t i = 0; i < st->loops; i++)
         zsock_destroy (&pushes[i]);
     free (pushes);

@@ -40,6 +40,9 @@
 
 /*  How long a draining loop waits for its pending requests.  */
 #define S_DRAIN_MS 5000
+/*  How long a stopping loop may flush its Kafka producer while the
+    cluster answers (kafka.h's default is 5 s, too long per loop).  */
+#define S_FLUSH_MS 2000
 /*  libmicrohttpd 0.9.75 keeps each header field and query argument as a
     record of 56 bytes in the connection's pool, rounded up to 16.  */
 #define S_MHD_RECORD 64
@@ -1058,7 +1061,14 @@ s_loop_destroy (edge_loop_t **self_p)
         MHD_stop_daemon (self->daemon);
     }
     /*  Shutdown flushes: every message still queued is delivered or
-        reported (its request was answered by s_abandon_all already).  */
+        reported (its request was answered by s_abandon_all already).
+        At most S_FLUSH_MS while the cluster answers, not at all while it
+        is away: the loops stop one after the other and $TERM must end
+        the process within seconds.  */
+    if (self->producer)
+        ferry_kafka_producer_set_flush_timeout (
+            self->producer,
+            self->kafka && edge_kafka_ready (self->kafka) ? S_FLUSH_MS : 0);
     ferry_kafka_producer_destroy (&self->producer);
     zsock_destroy (&self->replies);
     zsock_destroy (&self->dealer);
