@@ -55,7 +55,6 @@ tap = harness.Tap()
 broker = kafka_broker.Broker()
 harness._register_cleanup(broker.close)
 stack = harness.Stack("ferry-kafka-e2e")
-state = {}
 tap.log_sources.append(stack.live_logs)
 tap.log_sources.append(lambda: [("kafka", broker.log_path())]
                        if broker.dir and os.path.exists(broker.log_path())
@@ -173,30 +172,16 @@ def t_broker_down():
 
 def t_stop():
     problems = stack.stop_all()
-    slow = [p for p in problems if "ignored SIGTERM" in p]
-    other = [p for p in problems if p not in slow]
+    # Known bug, left open in issue 3: with the broker gone, the app
+    # pool's worker can hang in rd_kafka_destroy (librdkafka waits for the
+    # group coordinator); the harness then SIGKILLs it.  Only that case is
+    # tolerated, and it is printed; everything else fails.
+    slow_worker = [p for p in problems
+                   if "ignored SIGTERM" in p and "worker" in p]
+    for p in slow_worker:
+        tap.diag("known: " + p.splitlines()[0])
+    other = [p for p in problems if p not in slow_worker]
     check(not other, "\n".join(problems))
-    state["slow"] = "\n".join(slow)
-
-
-# Known bugs, left to the owners of src/http_edge/edge_kafka.c and
-# src/workers/worker_kafka.c.  TAP TODO keeps `make check` green and still
-# prints them; once fixed, a case passes as an unexpected pass (XPASS),
-# which fails the suite until its marker is removed.
-# 1. Once the edge has been ready for Kafka, stopping the broker does not
-#    turn its Kafka routes to 503: each request waits for its route timeout
-#    and answers 504.
-BROKER_DOWN_TODO = ("edge answers 504 at the deadline instead of a quick "
-                    "503 after the broker stops")
-# 2. With the broker gone, ferry-edge and the app pool's worker do not exit
-#    within 10 s of SIGTERM (the harness then SIGKILLs them).  Sanitizer
-#    reports and exit statuses are still checked by t_stop.
-STOP_TODO = "edge and worker stop slowly while Kafka is down"
-
-
-def t_stop_slow():
-    if state.get("slow"):
-        raise harness.TestFailure(state["slow"])
 
 
 CASES = [
@@ -207,17 +192,13 @@ CASES = [
      "over ZeroMQ", t_get),
     ("a missing user over Kafka: 404 like over ZeroMQ", t_missing),
     ("Kafka broker stopped mid-run: quick 503s, ZeroMQ route still 200",
-     t_broker_down, BROKER_DOWN_TODO),
+     t_broker_down),
     ("no sanitizer reports / clean exits", t_stop),
-    ("every daemon stops within 10 s of SIGTERM with Kafka down",
-     t_stop_slow, STOP_TODO),
 ]
 
 skip = None
 blocked = None
-for case in CASES:
-    name, fn = case[0], case[1]
-    todo = case[2] if len(case) > 2 else None
+for name, fn in CASES:
     if skip:
         tap.result(True, name, skip=skip)
         continue
@@ -229,22 +210,11 @@ for case in CASES:
         continue
     try:
         fn()
-        if todo:
-            tap.count += 1
-            print("ok %d - %s # TODO %s" % (tap.count, name, todo),
-                  flush=True)
-        else:
-            tap.result(True, name)
+        tap.result(True, name)
     except kafka_broker.Unavailable as e:
         skip = "no real Kafka broker: %s" % e
         tap.result(True, name, skip=skip)
     except (harness.TestFailure, kafka_broker.BrokerError) as e:
-        if todo:
-            tap.count += 1
-            print("not ok %d - %s # TODO %s" % (tap.count, name, todo),
-                  flush=True)
-            tap.diag(str(e))
-            continue
         tap.result(False, name, str(e))
         blocked = name
     except Exception:
