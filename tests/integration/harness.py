@@ -230,6 +230,39 @@ class Tap:
         os._exit(1 if self.failed else 0)
 
 
+def run_cases(tap, cases, unavailable, failures=()):
+    """Runs (name, fn) cases in order, each depending on the ones before:
+    after a failure the rest are reported "not ok ... not run", and once a
+    case raises `unavailable` (a real peer such as a Kafka broker cannot be
+    had) the rest are SKIPs with the reason, never passes.  Ends the TAP
+    stream and the process."""
+    skip = None
+    blocked = None
+    for name, fn in cases:
+        if skip:
+            tap.result(True, name, skip=skip)
+            continue
+        if blocked:
+            tap.count += 1
+            tap.failed += 1
+            print("not ok %d - %s" % (tap.count, name), flush=True)
+            tap.diag("not run: %s failed" % blocked)
+            continue
+        try:
+            fn()
+            tap.result(True, name)
+        except unavailable as e:
+            skip = "cannot run here: %s" % e
+            tap.result(True, name, skip=skip)
+        except (TestFailure,) + tuple(failures) as e:
+            tap.result(False, name, str(e))
+            blocked = name
+        except Exception:
+            tap.result(False, name, traceback.format_exc())
+            blocked = name
+    tap.finish()
+
+
 # ---- HTTP --------------------------------------------------------------------
 
 class Response:

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -226,28 +225,5 @@ CASES = [
     ("no sanitizer reports / clean exits", t_stop),
 ]
 
-skip = None
-blocked = None
-for name, fn in CASES:
-    if skip:
-        tap.result(True, name, skip=skip)
-        continue
-    if blocked:
-        tap.count += 1
-        tap.failed += 1
-        print("not ok %d - %s" % (tap.count, name), flush=True)
-        tap.diag("not run: %s failed" % blocked)
-        continue
-    try:
-        fn()
-        tap.result(True, name)
-    except kafka_broker.Unavailable as e:
-        skip = "no real Kafka broker: %s" % e
-        tap.result(True, name, skip=skip)
-    except (harness.TestFailure, kafka_broker.BrokerError) as e:
-        tap.result(False, name, str(e))
-        blocked = name
-    except Exception:
-        tap.result(False, name, traceback.format_exc())
-        blocked = name
-tap.finish()
+harness.run_cases(tap, CASES, kafka_broker.Unavailable,
+                  (kafka_broker.BrokerError,))
