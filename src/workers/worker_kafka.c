@@ -689,13 +689,13 @@ s_set_timeout (PGconn *conn, uint64_t deadline, char *sqlstate)
     return ok;
 }
 
-/*  One attempt: BEGIN, claim, statement timeout, steps, COMMIT.  On
-    S_DEAD err holds the reason and res the problem's status.  */
+/*  Opens the message's transaction and claims its offset.  S_DONE with
+    res->skipped when PostgreSQL already holds the offset (a redelivery:
+    the transaction is rolled back), S_DONE with the transaction open when
+    the claim is ours, or a failure outcome.  */
 static s_outcome_t
-s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
-           const worker_op_t *op, const msgpack_object *args,
-           const msgpack_object *body, uint64_t deadline, s_result_t *res,
-           char *err, size_t errlen)
+s_begin_claim (s_consumer_t *self, const rd_kafka_message_t *m,
+               s_result_t *res, char *err, size_t errlen)
 {
     char sqlstate[6] = "";
     if (!s_exec (self->conn, "BEGIN"))
@@ -710,8 +710,22 @@ s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
                    self->cfg->pool, rd_kafka_topic_name (m->rkt),
                    m->partition, m->offset);
         res->skipped = true;
-        return S_DONE;
     }
+    return S_DONE;
+}
+
+/*  One attempt: BEGIN, claim, statement timeout, steps, COMMIT.  On
+    S_DEAD err holds the reason and res the problem's status.  */
+static s_outcome_t
+s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
+           const worker_op_t *op, const msgpack_object *args,
+           const msgpack_object *body, uint64_t deadline, s_result_t *res,
+           char *err, size_t errlen)
+{
+    char sqlstate[6] = "";
+    s_outcome_t begun = s_begin_claim (self, m, res, err, errlen);
+    if (begun != S_DONE || res->skipped)
+        return begun;
     if (!s_set_timeout (self->conn, deadline, sqlstate))
         return s_failed (self, sqlstate, err, errlen, "statement timeout");
     for (size_t s = 0; s < op->nsteps; s++) {
@@ -778,16 +792,9 @@ s_record (s_consumer_t *self, const rd_kafka_message_t *m, s_result_t *res,
           char *err, size_t errlen)
 {
     char sqlstate[6] = "";
-    if (!s_exec (self->conn, "BEGIN"))
-        return s_failed (self, "", err, errlen, "BEGIN");
-    int claimed = s_claim (self, m, sqlstate);
-    if (claimed < 0)
-        return s_failed (self, sqlstate, err, errlen, "offset claim");
-    if (claimed == 0) {
-        (void) s_exec (self->conn, "ROLLBACK");
-        res->skipped = true;
-        return S_DONE;
-    }
+    s_outcome_t begun = s_begin_claim (self, m, res, err, errlen);
+    if (begun != S_DONE || res->skipped)
+        return begun;
     PGresult *r = PQexec (self->conn, "COMMIT");
     bool ok = PQresultStatus (r) == PGRES_COMMAND_OK;
     const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
