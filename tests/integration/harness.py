@@ -230,6 +230,23 @@ class Tap:
         os._exit(1 if self.failed else 0)
 
 
+def kafka_stack(name, guard_seconds=300):
+    """The common start of a real-broker test file: guards, a Tap, a Kafka
+    broker (tests/kafka/kafka_broker.py, cleaned up at exit) and a Stack,
+    with both logs shown when a case fails.  Returns (tap, broker, stack)."""
+    import kafka_broker
+    install_guards(guard_seconds)
+    tap = Tap()
+    broker = kafka_broker.Broker()
+    _register_cleanup(broker.close)
+    stack = Stack(name)
+    tap.log_sources.append(stack.live_logs)
+    tap.log_sources.append(lambda: [("kafka", broker.log_path())]
+                           if broker.dir and os.path.exists(broker.log_path())
+                           else [])
+    return tap, broker, stack
+
+
 def run_cases(tap, cases, unavailable, failures=()):
     """Runs (name, fn) cases in order, each depending on the ones before:
     after a failure the rest are reported "not ok ... not run", and once a

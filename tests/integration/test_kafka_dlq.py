@@ -35,15 +35,7 @@ TOPIC = "ferry.dlq.events"
 DLQ = TOPIC + ".dlq"
 RETRIES = 2
 
-harness.install_guards(300)
-tap = harness.Tap()
-broker = kafka_broker.Broker()
-harness._register_cleanup(broker.close)
-stack = harness.Stack("ferry-kafka-dlq")
-tap.log_sources.append(stack.live_logs)
-tap.log_sources.append(lambda: [("kafka", broker.log_path())]
-                       if broker.dir and os.path.exists(broker.log_path())
-                       else [])
+tap, broker, stack = harness.kafka_stack("ferry-kafka-dlq")
 
 POOL = """
   dlq:

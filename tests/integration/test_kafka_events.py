@@ -32,15 +32,7 @@ PARTITIONS = 3
 FIRST = 1000          # events of the first batch, ids 1..FIRST
 STREAM = 10000        # events of the kill -9 stream
 
-harness.install_guards(300)
-tap = harness.Tap()
-broker = kafka_broker.Broker()
-harness._register_cleanup(broker.close)
-stack = harness.Stack("ferry-kafka-it")
-tap.log_sources.append(stack.live_logs)
-tap.log_sources.append(lambda: [("kafka", broker.log_path())]
-                       if broker.dir and os.path.exists(broker.log_path())
-                       else [])
+tap, broker, stack = harness.kafka_stack("ferry-kafka-it")
 
 POOL = """
   events:

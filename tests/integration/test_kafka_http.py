@@ -49,15 +49,7 @@ ROUTES = """
     reply_topic: %s
 """
 
-harness.install_guards(300)
-tap = harness.Tap()
-broker = kafka_broker.Broker()
-harness._register_cleanup(broker.close)
-stack = harness.Stack("ferry-kafka-http-it")
-tap.log_sources.append(stack.live_logs)
-tap.log_sources.append(lambda: [("kafka", broker.log_path())]
-                       if broker.dir and os.path.exists(broker.log_path())
-                       else [])
+tap, broker, stack = harness.kafka_stack("ferry-kafka-http-it")
 state = {}
 
 

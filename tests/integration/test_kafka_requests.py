@@ -35,15 +35,7 @@ REQUESTS = "ferry.app.requests"
 REPLIES = "ferry.test.replies"
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
-harness.install_guards(300)
-tap = harness.Tap()
-broker = kafka_broker.Broker()
-harness._register_cleanup(broker.close)
-stack = harness.Stack("ferry-kafka-req")
-tap.log_sources.append(stack.live_logs)
-tap.log_sources.append(lambda: [("kafka", broker.log_path())]
-                       if broker.dir and os.path.exists(broker.log_path())
-                       else [])
+tap, broker, stack = harness.kafka_stack("ferry-kafka-req")
 
 POOL = """
   requests:
