@@ -126,7 +126,8 @@ def invalid(name, value, error):
 valid("request, required fields only", request())
 valid("request, every field",
       request(cid="req-42", ts=TS, att=1, prin="user:ada", idem="idem-1",
-              tp=TP, rto="ferry.replies", hdrs={"accept": "application/json"},
+              tp=TP, rto="ferry.replies",
+              job="0190f3c2-7d4e-4a1b-9c2d-3e4f5a6b7c8d", hdrs={"accept": "application/json"},
               args={"id": 42}, body={"name": "Ada", "tags": ["a", "b"]}))
 valid("reply, required fields only", reply())
 valid("reply, problem body",
@@ -161,6 +162,7 @@ valid("empty args map", request(args={}))
 valid("status 100 and name limits",
       reply(st=100, cid="x" * 128), reply(st=100, cid="x" * 128))
 valid("status 599", reply(st=599))
+valid("idempotency key of 255 characters", request(idem="k" * 255))
 valid("service and operation of 64 characters",
       request(svc="A-z_0.9" + "s" * 57, op="o" * 64))
 valid("deadline in a uint64 encoding",
@@ -239,6 +241,10 @@ invalid("deadline as a string", request(dl="1700000005000"),
 invalid("id as an integer", request(id=42), "field 'id': expected string")
 invalid("id of 129 characters", request(id="i" * 129),
         "field 'id': expected 1 to 128 visible ASCII characters")
+invalid("idempotency key of 256 characters", request(idem="k" * 256),
+        "field 'idem': expected 1 to 255 visible ASCII characters")
+invalid("job id with a space", request(job="a b"),
+        "field 'job': expected 1 to 128 visible ASCII characters")
 invalid("empty id", request(id=""),
         "field 'id': expected 1 to 128 visible ASCII characters")
 invalid("id with a space", request(id="a b"),

@@ -32,8 +32,10 @@
 #define S_DEPTH_CAP 32
 
 /*  Limits of single fields, from the specification.  */
-#define S_TOKEN_MAX 128    /* id, cid, re, idem, tp */
+#define S_TOKEN_MAX 128    /* id, cid, re, tp, job */
 #define S_REPLY_TO_MAX 255 /* a Kafka topic name fits */
+/*  The HTTP edge accepts Idempotency-Key values up to 255 characters.  */
+#define S_IDEM_MAX 255
 #define S_PRINCIPAL_MAX 1024
 #define S_HEADERS_MAX 100 /* the edge's own limit on header fields */
 #define S_HEADER_NAME_MAX 128
@@ -50,7 +52,7 @@ const ferry_limits_t ferry_limits_default = {
 /*  The fields, in the order they are encoded.  */
 typedef enum {
     F_V, F_KIND, F_ID, F_CID, F_RE, F_SVC, F_OP, F_DL, F_TS, F_ATT, F_ST,
-    F_PRIN, F_IDEM, F_TP, F_RTO, F_HDRS, F_ARGS, F_BODY, F_COUNT
+    F_PRIN, F_IDEM, F_TP, F_RTO, F_JOB, F_HDRS, F_ARGS, F_BODY, F_COUNT
 } s_field_t;
 
 typedef enum {
@@ -85,9 +87,10 @@ static const struct {
     [F_ATT] = {S_KEY ("att"), T_UINT, UINT32_MAX},
     [F_ST] = {S_KEY ("st"), T_UINT, 599},
     [F_PRIN] = {S_KEY ("prin"), T_TEXT, S_PRINCIPAL_MAX},
-    [F_IDEM] = {S_KEY ("idem"), T_TOKEN, S_TOKEN_MAX},
+    [F_IDEM] = {S_KEY ("idem"), T_TOKEN, S_IDEM_MAX},
     [F_TP] = {S_KEY ("tp"), T_TOKEN, S_TOKEN_MAX},
     [F_RTO] = {S_KEY ("rto"), T_TOKEN, S_REPLY_TO_MAX},
+    [F_JOB] = {S_KEY ("job"), T_TOKEN, S_TOKEN_MAX},
     [F_HDRS] = {S_KEY ("hdrs"), T_HDRS, S_HEADERS_MAX},
     [F_ARGS] = {S_KEY ("args"), T_MAP, 0},
     [F_BODY] = {S_KEY ("body"), T_ANY, 0},
@@ -618,6 +621,18 @@ void
 ferry_envelope_set_reply_to (ferry_envelope_t *self, const char *to)
 {
     s_set_str (self, F_RTO, to);
+}
+
+const char *
+ferry_envelope_job (const ferry_envelope_t *self)
+{
+    return self->str[F_JOB];
+}
+
+void
+ferry_envelope_set_job (ferry_envelope_t *self, const char *id)
+{
+    s_set_str (self, F_JOB, id);
 }
 
 uint64_t
@@ -1503,6 +1518,7 @@ ferry_envelope_test (bool verbose)
     ferry_envelope_set_traceparent (
         req, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     ferry_envelope_set_reply_to (req, "ferry.replies");
+    ferry_envelope_set_job (req, "0190f3c2-7d4e-4a1b-9c2d-3e4f5a6b7c8d");
     ferry_envelope_set_created (req, 1700000000000);
     ferry_envelope_set_attempt (req, 2);
     ferry_envelope_set_header (req, "Accept", "text/plain");
@@ -1543,6 +1559,8 @@ ferry_envelope_test (bool verbose)
     FERRY_CHECK (s_eq (ferry_envelope_operation (copy), "get_user"));
     FERRY_CHECK (s_eq (ferry_envelope_principal (copy), "user:ada"));
     FERRY_CHECK (s_eq (ferry_envelope_idempotency_key (copy), "idem-1"));
+    FERRY_CHECK (s_eq (ferry_envelope_job (copy),
+                       "0190f3c2-7d4e-4a1b-9c2d-3e4f5a6b7c8d"));
     FERRY_CHECK (strncmp (ferry_envelope_traceparent (copy), "00-4bf9", 7)
                  == 0);
     FERRY_CHECK (s_eq (ferry_envelope_reply_to (copy), "ferry.replies"));

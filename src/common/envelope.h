@@ -97,6 +97,10 @@ void ferry_envelope_set_traceparent (ferry_envelope_t *self, const char *tp);
     absent for ZeroMQ, where the broker routes the reply.  */
 const char *ferry_envelope_reply_to (const ferry_envelope_t *self);
 void ferry_envelope_set_reply_to (ferry_envelope_t *self, const char *to);
+/*  The asynchronous job this request is (or may become), a UUID string:
+    the worker records the request's outcome in ferry.jobs under it.  */
+const char *ferry_envelope_job (const ferry_envelope_t *self);
+void ferry_envelope_set_job (ferry_envelope_t *self, const char *id);
 
 /*  Absolute deadline, ms since the Unix epoch.  */
 uint64_t ferry_envelope_deadline (const ferry_envelope_t *self);
