@@ -567,6 +567,15 @@ s_edge_request (s_broker_t *self, s_message_t *msg)
         s_fail_request (self, &req, 503, "service queue full", 1);
         return;
     }
+    /*  An edge that answers 202 Accepted must know the broker holds the
+        message; whatever happens to it later comes as a reply.  */
+    if (strchr (flags, FERRY_FLAG_ACK)) {
+        const char *parts[] = {FERRY_CMD_ACK, msg_id};
+        if (s_send (&self->frontend, zmq_msg_data (edge),
+                    zmq_msg_size (edge), parts, 2, NULL, false))
+            s_trace (self, "broker: ack dropped msg=%s reason=%s", msg_id,
+                     zmq_strerror (errno));
+    }
     s_dispatch (self, svc);
 }
 
@@ -1328,6 +1337,44 @@ broker_queue_full_test (bool verbose)
     zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "2", NULL);
     for (int i = 0; i < 2; i++)
         FERRY_CHECK (broker_harness_got_work (worker, ids[i]));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_ack_test (bool verbose)
+{
+    broker_settings_t *settings = broker_harness_settings (false);
+    broker_settings_set_queue_limit (settings, "app", 1);
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "app", "0",
+                                              verbose, &edge, &worker)
+                 == 0);
+    /*  Queued (the worker has no credit): ACK at once, then the work.  */
+    char ids[3][FERRY_ID_LEN + 1];
+    for (int i = 0; i < 3; i++)
+        ferry_id_generate (ids[i]);
+    broker_harness_request (edge, "app", ids[0], broker_harness_deadline (),
+                            "ra", "x", 1);
+    zmsg_t *ack = broker_harness_recv (edge, FERRY_CMD_ACK, 1, 0);
+    FERRY_CHECK (ack);
+    char *acked = zmsg_popstr (ack);
+    FERRY_CHECK (acked && streq (acked, ids[0]));
+    free (acked);
+    zmsg_destroy (&ack);
+    /*  A refusal is a problem reply and no ACK.  */
+    broker_harness_request (edge, "app", ids[1], broker_harness_deadline (),
+                            "a", "x", 1);
+    FERRY_CHECK (broker_harness_got_problem (edge, ids[1], 503, true));
+    FERRY_CHECK (broker_harness_silent (edge, 50));
+    /*  Without the flag there is no ACK.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_CREDIT, "2", NULL);
+    FERRY_CHECK (broker_harness_got_work (worker, ids[0]));
+    broker_harness_request (edge, "app", ids[2], broker_harness_deadline (),
+                            "", "x", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, ids[2]));
+    FERRY_CHECK (broker_harness_silent (edge, 50));
     broker_harness_stop (&h);
     return 0;
 }

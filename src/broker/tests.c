@@ -12,6 +12,7 @@ const ferry_test_t broker_tests[] = {
     {"routing", broker_routing_test},
     {"credit", broker_credit_test},
     {"queue_full", broker_queue_full_test},
+    {"ack", broker_ack_test},
     {"deadline", broker_deadline_test},
     {"no_worker", broker_no_worker_test},
     {"liveness", broker_liveness_test},

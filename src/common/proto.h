@@ -13,6 +13,9 @@
       HB
     Broker -> edge:
       REP   msg_id payload
+      ACK   msg_id              (only for a REQ with flag "a": the broker
+                                 holds the message; a refusal comes as a
+                                 REP with a problem instead)
       HB    services            (space-separated services that have workers)
     Worker -> broker (backend):
       READY service credit      (first message; announces the service)
@@ -28,7 +31,8 @@
 
     deadline_ms is the absolute deadline, decimal milliseconds since the
     Unix epoch.  flags is a string of single-letter flags: "r" marks the
-    request retryable (safe to redeliver after a worker dies).  */
+    request retryable (safe to redeliver after a worker dies), "a" asks
+    for an ACK once the broker has queued or dispatched it.  */
 
 #ifndef FERRY_PROTO_H_INCLUDED
 #define FERRY_PROTO_H_INCLUDED
@@ -41,8 +45,10 @@
 #define FERRY_CMD_READY "READY"
 #define FERRY_CMD_CREDIT "CREDIT"
 #define FERRY_CMD_BYE "BYE"
+#define FERRY_CMD_ACK "ACK"
 
 #define FERRY_FLAG_RETRYABLE 'r'
+#define FERRY_FLAG_ACK 'a'
 
 /*  Largest frame a peer accepts (ZMQ_MAXMSGSIZE): the edge's largest body
     (1 MiB by default, 16 MiB at most) plus the envelope's own fields.  */
