@@ -438,11 +438,27 @@ s_worker_lost (s_broker_t *self, s_worker_t *worker, const char *reason)
     /*  Newest first, each to the head: the queue keeps their order.  */
     while ((req = (broker_request_t *) zlistx_last (worker->inflight))) {
         s_inflight_take (self, req);
-        if (broker_request_retryable (req))
-            broker_service_push_front (worker->service, &req);
-        else
+        req->deaths++;
+        if (!broker_request_retryable (req))
             s_fail_request (self, &req, 502, "worker died, outcome unknown",
                             0);
+        else if (req->deaths
+                 >= (unsigned) broker_settings_max_deaths (self->settings)) {
+            /*  The same message at every death is the likeliest cause:
+                sending it on would take the whole pool down in turn.  */
+            log_warn ("broker: dead letter msg=%s service=%s deaths=%u "
+                      "last_worker=%s reason=%s",
+                      req->msg_id, broker_service_name (worker->service),
+                      req->deaths, worker->key, reason);
+            char detail[128];
+            snprintf (detail, sizeof detail,
+                      "%u workers died while holding this request; it is "
+                      "not delivered again",
+                      req->deaths);
+            s_fail_request (self, &req, 502, detail, 0);
+        }
+        else
+            broker_service_push_front (worker->service, &req);
     }
     s_worker_remove (self, worker);
 }
@@ -1599,6 +1615,43 @@ broker_worker_death_test (bool verbose)
     /*  The dead worker's late reply is dropped.  */
     broker_harness_reply (worker, plain, "late", 4);
     FERRY_CHECK (broker_harness_silent (edge, 50));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_poison_test (bool verbose)
+{
+    /*  A retryable request whose workers keep dying is answered 502 at
+        the second death instead of being sent to a third worker.  */
+    broker_settings_t *settings = broker_harness_settings (true);
+    broker_settings_set_max_deaths (settings, 2);
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "app", "1",
+                                              verbose, &edge, &worker)
+                 == 0);
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    broker_harness_request (edge, "app", id, broker_harness_deadline (), "r",
+                            "poison", 6);
+    FERRY_CHECK (broker_harness_got_work (worker, id));
+    zsock_t *second = broker_harness_worker (&h, "app", "0");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    broker_harness_status_t status
+        = broker_harness_wait_silent (&h, second, 1);
+    FERRY_CHECK (status.workers == 1 && status.queued == 1);
+    zstr_sendx (second, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
+    FERRY_CHECK (broker_harness_got_work (second, id));
+    zsock_t *third = broker_harness_worker (&h, "app", "1");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    status = broker_harness_wait_silent (&h, third, 1);
+    FERRY_CHECK (status.workers == 1);
+    FERRY_CHECK (broker_harness_got_problem (edge, id, 502, false));
+    FERRY_CHECK (status.inflight == 0 && status.queued == 0);
+    zmsg_t *none = broker_harness_work (third, id, 50);
+    FERRY_CHECK (!none);
+    zmsg_destroy (&none);
     broker_harness_stop (&h);
     return 0;
 }

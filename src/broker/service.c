@@ -43,6 +43,7 @@ broker_request_new (const void *edge, size_t edge_size, const char *msg_id,
     zmq_msg_move (&self->payload, payload);
     self->worker = NULL;
     self->handle = NULL;
+    self->deaths = 0;
     return self;
 }
 

@@ -31,6 +31,7 @@ typedef struct {
                                              once sent unless retryable */
     void *worker;                         /* in flight: who holds it */
     void *handle;                         /* in flight: in its worker list */
+    unsigned deaths;                      /* workers that died holding it */
 } broker_request_t;
 
 /*  Moves *payload into the request (payload is left empty) and copies the

@@ -19,6 +19,7 @@ struct _broker_settings_t {
     uint64_t max_message;        /* ZMQ_MAXMSGSIZE on both ROUTERs */
     size_t max_inflight;         /* dispatched and unanswered, whole broker */
     size_t default_queue_limit;  /* per service unless listed in limits */
+    int64_t max_deaths;          /* worker deaths a request may witness */
     zhashx_t *limits;            /* service name -> size_t * queue limit */
 };
 
@@ -41,6 +42,7 @@ broker_settings_new (void)
     self->max_message = FERRY_MAX_MESSAGE_DEFAULT;
     self->max_inflight = 100000;
     self->default_queue_limit = 1000;
+    self->max_deaths = 2;
     self->limits = zhashx_new ();
     assert (self->limits);
     zhashx_set_destructor (self->limits, s_free_item);
@@ -75,6 +77,7 @@ broker_settings_dup (const broker_settings_t *src)
     self->max_message = src->max_message;
     self->max_inflight = src->max_inflight;
     self->default_queue_limit = src->default_queue_limit;
+    self->max_deaths = src->max_deaths;
     for (size_t *limit = (size_t *) zhashx_first (src->limits); limit;
          limit = (size_t *) zhashx_next (src->limits))
         broker_settings_set_queue_limit (
@@ -100,7 +103,7 @@ int
 broker_settings_load (broker_settings_t *self, ferry_config_t *config)
 {
     const char *frontend, *backend;
-    int64_t heartbeat, liveness, grace, inflight, dflt_limit;
+    int64_t heartbeat, liveness, grace, inflight, dflt_limit, deaths;
     uint64_t max_message;
     if (ferry_config_str (config, NULL, "broker.frontend", self->frontend,
                           &frontend)
@@ -121,7 +124,9 @@ broker_settings_load (broker_settings_t *self, ferry_config_t *config)
                              &inflight)
         || ferry_config_int (config, NULL, "broker.default_queue_limit", 0,
                              100000000, (int64_t) self->default_queue_limit,
-                             &dflt_limit))
+                             &dflt_limit)
+        || ferry_config_int (config, NULL, "broker.max_deaths", 1, 1000,
+                             self->max_deaths, &deaths))
         return -1;
     /*  Copy before replacing: the strings may be our own defaults.  */
     char *fe = ferry_strdup (frontend), *be = ferry_strdup (backend);
@@ -135,6 +140,7 @@ broker_settings_load (broker_settings_t *self, ferry_config_t *config)
     self->max_message = max_message;
     self->max_inflight = (size_t) inflight;
     self->default_queue_limit = (size_t) dflt_limit;
+    self->max_deaths = deaths;
 
     const ferry_cnode_t *services
         = ferry_config_node (config, NULL, "broker.services");
@@ -182,6 +188,19 @@ int64_t
 broker_settings_liveness (const broker_settings_t *self)
 {
     return self->liveness;
+}
+
+int64_t
+broker_settings_max_deaths (const broker_settings_t *self)
+{
+    return self->max_deaths;
+}
+
+void
+broker_settings_set_max_deaths (broker_settings_t *self, int64_t n)
+{
+    assert (n > 0);
+    self->max_deaths = n;
 }
 
 int64_t

@@ -19,6 +19,7 @@ const ferry_test_t broker_tests[] = {
     {"unknown_worker", broker_unknown_worker_test},
     {"malformed", broker_malformed_test},
     {"worker_death", broker_worker_death_test},
+    {"poison", broker_poison_test},
     {"overload", broker_overload_test},
     {"inflight_expiry", broker_inflight_expiry_test},
     {"late_reply", broker_late_reply_test},
