@@ -202,6 +202,42 @@ s_load_kafka (ferry_config_t *config, edge_settings_t *self)
     return 0;
 }
 
+/*  Reads a route's `mode` (sync | async), `async` and `async_after`.
+    Returns 0 or -1 (message set).  */
+static int
+s_load_async (ferry_config_t *config, const ferry_cnode_t *rnode,
+              edge_route_t *route, edge_settings_t *self)
+{
+    const char *mode_name;
+    bool async;
+    int64_t after;
+    if (ferry_config_str (config, rnode, "mode", "sync", &mode_name) != 0
+        || ferry_config_bool (config, rnode, "async", false, &async) != 0
+        || ferry_config_duration_ms (config, rnode, "async_after", 1,
+                                     3600000, 0, &after)
+               != 0)
+        return -1;
+    edge_mode_t mode;
+    if (strcmp (mode_name, "sync") == 0)
+        mode = EDGE_MODE_SYNC;
+    else if (strcmp (mode_name, "async") == 0)
+        mode = EDGE_MODE_ASYNC;
+    else
+        return ferry_config_fail (config,
+                                  ferry_config_node (config, rnode, "mode"),
+                                  "unknown mode '%s' (sync, async)",
+                                  mode_name);
+    char err[256];
+    if (edge_route_set_async (route, mode, async, after, err, sizeof err)
+        != 0)
+        return ferry_config_fail (
+            config, ferry_config_node (config, rnode, "async_after"), "%s",
+            err);
+    if (edge_route_uses_jobs (route))
+        self->jobs = true;
+    return 0;
+}
+
 static int
 s_load_routes (ferry_config_t *config, edge_settings_t *self,
                int64_t default_timeout, uint64_t default_max_body)
@@ -244,7 +280,8 @@ s_load_routes (ferry_config_t *config, edge_settings_t *self,
             return ferry_config_fail (
                 config, ferry_config_node (config, r, "route"), "%s", err);
         if (s_load_query (config, r, route) != 0
-            || s_load_transport (config, r, route, self) != 0)
+            || s_load_transport (config, r, route, self) != 0
+            || s_load_async (config, r, route, self) != 0)
             return -1;
         /*  /readyz asks the broker for workers of ZeroMQ services only.  */
         if (edge_route_transport (route) == EDGE_TRANSPORT_ZMQ)
@@ -260,7 +297,8 @@ edge_settings_load (ferry_config_t *config)
     self->routes = edge_routes_new ();
     const char *listen, *broker;
     int64_t loops, max_conn, max_inflight, conn_timeout, max_count;
-    int64_t default_timeout, liveness;
+    int64_t default_timeout, liveness, retention;
+    const char *database;
     uint64_t max_line, max_total, default_max_body;
     if (ferry_config_str (config, NULL, "edge.listen", "127.0.0.1:8080",
                           &listen)
@@ -300,6 +338,12 @@ edge_settings_load (ferry_config_t *config)
                != 0
         || ferry_config_int (config, NULL, "broker.liveness", 1, 1000, 3,
                              &liveness)
+               != 0
+        || ferry_config_str (config, NULL, "edge.database", NULL, &database)
+               != 0
+        || ferry_config_duration_ms (config, NULL, "jobs.retention", 1000,
+                                     INT64_C (366) * 86400000, 86400000,
+                                     &retention)
                != 0)
         goto fail;
     char err[256];
@@ -330,6 +374,11 @@ edge_settings_load (ferry_config_t *config)
     self->max_header_total = (size_t) max_total;
     self->max_header_count = (size_t) max_count;
     self->liveness = liveness;
+    self->job_retention_ms = retention;
+    /*  An explicit edge.database serves GET /jobs/{id} even without a
+        route of its own that makes jobs.  */
+    self->database = ferry_strdup (database ? database : "");
+    self->jobs = database && *database;
     if (s_load_routes (config, self, default_timeout, default_max_body) != 0
         || s_load_kafka (config, self) != 0)
         goto fail;
@@ -347,6 +396,7 @@ edge_settings_destroy (edge_settings_t **self_p)
         return;
     free (self->listen);
     free (self->broker);
+    free (self->database);
     edge_routes_destroy (&self->routes);
     for (size_t i = 0; i < self->nservices; i++)
         free (self->services[i]);
@@ -404,7 +454,16 @@ edge_config_test (bool verbose)
                        "        verbose: bool\n"
                        "    - route: POST /users\n"
                        "      service: app\n"
-                       "      operation: create_user\n";
+                       "      operation: create_user\n"
+                       "      async: true\n"
+                       "      async_after: 1500ms\n"
+                       "    - route: POST /imports\n"
+                       "      service: app\n"
+                       "      operation: import\n"
+                       "      mode: async\n"
+                       "jobs:\n"
+                       "  retention: 2h\n";
+    const edge_route_t *r = NULL;
     edge_settings_t *s = s_load_text (good, err, sizeof err);
     if (!s)
         fprintf (stderr, "# %s\n", err);
@@ -416,14 +475,25 @@ edge_config_test (bool verbose)
     FERRY_CHECK (s->max_header_line == 8192 && s->max_header_total == 16384);
     FERRY_CHECK (s->max_header_count == 100);
     FERRY_CHECK (s->address.ss_family == AF_INET);
-    FERRY_CHECK (edge_routes_size (s->routes) == 3);
+    FERRY_CHECK (edge_routes_size (s->routes) == 4);
+    FERRY_CHECK (s->jobs && strcmp (s->database, "") == 0);
+    FERRY_CHECK (s->job_retention_ms == 2 * 3600 * 1000);
+    r = edge_routes_at (s->routes, 2);
+    FERRY_CHECK (edge_route_mode (r) == EDGE_MODE_SYNC);
+    FERRY_CHECK (edge_route_async (r));
+    FERRY_CHECK (edge_route_async_after_ms (r) == 1500);
+    r = edge_routes_at (s->routes, 3);
+    FERRY_CHECK (edge_route_mode (r) == EDGE_MODE_ASYNC);
+    FERRY_CHECK (edge_route_async (r) && !edge_route_async_after_ms (r));
+    r = edge_routes_at (s->routes, 0);
+    FERRY_CHECK (!edge_route_uses_jobs (r));
     FERRY_CHECK (s->nservices == 2);
     FERRY_CHECK (strcmp (s->services[0], "app") == 0);
     FERRY_CHECK (strcmp (s->services[1], "reports") == 0);
     FERRY_CHECK (!s->kafka);
     FERRY_CHECK (strncmp (s->reply_topic, "ferry.replies.", 14) == 0);
     FERRY_CHECK (strstr (s->reply_topic, ".23001"));
-    const edge_route_t *r = edge_routes_at (s->routes, 0);
+    r = edge_routes_at (s->routes, 0);
     FERRY_CHECK (edge_route_timeout_ms (r) == 2000);
     FERRY_CHECK (edge_route_max_body (r) == 1024 * 1024);
     r = edge_routes_at (s->routes, 1);
@@ -460,6 +530,7 @@ edge_config_test (bool verbose)
         fprintf (stderr, "# %s\n", err);
     FERRY_CHECK (s);
     FERRY_CHECK (s->kafka && s->kafka_conf && s->max_timeout_ms == 7000);
+    FERRY_CHECK (!s->jobs && s->job_retention_ms == 86400000);
     FERRY_CHECK (strcmp (s->reply_topic, "edge-1.replies") == 0);
     r = edge_routes_at (s->routes, 0);
     FERRY_CHECK (edge_route_transport (r) == EDGE_TRANSPORT_KAFKA);
@@ -509,6 +580,25 @@ edge_config_test (bool verbose)
         {"edge:\n  kafka:\n    reply_topic: \"r t\"\n",
          "edge.kafka.reply_topic: 'r t' is not a Kafka topic name"},
         {"edge:\n  kafka:\n    reply_topc: x\n", "reply_topc"},
+        {"edge:\n  routes:\n    - route: POST /x\n      service: a\n"
+         "      operation: b\n      mode: later\n",
+         "test.yaml:6: edge.routes[0].mode: unknown mode 'later'"},
+        {"edge:\n  routes:\n    - route: POST /x\n      service: a\n"
+         "      operation: b\n      async: maybe\n",
+         "test.yaml:6: edge.routes[0].async"},
+        {"edge:\n  routes:\n    - route: POST /x\n      service: a\n"
+         "      operation: b\n      mode: async\n      async_after: 1s\n",
+         "test.yaml:7: edge.routes[0].async_after: async_after is for routes "
+         "in sync mode"},
+        {"edge:\n  routes:\n    - route: POST /x\n      service: a\n"
+         "      operation: b\n      timeout: 2s\n      async_after: 2s\n",
+         "test.yaml:7: edge.routes[0].async_after: async_after (2000 ms) "
+         "must be shorter"},
+        {"edge:\n  routes:\n    - route: POST /x\n      service: a\n"
+         "      operation: b\n      async_after: soon\n",
+         "test.yaml:6: edge.routes[0].async_after"},
+        {"edge:\n  database: [a]\n", "test.yaml:2: edge.database"},
+        {"jobs:\n  retention: forever\n", "test.yaml:2: jobs.retention"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';

@@ -38,6 +38,10 @@ typedef struct {
     rd_kafka_conf_t *kafka_conf;      /* edge.kafka.properties, a template */
     char *reply_topic;                /* this instance's reply topic */
     int64_t max_timeout_ms;           /* longest Kafka route timeout */
+    /*  Jobs (docs/edge.md "Asynchronous jobs").  */
+    bool jobs;                        /* a route makes jobs, or database set */
+    char *database;                   /* libpq conninfo; "": PG* environment */
+    int64_t job_retention_ms;         /* jobs.retention */
 } edge_settings_t;
 
 /*  Reads the settings.  Returns a new record the caller owns, or NULL with

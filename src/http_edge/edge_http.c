@@ -12,6 +12,7 @@
 #include "edge_http.h"
 #include "json.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,8 @@ edge_request_encode (const edge_request_info_t *info, msgpack_sbuffer *out,
     ferry_envelope_set_traceparent (env, info->traceparent);
     if (info->idempotency_key)
         ferry_envelope_set_idempotency_key (env, info->idempotency_key);
+    if (info->job)
+        ferry_envelope_set_job (env, info->job);
     ferry_envelope_set_created (env, info->created_ms);
     ferry_envelope_set_deadline (env, info->deadline_ms);
     ferry_envelope_set_attempt (env, 1);
@@ -536,7 +539,204 @@ edge_output_reply (edge_output_t *out, const ferry_envelope_t *reply,
     const char *tp = ferry_envelope_header (reply, "traceparent");
     if (tp && ferry_traceparent_valid (tp))
         strcpy (out->traceresponse, tp);
+    const char *replayed = ferry_envelope_header (reply,
+                                                  "idempotent-replayed");
+    out->replayed = replayed && strcasecmp (replayed, "true") == 0;
     return 0;
+}
+
+char *
+edge_json_text (const msgpack_object *obj, size_t *len)
+{
+    return s_body_json (obj, len);
+}
+
+/* ---- Prefer -----------------------------------------------------------------
+    RFC 7240 grammar, split by hand like Accept above: libmicrohttpd hands
+    over the field value and nothing else parses it.  Quoted strings may
+    hold commas and semicolons, so the splitter skips them.  */
+
+void
+edge_prefer_init (edge_prefer_t *self)
+{
+    self->respond_async = false;
+    self->wait_s = -1;
+}
+
+/*  Length of the next item of s up to (not including) stop, outside
+    quoted strings.  */
+static size_t
+s_item_len (const char *s, size_t len, char stop)
+{
+    bool quoted = false;
+    for (size_t i = 0; i < len; i++) {
+        if (quoted && s[i] == '\\' && i + 1 < len)
+            i++;
+        else if (s[i] == '"')
+            quoted = !quoted;
+        else if (!quoted && s[i] == stop)
+            return i;
+    }
+    return len;
+}
+
+static bool
+s_tchar (char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')
+           || (c >= 'A' && c <= 'Z') || (c && strchr ("!#$%&'*+-.^_`|~", c));
+}
+
+/*  One preference "name [= value]" (its parameters already cut off).  */
+static void
+s_prefer_one (edge_prefer_t *self, const char *s, size_t len, bool *seen_async,
+              bool *seen_wait)
+{
+    s_trim (&s, &len);
+    size_t eq = s_item_len (s, len, '=');
+    const char *name = s;
+    size_t name_len = eq;
+    s_trim (&name, &name_len);
+    for (size_t i = 0; i < name_len; i++)
+        if (!s_tchar (name[i]))
+            return;
+    const char *value = eq < len ? s + eq + 1 : NULL;
+    size_t value_len = eq < len ? len - eq - 1 : 0;
+    if (value) {
+        s_trim (&value, &value_len);
+        if (value_len >= 2 && value[0] == '"' && value[value_len - 1] == '"') {
+            value++;
+            value_len -= 2;
+        }
+    }
+    if (s_media_is (name, name_len, "respond-async")) {
+        if (!*seen_async)
+            self->respond_async = true;
+        *seen_async = true;
+    }
+    else if (s_media_is (name, name_len, "wait")) {
+        if (*seen_wait)
+            return;
+        *seen_wait = true;
+        /*  delta-seconds: digits only; larger than a day is a day.  */
+        int64_t n = 0;
+        if (!value || value_len == 0 || value_len > 18)
+            return;
+        for (size_t i = 0; i < value_len; i++) {
+            if (value[i] < '0' || value[i] > '9')
+                return;
+            n = n * 10 + (value[i] - '0');
+        }
+        self->wait_s = n > 86400 ? 86400 : n;
+    }
+}
+
+void
+edge_prefer_parse (edge_prefer_t *self, const char *value)
+{
+    if (!value)
+        return;
+    /*  "first counts" across fields: a preference already set stays.  */
+    bool seen_async = self->respond_async, seen_wait = self->wait_s >= 0;
+    size_t len = strlen (value);
+    while (len) {
+        size_t item = s_item_len (value, len, ',');
+        size_t head = s_item_len (value, item, ';');
+        s_prefer_one (self, value, head, &seen_async, &seen_wait);
+        value += item;
+        len -= item;
+        if (len) {
+            value++;
+            len--;
+        }
+    }
+}
+
+/* ---- Idempotency-Key ----------------------------------------------------- */
+
+int
+edge_idempotency_key (const char *value, char *out, char *err, size_t errlen)
+{
+    size_t len = strlen (value), n = 0;
+    s_trim (&value, &len);
+    bool quoted = len && value[0] == '"';
+    if (quoted) {
+        if (len < 2 || value[len - 1] != '"') {
+            snprintf (err, errlen, "Idempotency-Key is not a valid key");
+            return 400;
+        }
+        value++;
+        len -= 2;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char c = value[i];
+        if (quoted && c == '\\') {
+            /*  sf-string: only \" and \\ are escapes.  */
+            if (i + 1 == len || (value[i + 1] != '"' && value[i + 1] != '\\')) {
+                snprintf (err, errlen, "Idempotency-Key is not a valid key");
+                return 400;
+            }
+            c = value[++i];
+        }
+        else if (quoted && c == '"') {
+            snprintf (err, errlen, "Idempotency-Key is not a valid key");
+            return 400;
+        }
+        if (c < 0x21 || c > 0x7e) {
+            snprintf (err, errlen, "Idempotency-Key is not a valid key");
+            return 400;
+        }
+        if (n == EDGE_IDEM_MAX) {
+            snprintf (err, errlen,
+                      "Idempotency-Key is longer than %d characters",
+                      EDGE_IDEM_MAX);
+            return 400;
+        }
+        out[n++] = c;
+    }
+    out[n] = '\0';
+    if (n == 0) {
+        snprintf (err, errlen, "Idempotency-Key is not a valid key");
+        return 400;
+    }
+    return 0;
+}
+
+/* ---- job ids ----------------------------------------------------------------
+    ferry_id_generate already draws 128 random bits from getrandom (in
+    blocks); the version and variant nibbles are then set so the id is a
+    well-formed UUIDv4 (122 random bits remain: unguessable).  */
+
+void
+edge_job_id_generate (char out[EDGE_JOB_ID_LEN + 1])
+{
+    char hex[FERRY_ID_LEN + 1];
+    ferry_id_generate (hex);
+    hex[12] = '4';
+    static const char variant[] = "89ab";
+    char d = hex[16];
+    int v = d >= 'a' ? d - 'a' + 10 : d - '0';
+    hex[16] = variant[v & 3];
+    snprintf (out, EDGE_JOB_ID_LEN + 1, "%.8s-%.4s-%.4s-%.4s-%.12s", hex,
+              hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
+bool
+edge_job_id_valid (const char *s)
+{
+    static const size_t dash[] = {8, 13, 18, 23};
+    if (!s || strlen (s) != EDGE_JOB_ID_LEN)
+        return false;
+    for (size_t i = 0, d = 0; i < EDGE_JOB_ID_LEN; i++) {
+        if (d < 4 && i == dash[d]) {
+            if (s[i] != '-')
+                return false;
+            d++;
+        }
+        else if (!isxdigit ((unsigned char) s[i]))
+            return false;
+    }
+    return true;
 }
 
 /* ---- tests --------------------------------------------------------------- */
@@ -962,5 +1162,109 @@ edge_http_json_test (bool verbose)
                 rounds);
     FERRY_CHECK (direct > rounds / 4);
     msgpack_sbuffer_destroy (&buf);
+    return 0;
+}
+
+int
+edge_http_prefer_test (bool verbose)
+{
+    struct {
+        const char *fields[3];
+        bool async;
+        int64_t wait;
+    } cases[] = {
+        {{NULL}, false, -1},
+        {{"respond-async"}, true, -1},
+        {{"Respond-Async, wait=5"}, true, 5},
+        {{"wait=10", "respond-async"}, true, 10},
+        {{"wait = \"7\" ; foo=bar, respond-async;x"}, true, 7},
+        {{"handling=lenient, return=minimal"}, false, -1},
+        {{"wait=3, wait=9"}, false, 3},
+        {{"wait=3", "wait=9"}, false, 3},
+        {{"wait=x, wait=4"}, false, -1},
+        {{"wait=-1"}, false, -1},
+        {{"wait="}, false, -1},
+        {{"wait=999999"}, false, 86400},
+        {{"foo=\"a,wait=2\", respond-async"}, true, -1},
+        {{"respond-async=ignored-value"}, true, -1},
+        {{"  ,, respond-async ,"}, true, -1},
+        {{"resp ond-async"}, false, -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        edge_prefer_t p;
+        edge_prefer_init (&p);
+        for (size_t f = 0; f < 3 && cases[i].fields[f]; f++)
+            edge_prefer_parse (&p, cases[i].fields[f]);
+        if (verbose)
+            printf ("# '%s' -> async=%d wait=%lld\n",
+                    cases[i].fields[0] ? cases[i].fields[0] : "(none)",
+                    p.respond_async, (long long) p.wait_s);
+        if (p.respond_async != cases[i].async || p.wait_s != cases[i].wait) {
+            fprintf (stderr, "# Prefer case %zu: async=%d wait=%lld\n", i,
+                     p.respond_async, (long long) p.wait_s);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int
+edge_http_idempotency_test (bool verbose)
+{
+    char key[EDGE_IDEM_MAX + 1], err[128];
+    FERRY_CHECK (edge_idempotency_key ("abc-123", key, err, sizeof err) == 0);
+    FERRY_CHECK (strcmp (key, "abc-123") == 0);
+    FERRY_CHECK (edge_idempotency_key ("\"8e03978e-40d5\"", key, err,
+                                       sizeof err)
+                 == 0);
+    FERRY_CHECK (strcmp (key, "8e03978e-40d5") == 0);
+    FERRY_CHECK (edge_idempotency_key ("\"a\\\"b\\\\c\"", key, err,
+                                       sizeof err)
+                 == 0);
+    FERRY_CHECK (strcmp (key, "a\"b\\c") == 0);
+    /*  Exactly 255 is fine, 256 is too long, quoted or not.  */
+    char long_key[300];
+    memset (long_key, 'k', 255);
+    long_key[255] = '\0';
+    FERRY_CHECK (edge_idempotency_key (long_key, key, err, sizeof err) == 0);
+    FERRY_CHECK (strlen (key) == 255);
+    long_key[255] = 'k';
+    long_key[256] = '\0';
+    FERRY_CHECK (edge_idempotency_key (long_key, key, err, sizeof err) == 400);
+    FERRY_CHECK (strstr (err, "longer than 255"));
+    const char *bad[] = {"", "\"\"", "\"abc", "a b", "\"a b\"", "\"a\\x\"",
+                         "\"a\"b\"", "caf\xc3\xa9", "\"tab\there\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (edge_idempotency_key (bad[i], key, err, sizeof err) != 400
+            || !strstr (err, "not a valid key")) {
+            fprintf (stderr, "# key case %zu accepted\n", i);
+            return 1;
+        }
+        if (verbose)
+            printf ("# %s\n", err);
+    }
+    return 0;
+}
+
+int
+edge_http_job_id_test (bool verbose)
+{
+    char a[EDGE_JOB_ID_LEN + 1], b[EDGE_JOB_ID_LEN + 1];
+    for (int i = 0; i < 100; i++) {
+        edge_job_id_generate (a);
+        FERRY_CHECK (edge_job_id_valid (a));
+        FERRY_CHECK (a[14] == '4' && strchr ("89ab", a[19]));
+        for (const char *c = a; *c; c++)
+            FERRY_CHECK (!isupper ((unsigned char) *c));
+    }
+    edge_job_id_generate (b);
+    FERRY_CHECK (strcmp (a, b) != 0);
+    if (verbose)
+        printf ("# %s\n", a);
+    FERRY_CHECK (edge_job_id_valid ("0190F3C2-0000-4000-8000-00000000000A"));
+    FERRY_CHECK (!edge_job_id_valid ("0190f3c2-0000-4000-8000-00000000000"));
+    FERRY_CHECK (!edge_job_id_valid ("0190f3c2x0000-4000-8000-000000000000"));
+    FERRY_CHECK (!edge_job_id_valid ("0190f3c2-0000-4000-8000-00000000000g"));
+    FERRY_CHECK (!edge_job_id_valid (""));
     return 0;
 }

@@ -56,12 +56,47 @@ int edge_body_to_msgpack (edge_ct_t type, const char *body, size_t len,
                           size_t max_body, msgpack_sbuffer *out, char *err,
                           size_t errlen);
 
+/* ---- Prefer (RFC 7240) and Idempotency-Key ------------------------------- */
+typedef struct {
+    bool respond_async; /* Prefer: respond-async */
+    int64_t wait_s;     /* Prefer: wait=N, -1 when absent */
+} edge_prefer_t;
+
+void edge_prefer_init (edge_prefer_t *self);
+/*  Adds the preferences of one Prefer field value: comma-separated
+    preferences, each "token [= word] *(; parameter)", names without case.
+    Unknown preferences and malformed ones are ignored; of a preference
+    given twice (in one field or in several) the first counts.  */
+void edge_prefer_parse (edge_prefer_t *self, const char *value);
+
+/*  Longest Idempotency-Key, after unquoting.  */
+#define EDGE_IDEM_MAX 255
+/*  Reads an Idempotency-Key value: an RFC 8941 sf-string ("...", with \"
+    and \\ escapes) or a bare token, 1 to EDGE_IDEM_MAX visible ASCII
+    characters once unquoted.  Writes the key into out (EDGE_IDEM_MAX + 1
+    bytes).  Returns 0, or 400 with the reason in err.  */
+int edge_idempotency_key (const char *value, char *out, char *err,
+                          size_t errlen);
+
+/* ---- jobs ---------------------------------------------------------------- */
+#define EDGE_JOB_ID_LEN 36
+/*  Writes a new job id into out: 128 random bits formatted as a UUID with
+    the version 4 and variant bits set, lowercase.  */
+void edge_job_id_generate (char out[EDGE_JOB_ID_LEN + 1]);
+/*  True when s is a UUID (8-4-4-4-12 hex digits, any case).  */
+bool edge_job_id_valid (const char *s);
+
+/*  Compact JSON text of a msgpack value in a new buffer (free()), as the
+    edge writes reply bodies; NULL when the value has no JSON form.  */
+char *edge_json_text (const msgpack_object *obj, size_t *len);
+
 /* ---- the request envelope ------------------------------------------------ */
 typedef struct {
     const char *msg_id;          /* ferry_id_generate */
     const char *request_id;      /* X-Request-Id, becomes the cid */
     const char *traceparent;     /* already continued or started */
     const char *idempotency_key; /* NULL when absent */
+    const char *job;             /* job id, NULL when none */
     const char *service;
     const char *operation;
     const void *args; /* msgpack map */
@@ -86,6 +121,9 @@ typedef struct {
     char retry_after[16];     /* "" when none */
     char allow[64];           /* "" when none */
     char traceresponse[FERRY_TRACEPARENT_LEN + 1]; /* "" when none */
+    char location[48];             /* "/jobs/{id}" or "" */
+    char preference_applied[48];   /* "respond-async", "wait=5" or "" */
+    bool replayed;                 /* Idempotent-Replayed: true */
 } edge_output_t;
 
 /*  Frees the body and empties out.  */
@@ -108,5 +146,8 @@ int edge_http_problem_test (bool verbose);
 int edge_http_body_test (bool verbose);
 int edge_http_envelope_test (bool verbose);
 int edge_http_json_test (bool verbose);
+int edge_http_prefer_test (bool verbose);
+int edge_http_idempotency_test (bool verbose);
+int edge_http_job_id_test (bool verbose);
 
 #endif

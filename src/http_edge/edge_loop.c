@@ -312,6 +312,14 @@ s_queue (s_req_t *req)
                                  out->retry_after);
     if (out->traceresponse[0])
         MHD_add_response_header (resp, "traceresponse", out->traceresponse);
+    if (out->location[0])
+        MHD_add_response_header (resp, MHD_HTTP_HEADER_LOCATION,
+                                 out->location);
+    if (out->preference_applied[0])
+        MHD_add_response_header (resp, "Preference-Applied",
+                                 out->preference_applied);
+    if (out->replayed)
+        MHD_add_response_header (resp, "Idempotent-Replayed", "true");
     if (req->loop->draining)
         MHD_add_response_header (resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response (req->conn, out->status, resp);
@@ -484,15 +492,17 @@ s_begin (edge_loop_t *self, s_req_t *req, const char *url,
                 "application/msgpack");
         return;
     }
+    /*  Idempotency-Key means something on POST and PATCH only (the
+        httpapi draft); other methods are idempotent or safe already.  */
     const char *key = s_header (req, "Idempotency-Key");
-    if (key) {
-        if (!ferry_request_id_valid (key)) {
-            s_fail (req, 400,
-                    "Idempotency-Key must be 1 to 128 visible ASCII "
-                    "characters");
+    if (key
+        && (strcmp (method, "POST") == 0 || strcmp (method, "PATCH") == 0)) {
+        char value[EDGE_IDEM_MAX + 1];
+        if (edge_idempotency_key (key, value, err, sizeof err) != 0) {
+            s_fail (req, 400, err);
             return;
         }
-        req->idempotency_key = ferry_strdup (key);
+        req->idempotency_key = ferry_strdup (value);
     }
     req->stage = S_BODY;
 }
@@ -507,7 +517,11 @@ s_send (edge_loop_t *self, s_req_t *req, const msgpack_sbuffer *payload)
     char deadline[24];
     snprintf (deadline, sizeof deadline, "%llu",
               (unsigned long long) req->deadline_wall);
-    const char *flags = edge_route_retryable (route) ? "r" : "";
+    /*  A request with an Idempotency-Key may run twice without a second
+        effect, so it is as safe to redeliver as a GET.  */
+    const char *flags = edge_route_retryable (route) || req->idempotency_key
+                            ? "r"
+                            : "";
     void *s = self->dealer_handle;
     self->dealer_sent = true;
     /*  A DEALER delivers all parts of a message or none, so only the first

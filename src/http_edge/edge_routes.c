@@ -48,6 +48,9 @@ struct _edge_route_t {
     edge_transport_t transport;
     char *topic;      /* Kafka request topic */
     char *key;        /* parameter keying Kafka messages, or NULL */
+    edge_mode_t mode;     /* sync (the default) or async */
+    bool async;           /* honours Prefer: respond-async */
+    int64_t async_after;  /* sync route: 202 after this many ms; 0: never */
 };
 
 struct _edge_routes_t {
@@ -652,6 +655,51 @@ edge_route_retryable (const edge_route_t *self)
     return strcmp (self->method, "GET") == 0;
 }
 
+int
+edge_route_set_async (edge_route_t *route, edge_mode_t mode, bool async,
+                      int64_t async_after_ms, char *err, size_t errlen)
+{
+    if (async_after_ms < 0 || (async_after_ms && mode == EDGE_MODE_ASYNC)) {
+        snprintf (err, errlen, "async_after is for routes in sync mode");
+        return -1;
+    }
+    if (async_after_ms >= route->timeout_ms) {
+        snprintf (err, errlen,
+                  "async_after (%lld ms) must be shorter than the route's "
+                  "timeout (%lld ms)",
+                  (long long) async_after_ms, (long long) route->timeout_ms);
+        return -1;
+    }
+    route->mode = mode;
+    route->async = async;
+    route->async_after = async_after_ms;
+    return 0;
+}
+
+edge_mode_t
+edge_route_mode (const edge_route_t *self)
+{
+    return self->mode;
+}
+
+bool
+edge_route_async (const edge_route_t *self)
+{
+    return self->async || self->mode == EDGE_MODE_ASYNC;
+}
+
+int64_t
+edge_route_async_after_ms (const edge_route_t *self)
+{
+    return self->async_after;
+}
+
+bool
+edge_route_uses_jobs (const edge_route_t *self)
+{
+    return edge_route_async (self) || self->async_after > 0;
+}
+
 edge_transport_t
 edge_route_transport (const edge_route_t *self)
 {
@@ -1068,6 +1116,47 @@ edge_routes_kafka_test (bool verbose)
     FERRY_CHECK (!edge_route_key_value (&m, s_query_lookup, none, &len));
     FERRY_CHECK (edge_routes_match (t, "GET", "/z/1", &m) == 200);
     FERRY_CHECK (!edge_route_key_value (&m, s_query_lookup, q, &len));
+    edge_routes_destroy (&t);
+    return 0;
+}
+
+int
+edge_routes_async_test (bool verbose)
+{
+    if (verbose)
+        printf ("# async routes: mode, async, async_after\n");
+    edge_routes_t *t = edge_routes_new ();
+    char err[256];
+    edge_route_t *s = s_add (t, "GET /s");
+    edge_route_t *a = s_add (t, "POST /a");
+    edge_route_t *b = s_add (t, "POST /b");
+    FERRY_CHECK (s && a && b);
+    /*  The default: sync, no 202 ever.  */
+    FERRY_CHECK (edge_route_mode (s) == EDGE_MODE_SYNC);
+    FERRY_CHECK (!edge_route_async (s) && !edge_route_uses_jobs (s));
+    FERRY_CHECK (edge_route_async_after_ms (s) == 0);
+    FERRY_CHECK (edge_route_set_async (a, EDGE_MODE_ASYNC, false, 0, err,
+                                       sizeof err)
+                 == 0);
+    FERRY_CHECK (edge_route_async (a) && edge_route_uses_jobs (a));
+    FERRY_CHECK (edge_route_set_async (b, EDGE_MODE_SYNC, true, 1000, err,
+                                       sizeof err)
+                 == 0);
+    FERRY_CHECK (edge_route_async (b) && edge_route_async_after_ms (b) == 1000);
+    FERRY_CHECK (edge_route_set_async (s, EDGE_MODE_SYNC, false, 2000, err,
+                                       sizeof err)
+                 == 0);
+    FERRY_CHECK (!edge_route_async (s) && edge_route_uses_jobs (s));
+    /*  A budget on an async route, or one not below the timeout (5 s).  */
+    FERRY_CHECK (edge_route_set_async (a, EDGE_MODE_ASYNC, false, 1000, err,
+                                       sizeof err)
+                 == -1);
+    FERRY_CHECK (strstr (err, "sync mode"));
+    FERRY_CHECK (edge_route_set_async (b, EDGE_MODE_SYNC, false, 5000, err,
+                                       sizeof err)
+                 == -1);
+    FERRY_CHECK (strstr (err, "shorter than the route's timeout"));
+    FERRY_CHECK (edge_route_async_after_ms (b) == 1000);
     edge_routes_destroy (&t);
     return 0;
 }

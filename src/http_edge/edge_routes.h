@@ -34,6 +34,12 @@ typedef enum {
     EDGE_TRANSPORT_KAFKA = 1 /* produced to a request topic */
 } edge_transport_t;
 
+/*  How a route answers (docs/edge.md "Asynchronous jobs").  */
+typedef enum {
+    EDGE_MODE_SYNC = 0, /* the reply, or 504 at the timeout (the default) */
+    EDGE_MODE_ASYNC = 1 /* always 202 Accepted and a job */
+} edge_mode_t;
+
 typedef struct _edge_routes_t edge_routes_t;
 typedef struct _edge_route_t edge_route_t;
 
@@ -82,6 +88,14 @@ int edge_route_add_query (edge_route_t *route, const char *name,
 int edge_route_set_kafka (edge_route_t *route, const char *topic,
                           const char *key, char *err, size_t errlen);
 
+/*  Sets how the route answers: mode, whether a sync route honours
+    Prefer: respond-async (async), and the budget after which a sync route
+    answers 202 with a job (async_after_ms, 0 for never).  Returns 0, or -1
+    with a reason when async_after is set on an async route or is not
+    shorter than the route's timeout.  */
+int edge_route_set_async (edge_route_t *route, edge_mode_t mode, bool async,
+                          int64_t async_after_ms, char *err, size_t errlen);
+
 size_t edge_routes_size (const edge_routes_t *self);
 const edge_route_t *edge_routes_at (const edge_routes_t *self, size_t i);
 
@@ -112,6 +126,15 @@ uint64_t edge_route_max_body (const edge_route_t *self);
 /*  GET routes are safe to redeliver: their requests carry the "r" flag.  */
 bool edge_route_retryable (const edge_route_t *self);
 
+edge_mode_t edge_route_mode (const edge_route_t *self);
+/*  True when the route may answer 202 on request: mode async, or async:
+    true (Prefer: respond-async is honoured).  */
+bool edge_route_async (const edge_route_t *self);
+/*  The sync route's budget before 202 + job, 0 for none.  */
+int64_t edge_route_async_after_ms (const edge_route_t *self);
+/*  True when some request of the route may become a job.  */
+bool edge_route_uses_jobs (const edge_route_t *self);
+
 edge_transport_t edge_route_transport (const edge_route_t *self);
 /*  The Kafka request topic (set for Kafka routes only).  */
 const char *edge_route_topic (const edge_route_t *self);
@@ -127,5 +150,6 @@ int edge_routes_test (bool verbose);
 int edge_routes_kafka_test (bool verbose);
 int edge_routes_match_test (bool verbose);
 int edge_routes_args_test (bool verbose);
+int edge_routes_async_test (bool verbose);
 
 #endif
