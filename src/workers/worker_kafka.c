@@ -12,20 +12,28 @@
     committed offsets are a hint that is never ahead of the truth.
 
     One thread polls (rd_kafka_consumer_poll; the batch APIs are buggy in
-    librdkafka 2.0) and runs the transaction on its own blocking libpq
-    connection: order within a partition holds trivially, and the
-    rebalance callback runs on the same thread, between messages, so
-    partitions are never revoked under a transaction.  A retriable failure
-    (connection lost, deadlock, serialization, any server-side 5xx class)
-    pauses the partition, seeks it back to the message and resumes it when
-    its backoff (exponential, with jitter) has passed: the thread never
-    sleeps on one partition's failure, so the others go on meanwhile.
-    After the topic's `retries` the message is dead-lettered, like a
-    failure that is the message's fault (bad value, constraint) and a
-    message that does not decode, at once.
+    librdkafka 2.0) and hands each message to one of the pool's lanes,
+    chosen by (topic, partition): a lane is a thread with its own blocking
+    libpq connection and producer, up to the pool's actor count, so
+    partitions run concurrently and each partition's messages run in
+    order on one lane.  A lane runs the messages waiting in one partition
+    (up to S_BATCH) as one transaction, and one by one when that fails, so
+    that each keeps its own retry and dead letter.  A partition with more
+    than S_PAUSE_AT messages waiting is paused (rd_kafka_pause_partitions)
+    and resumed once its lane has worked it down to S_RESUME_AT: memory
+    stays bounded whatever PostgreSQL's pace.  On revocation (the
+    rebalance callback, on the polling thread) the lanes finish the
+    message in hand of each revoked partition and drop the rest; the new
+    owner starts from PostgreSQL's offset.  A retriable failure (connection
+    lost, deadlock, serialization, any server-side 5xx class) holds the
+    partition's first message for a backoff (exponential, with jitter)
+    while the lane goes on with its other partitions; after the topic's
+    `retries` the message is dead-lettered, like a failure that is the
+    message's fault (bad value, constraint) and a message that does not
+    decode, at once.
 
     Dead-lettering is asynchronous for the same reason: the partition is
-    paused, the message is produced to the topic's dead-letter topic
+    held, the message is produced to the topic's dead-letter topic
     (`<topic>.dlq`) with ferry-* headers saying why, and only once its
     delivery report succeeded does one transaction claim the offset and
     record the row in ferry.dead_letters.  Then the partition goes on past
@@ -36,7 +44,7 @@
     A topic of format `ferry` is a request topic: its values are ferry
     envelopes that an edge produced, each naming its operation, and each
     gets a reply envelope produced to the reply topic it names, through
-    the actor's own producer, after COMMIT and before the offset is
+    the lane's own producer, after COMMIT and before the offset is
     stored.  A request PostgreSQL already holds is skipped without a
     reply: its first run replied.  */
 
@@ -53,6 +61,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,42 +86,67 @@ typedef struct {
     char detail[512];
 } s_fault_t;
 
-/*  What a paused partition waits for.  */
+/*  What a partition's first message waits for.  */
 typedef enum {
-    S_HOLD_BACKOFF,   /* a retry: resume at due */
-    S_HOLD_READY,     /* resumed: the message comes back for its retry */
+    S_HOLD_NONE,      /* nothing: it runs when the lane gets to it */
+    S_HOLD_BACKOFF,   /* a retry: runs again at due */
     S_HOLD_SENDING,   /* dead letter produced, delivery report pending */
     S_HOLD_UNSENT,    /* its delivery failed: produce again at due */
     S_HOLD_SENT,      /* delivered: record it in PostgreSQL (again at due) */
 } s_hold_state_t;
 
-/*  A partition held at one message: by a retry's backoff or while the
-    message is dead-lettered.  One per partition at most.  */
+/*  One assigned partition as its lane sees it: the messages polled and
+    not done yet, in offset order (a ring), and what the first one waits
+    for.  Only the consumer thread appends and creates or frees parts;
+    only the lane pops.  Everything here is under the lane's mutex, except
+    the hold fields while busy (the lane alone touches them then).  */
 typedef struct {
     const s_topic_t *topic;
     int32_t partition;
-    int64_t offset;          /* the message held */
-    int64_t attempts;        /* failed attempts so far */
-    int64_t backoff_ms;      /* the next wait */
-    int64_t due;             /* ferry_mono_ms of the next step */
+    rd_kafka_message_t **q;
+    size_t head, count, cap;
+    int64_t next;            /* the next offset expected from Kafka */
+    bool paused;             /* by back-pressure */
+    bool busy;               /* the lane runs its first messages now */
+    int64_t attempts;        /* failed attempts of the first message */
+    int64_t backoff_ms;      /* its next wait */
+    int64_t due;             /* ferry_mono_ms of its next step */
     s_hold_state_t state;
-    rd_kafka_message_t *m;   /* while dead-lettering */
     s_fault_t fault;
-} s_hold_t;
+} s_part_t;
 
-/*  The actor's state; lives in worker_kafka_t because librdkafka's
-    rebalance callback gets it as the handle's opaque.  */
+/*  A lane: one thread with its own PostgreSQL connection and producer
+    that runs the messages of the partitions hashed to it, one partition
+    at a time, in order within each.  */
 typedef struct {
     worker_kafka_t *cfg;
     rd_kafka_t *rk;
+    size_t index;
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mutex;
+    pthread_cond_t wake;     /* work, or stop, for the lane */
+    pthread_cond_t idle;     /* a part stopped being busy */
+    s_part_t **parts;
+    size_t nparts, capparts, rr;
+    bool stop;
     PGconn *conn;
-    ferry_kafka_producer_t *producer; /* replies; from start */
+    ferry_kafka_producer_t *producer; /* replies and dead letters */
     msgpack_sbuffer body;    /* a reply's result, reused */
     msgpack_sbuffer out;     /* an encoded reply, reused */
     int64_t backoff_ms;      /* next wait while PostgreSQL is down */
     char sqlstate[6];        /* of the last failure classified, or "" */
-    s_hold_t **holds;        /* paused partitions */
-    size_t nholds, capholds;
+} s_lane_t;
+
+/*  The consumer actor's state; lives in worker_kafka_t because
+    librdkafka's rebalance callback gets it as the handle's opaque.  */
+typedef struct {
+    worker_kafka_t *cfg;
+    rd_kafka_t *rk;
+    PGconn *conn;            /* reads the offsets on assignment */
+    int64_t backoff_ms;      /* next wait while PostgreSQL is down */
+    s_lane_t *lanes;
+    size_t nlanes;
     bool terminated;
     zsock_t *pipe;
 } s_consumer_t;
@@ -123,10 +157,10 @@ struct _worker_kafka_t {
     const char *conninfo;
     size_t ntopics;
     s_topic_t *topics;
+    size_t nlanes;           /* the pool's actors */
     const worker_ops_t *ops;
     rd_kafka_conf_t *conf;   /* until start */
     rd_kafka_conf_t *pconf;  /* the producer's; each producer gets a copy */
-    rd_kafka_t *rk;          /* from start; used by the actor only */
     zactor_t *actor;
     s_consumer_t consumer;   /* the actor's, from start */
     bool stopping;
@@ -135,10 +169,24 @@ struct _worker_kafka_t {
 #define S_BACKOFF_MIN 100
 #define S_BACKOFF_MAX 5000
 #define S_RETRIES_DEFAULT 5
+#define S_BATCH 64           /* messages of one partition per transaction */
+#define S_PAUSE_AT 256       /* messages waiting that pause a partition */
+#define S_RESUME_AT 64       /* ... and that resume it */
+#define S_LANES_MAX 64
+#define S_CLOSE_MS 3000      /* leaving the group at stop, at most */
 
 static const char s_claim_sql[]
     = "INSERT INTO ferry.kafka_offsets (group_id, topic, partition,"
       " \"offset\") VALUES ($1, $2, $3, $4 + 1)"
+      " ON CONFLICT (group_id, topic, partition) DO UPDATE"
+      " SET \"offset\" = EXCLUDED.\"offset\", updated_at = now()"
+      " WHERE ferry.kafka_offsets.\"offset\" <= $4 RETURNING 1";
+
+/*  The same for a batch of one partition, $4 its first offset and $5 its
+    last: one row lock, one claim for the range.  */
+static const char s_claim_range_sql[]
+    = "INSERT INTO ferry.kafka_offsets (group_id, topic, partition,"
+      " \"offset\") VALUES ($1, $2, $3, $5 + 1)"
       " ON CONFLICT (group_id, topic, partition) DO UPDATE"
       " SET \"offset\" = EXCLUDED.\"offset\", updated_at = now()"
       " WHERE ferry.kafka_offsets.\"offset\" <= $4 RETURNING 1";
@@ -174,6 +222,16 @@ worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
         goto fail;
     }
     self->group = ferry_strdup (group);
+    /*  One lane per actor of the pool: the pool's actor count is its
+        PostgreSQL budget, Kafka's partitions share it.  */
+    char path[160];
+    snprintf (path, sizeof path, "pools.%s", pool);
+    const ferry_cnode_t *pnode = ferry_config_node (config, NULL, path);
+    int64_t actors = 1;
+    if (pnode && ferry_cnode_type (pnode) == FERRY_CNODE_MAP
+        && ferry_config_int (config, pnode, "actors", 1, 1024, 1, &actors))
+        goto fail;
+    self->nlanes = (size_t) (actors > S_LANES_MAX ? S_LANES_MAX : actors);
 
     const ferry_cnode_t *topics = ferry_config_node (config, node, "topics");
     if (!topics || ferry_cnode_type (topics) != FERRY_CNODE_SEQ
@@ -319,14 +377,13 @@ worker_kafka_destroy (worker_kafka_t **self_p)
         return;
     worker_kafka_t *self = *self_p;
     zactor_destroy (&self->actor);
-    if (self->rk)
-        rd_kafka_destroy (self->rk);
+    /*  Only when the actor never ran: it destroys its own.  */
+    if (self->consumer.rk)
+        rd_kafka_destroy (self->consumer.rk);
     if (self->conf)
         rd_kafka_conf_destroy (self->conf);
     if (self->pconf)
         rd_kafka_conf_destroy (self->pconf);
-    /*  Only when the actor never ran: it destroys its own.  */
-    ferry_kafka_producer_destroy (&self->consumer.producer);
     for (size_t i = 0; self->topics && i < self->ntopics; i++) {
         free (self->topics[i].name);
         free (self->topics[i].dlq);
@@ -363,44 +420,53 @@ s_wait (s_consumer_t *self, int64_t ms)
     zpoller_destroy (&poller);
 }
 
-static void
-s_backoff (s_consumer_t *self)
+/*  The next wait of an exponential backoff (*step doubles up to 5 s),
+    drawn between half and all of the step, so that many consumers failing
+    together do not retry in step.  */
+static int64_t
+s_next_backoff (int64_t *step)
 {
-    int64_t ms = self->backoff_ms / 2
-                 + (int64_t) (random () % (self->backoff_ms / 2 + 1));
-    s_wait (self, ms);
-    self->backoff_ms = self->backoff_ms * 2 > S_BACKOFF_MAX
-                           ? S_BACKOFF_MAX
-                           : self->backoff_ms * 2;
+    int64_t ms = *step / 2 + (int64_t) (random () % (*step / 2 + 1));
+    *step = *step * 2 > S_BACKOFF_MAX ? S_BACKOFF_MAX : *step * 2;
+    return ms;
 }
 
-/*  Connects when not connected.  Returns 0 when a connection is up.  */
+/*  Connects *conn when not connected.  Returns 0 when a connection is
+    up.  */
 static int
-s_pg_ensure (s_consumer_t *self)
+s_pg_connect (const worker_kafka_t *cfg, PGconn **conn, const char *who)
 {
-    if (self->conn && PQstatus (self->conn) == CONNECTION_OK)
+    if (*conn && PQstatus (*conn) == CONNECTION_OK)
         return 0;
-    if (self->conn)
-        PQfinish (self->conn);
-    self->conn = PQconnectdb (self->cfg->conninfo);
-    if (PQstatus (self->conn) == CONNECTION_OK) {
-        PGresult *r = PQexec (self->conn, s_setup_sql);
+    if (*conn)
+        PQfinish (*conn);
+    *conn = PQconnectdb (cfg->conninfo);
+    if (PQstatus (*conn) == CONNECTION_OK) {
+        PGresult *r = PQexec (*conn, s_setup_sql);
         bool ok = PQresultStatus (r) == PGRES_TUPLES_OK;
         PQclear (r);
         if (ok) {
-            log_info ("kafka consumer connected to PostgreSQL pool=%s",
-                      self->cfg->pool);
+            log_info ("kafka %s connected to PostgreSQL pool=%s", who,
+                      cfg->pool);
             return 0;
         }
     }
     char msg[256];
-    snprintf (msg, sizeof msg, "%s", PQerrorMessage (self->conn));
+    snprintf (msg, sizeof msg, "%s", PQerrorMessage (*conn));
     msg[strcspn (msg, "\n")] = '\0';
-    log_warn ("kafka consumer cannot connect to PostgreSQL pool=%s: %s",
-              self->cfg->pool, msg);
-    PQfinish (self->conn);
-    self->conn = NULL;
+    log_warn ("kafka %s cannot connect to PostgreSQL pool=%s: %s", who,
+              cfg->pool, msg);
+    PQfinish (*conn);
+    *conn = NULL;
     return -1;
+}
+
+static int
+s_pg_ensure (s_lane_t *self)
+{
+    char who[32];
+    snprintf (who, sizeof who, "lane %zu", self->index);
+    return s_pg_connect (self->cfg, &self->conn, who);
 }
 
 /*  Runs sql without parameters; true when it succeeded.  */
@@ -423,7 +489,7 @@ static void
 s_resume_offsets (s_consumer_t *self,
                   rd_kafka_topic_partition_list_t *parts)
 {
-    if (s_pg_ensure (self))
+    if (s_pg_connect (self->cfg, &self->conn, "consumer"))
         return;
     const char *values[1] = {self->cfg->group};
     PGresult *r = PQexecParams (
@@ -455,7 +521,7 @@ s_resume_offsets (s_consumer_t *self,
                   parts->elems[i].partition, parts->elems[i].offset);
 }
 
-static void s_holds_revoke (s_consumer_t *self,
+static void s_lanes_revoke (s_consumer_t *self,
                             const rd_kafka_topic_partition_list_t *parts);
 
 static void
@@ -472,12 +538,16 @@ s_rebalance (rd_kafka_t *rk, rd_kafka_resp_err_t err,
             error = rd_kafka_incremental_assign (rk, parts);
         else
             rc = rd_kafka_assign (rk, parts);
+        /*  A partition paused by back-pressure when it was revoked starts
+            afresh if it comes back.  */
+        if (!error && !rc)
+            (void) rd_kafka_resume_partitions (rk, parts);
     } else {
         for (int i = 0; i < parts->cnt; i++)
             log_info ("kafka partition revoked pool=%s topic=%s partition=%d",
                       self->cfg->pool, parts->elems[i].topic,
                       parts->elems[i].partition);
-        s_holds_revoke (self, parts);
+        s_lanes_revoke (self, parts);
         if (coop)
             error = rd_kafka_incremental_unassign (rk, parts);
         else
@@ -607,7 +677,7 @@ typedef enum {
     transaction owns it, 0 when PostgreSQL already holds it, -1 on
     error (sqlstate filled).  */
 static int
-s_claim (s_consumer_t *self, const rd_kafka_message_t *m, char *sqlstate)
+s_claim (s_lane_t *self, const rd_kafka_message_t *m, char *sqlstate)
 {
     char part[16], off[24];
     snprintf (part, sizeof part, "%" PRId32, m->partition);
@@ -629,7 +699,7 @@ s_claim (s_consumer_t *self, const rd_kafka_message_t *m, char *sqlstate)
 
 /*  Classifies a failure; on a lost connection drops it.  */
 static s_outcome_t
-s_failed (s_consumer_t *self, const char *sqlstate, char *err, size_t errlen,
+s_failed (s_lane_t *self, const char *sqlstate, char *err, size_t errlen,
           const char *what)
 {
     worker_pgerror_t e;
@@ -694,7 +764,7 @@ s_set_timeout (PGconn *conn, uint64_t deadline, char *sqlstate)
     the transaction is rolled back), S_DONE with the transaction open when
     the claim is ours, or a failure outcome.  */
 static s_outcome_t
-s_begin_claim (s_consumer_t *self, const rd_kafka_message_t *m,
+s_begin_claim (s_lane_t *self, const rd_kafka_message_t *m,
                s_result_t *res, char *err, size_t errlen)
 {
     char sqlstate[6] = "";
@@ -717,7 +787,7 @@ s_begin_claim (s_consumer_t *self, const rd_kafka_message_t *m,
 /*  One attempt: BEGIN, claim, statement timeout, steps, COMMIT.  On
     S_DEAD err holds the reason and res the problem's status.  */
 static s_outcome_t
-s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
+s_attempt (s_lane_t *self, const rd_kafka_message_t *m,
            const worker_op_t *op, const msgpack_object *args,
            const msgpack_object *body, uint64_t deadline, s_result_t *res,
            char *err, size_t errlen)
@@ -788,7 +858,7 @@ s_attempt (s_consumer_t *self, const rd_kafka_message_t *m,
     operation (expired, unknown operation, refused by the data) in a
     transaction of its own, so that a redelivery is skipped.  */
 static s_outcome_t
-s_record (s_consumer_t *self, const rd_kafka_message_t *m, s_result_t *res,
+s_record (s_lane_t *self, const rd_kafka_message_t *m, s_result_t *res,
           char *err, size_t errlen)
 {
     char sqlstate[6] = "";
@@ -808,7 +878,7 @@ s_record (s_consumer_t *self, const rd_kafka_message_t *m, s_result_t *res,
 /*  Records a message that went to the dead-letter topic in
     ferry.dead_letters, in the transaction that claims its offset.  */
 static s_outcome_t
-s_dead_letter (s_consumer_t *self, const rd_kafka_message_t *m,
+s_dead_letter (s_lane_t *self, const rd_kafka_message_t *m,
                const s_fault_t *fault, int64_t attempts, char *err,
                size_t errlen)
 {
@@ -896,51 +966,57 @@ s_sent_destroy (s_sent_t **sent_p)
     }
 }
 
-static s_hold_t *
-s_hold_find (s_consumer_t *self, const char *topic, int32_t partition)
+/*  The part of topic/partition in the lane; called with the mutex held.  */
+static s_part_t *
+s_part_find (s_lane_t *self, const char *topic, int32_t partition)
 {
-    for (size_t i = 0; i < self->nholds; i++)
-        if (self->holds[i]->partition == partition
-            && strcmp (self->holds[i]->topic->name, topic) == 0)
-            return self->holds[i];
+    for (size_t i = 0; i < self->nparts; i++)
+        if (self->parts[i]->partition == partition
+            && strcmp (self->parts[i]->topic->name, topic) == 0)
+            return self->parts[i];
     return NULL;
 }
 
 /*  A reply that could not be delivered is logged: the edge answers 504 at
-    its deadline.  A dead letter's report moves its hold on (the main loop
-    records it, or produces it again).  */
+    its deadline.  A dead letter's report moves its partition on (the lane
+    records it, or produces it again after a backoff).  Runs on the lane's
+    thread, which does not hold the mutex when it polls the producer.  */
 static void
 s_delivered (void *opaque, rd_kafka_resp_err_t err, void *arg)
 {
     s_sent_t *sent = opaque;
-    s_consumer_t *self = arg;
+    s_lane_t *self = arg;
     if (!sent->dead) {
         if (err)
             log_warn ("kafka reply not delivered pool=%s msg=%s: %s",
                       self->cfg->pool, sent->name, rd_kafka_err2str (err));
-    } else {
-        s_hold_t *hold = s_hold_find (self, sent->name, sent->partition);
-        if (hold && hold->offset == sent->offset
-            && hold->state == S_HOLD_SENDING) {
-            if (err) {
-                log_warn ("kafka dead letter not delivered pool=%s topic=%s "
-                          "partition=%d offset=%" PRId64 " to %s: %s",
-                          self->cfg->pool, sent->name, sent->partition,
-                          sent->offset, hold->topic->dlq,
-                          rd_kafka_err2str (err));
-                hold->state = S_HOLD_UNSENT;
-            } else
-                hold->state = S_HOLD_SENT;
-            hold->due = 0;  /* the main loop's backoff decides */
+        s_sent_destroy (&sent);
+        return;
+    }
+    pthread_mutex_lock (&self->mutex);
+    s_part_t *p = s_part_find (self, sent->name, sent->partition);
+    if (p && p->count && p->q[p->head]->offset == sent->offset
+        && p->state == S_HOLD_SENDING) {
+        if (err) {
+            log_warn ("kafka dead letter not delivered pool=%s topic=%s "
+                      "partition=%d offset=%" PRId64 " to %s: %s",
+                      self->cfg->pool, sent->name, sent->partition,
+                      sent->offset, p->topic->dlq, rd_kafka_err2str (err));
+            p->state = S_HOLD_UNSENT;
+            p->due = ferry_mono_ms () + s_next_backoff (&p->backoff_ms);
+        } else {
+            p->state = S_HOLD_SENT;
+            p->due = 0;
         }
     }
+    pthread_mutex_unlock (&self->mutex);
     s_sent_destroy (&sent);
 }
 
 /*  Builds the reply producer when there is none or the last one died of a
     fatal error.  Returns 0 when a producer is there.  */
 static int
-s_producer_ensure (s_consumer_t *self)
+s_producer_ensure (s_lane_t *self)
 {
     if (self->producer && !ferry_kafka_producer_fatal (self->producer))
         return 0;
@@ -962,7 +1038,7 @@ s_producer_ensure (s_consumer_t *self)
     failure is logged: the transaction committed, so nothing can be
     redone, and the edge answers 504 at its deadline.  */
 static void
-s_reply (s_consumer_t *self, const ferry_envelope_t *request,
+s_reply (s_lane_t *self, const ferry_envelope_t *request,
          const char *reply_to, ferry_envelope_t **reply_p)
 {
     ferry_envelope_t *reply = *reply_p;
@@ -1024,7 +1100,7 @@ s_reply_topic (const rd_kafka_message_t *m, const ferry_envelope_t *request,
     exactly once and replies, or returns S_DEAD (f filled) for what cannot
     be a request.  */
 static s_outcome_t
-s_handle_request (s_consumer_t *self, const rd_kafka_message_t *m,
+s_handle_request (s_lane_t *self, const rd_kafka_message_t *m,
                   s_fault_t *f)
 {
     char *err = f->detail;
@@ -1104,7 +1180,7 @@ s_handle_request (s_consumer_t *self, const rd_kafka_message_t *m,
 /*  Handles one message of topic: S_DONE, S_RETRY (f->detail says why) or
     S_DEAD (f says why: the message's own fault).  */
 static s_outcome_t
-s_handle (s_consumer_t *self, const rd_kafka_message_t *m,
+s_handle (s_lane_t *self, const rd_kafka_message_t *m,
           const s_topic_t *topic, s_fault_t *f)
 {
     self->sqlstate[0] = '\0';
@@ -1144,7 +1220,7 @@ s_handle (s_consumer_t *self, const rd_kafka_message_t *m,
 
 /*  Stores offset+1 for librdkafka's background commit.  */
 static void
-s_store (s_consumer_t *self, const rd_kafka_message_t *m)
+s_store (s_lane_t *self, const rd_kafka_message_t *m)
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new (1);
     rd_kafka_topic_partition_list_add (l, rd_kafka_topic_name (m->rkt),
@@ -1159,108 +1235,168 @@ s_store (s_consumer_t *self, const rd_kafka_message_t *m)
     rd_kafka_topic_partition_list_destroy (l);
 }
 
-/* ---- held partitions ---------------------------------------------------- */
+/*  Runs n messages of one json or cloudevents partition (offset order) as
+    one transaction: one claim covering them all, each message's steps,
+    one COMMIT, so that PostgreSQL commits (and syncs its log) once per
+    batch rather than per message.  Returns true when all of them
+    committed.  On any failure, or when PostgreSQL already holds part of
+    the range, it rolls back and returns false: the caller runs them one
+    by one, each with its own retry and dead letter.  */
+static bool
+s_batch (s_lane_t *self, const s_topic_t *topic, rd_kafka_message_t **ms,
+         size_t n)
+{
+    const rd_kafka_message_t *first = ms[0], *last = ms[n - 1];
+    char part[16], off0[24], off1[24];
+    snprintf (part, sizeof part, "%" PRId32, first->partition);
+    snprintf (off0, sizeof off0, "%" PRId64, first->offset);
+    snprintf (off1, sizeof off1, "%" PRId64, last->offset);
+    const char *values[5] = {self->cfg->group,
+                             rd_kafka_topic_name (first->rkt), part, off0,
+                             off1};
+    if (!s_exec (self->conn, "BEGIN"))
+        return false;
+    PGresult *r = PQexecParams (self->conn, s_claim_range_sql, 5, NULL,
+                                values, NULL, NULL, 0);
+    bool ok = PQresultStatus (r) == PGRES_TUPLES_OK && PQntuples (r) > 0;
+    PQclear (r);
+    msgpack_sbuffer args, body;
+    msgpack_sbuffer_init (&args);
+    msgpack_sbuffer_init (&body);
+    for (size_t i = 0; ok && i < n; i++) {
+        char err[256];
+        msgpack_sbuffer_clear (&args);
+        msgpack_sbuffer_clear (&body);
+        if (s_decode (ms[i], topic, &args, &body, err, sizeof err)) {
+            ok = false;
+            break;
+        }
+        msgpack_unpacked a, b;
+        s_unpack (&args, &a);
+        s_unpack (&body, &b);
+        const worker_op_t *op = topic->op;
+        for (size_t s = 0; ok && s < op->nsteps; s++) {
+            const worker_step_t *st = &op->steps[s];
+            char *vals[st->nparams ? st->nparams : 1];
+            if (worker_step_bind (st, &a.data, &b.data, vals, err,
+                                  sizeof err)) {
+                ok = false;
+                break;
+            }
+            r = PQexecParams (self->conn, st->sql, (int) st->nparams,
+                              st->oids, (const char *const *) vals, NULL,
+                              NULL, 0);
+            worker_step_values_free (st, vals);
+            ExecStatusType rs = PQresultStatus (r);
+            if ((rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK)
+                || (st->result == WORKER_RESULT_ONE && PQntuples (r) == 0))
+                ok = false;
+            PQclear (r);
+        }
+        msgpack_unpacked_destroy (&a);
+        msgpack_unpacked_destroy (&b);
+    }
+    msgpack_sbuffer_destroy (&args);
+    msgpack_sbuffer_destroy (&body);
+    if (ok) {
+        r = PQexec (self->conn, "COMMIT");
+        ok = PQresultStatus (r) == PGRES_COMMAND_OK;
+        PQclear (r);
+        if (ok)
+            return true;
+    } else
+        (void) s_exec (self->conn, "ROLLBACK");
+    log_debug ("kafka batch of %zu runs one by one pool=%s topic=%s "
+               "partition=%d offset=%" PRId64,
+               n, self->cfg->pool, topic->name, first->partition,
+               first->offset);
+    return false;
+}
 
-/*  Pauses, seeks or resumes one partition (what: "pause", "seek" to
-    offset, "resume").  A failure is logged: the partition was revoked
-    meanwhile, and its next owner starts from PostgreSQL's offset.  */
+/* ---- partitions in lanes ------------------------------------------------ */
+
+/*  Pauses or resumes p's partition for back-pressure.  A failure is
+    logged: the partition was revoked meanwhile.  */
 static void
-s_partition (s_consumer_t *self, const char *what, const char *topic,
-             int32_t partition, int64_t offset)
+s_pause (s_lane_t *self, s_part_t *p, bool pause)
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new (1);
-    rd_kafka_topic_partition_list_add (l, topic, partition)->offset = offset;
-    rd_kafka_resp_err_t rc = RD_KAFKA_RESP_ERR_NO_ERROR;
-    if (what[0] == 'p')
-        rc = rd_kafka_pause_partitions (self->rk, l);
-    else if (what[0] == 'r')
-        rc = rd_kafka_resume_partitions (self->rk, l);
-    else {
-        rd_kafka_error_t *e = rd_kafka_seek_partitions (self->rk, l, 0);
-        if (e) {
-            rc = rd_kafka_error_code (e);
-            rd_kafka_error_destroy (e);
-        }
-    }
-    /*  An asynchronous seek (timeout 0) reports "in progress".  */
-    if (!rc && l->elems[0].err != RD_KAFKA_RESP_ERR__IN_PROGRESS)
+    rd_kafka_topic_partition_list_add (l, p->topic->name, p->partition);
+    rd_kafka_resp_err_t rc = pause ? rd_kafka_pause_partitions (self->rk, l)
+                                   : rd_kafka_resume_partitions (self->rk, l);
+    if (!rc)
         rc = l->elems[0].err;
     if (rc)
-        log_warn ("kafka %s failed pool=%s topic=%s partition=%d: %s", what,
-                  self->cfg->pool, topic, partition, rd_kafka_err2str (rc));
+        log_warn ("kafka %s failed pool=%s topic=%s partition=%d: %s",
+                  pause ? "pause" : "resume", self->cfg->pool,
+                  p->topic->name, p->partition, rd_kafka_err2str (rc));
+    else
+        log_debug ("kafka partition %s pool=%s topic=%s partition=%d "
+                   "waiting=%zu",
+                   pause ? "paused" : "resumed", self->cfg->pool,
+                   p->topic->name, p->partition, p->count);
     rd_kafka_topic_partition_list_destroy (l);
 }
 
-/*  Next wait of a hold: exponential with jitter (half to all of it), so
-    that many consumers failing together do not retry in step.  */
-static int64_t
-s_hold_backoff (s_hold_t *hold)
-{
-    int64_t ms = hold->backoff_ms / 2
-                 + (int64_t) (random () % (hold->backoff_ms / 2 + 1));
-    hold->backoff_ms = hold->backoff_ms * 2 > S_BACKOFF_MAX
-                           ? S_BACKOFF_MAX
-                           : hold->backoff_ms * 2;
-    return ms;
-}
-
-/*  The hold of m's partition, created (not paused yet) when missing.  */
-static s_hold_t *
-s_hold_get (s_consumer_t *self, const s_topic_t *topic,
-            const rd_kafka_message_t *m)
-{
-    s_hold_t *hold = s_hold_find (self, topic->name, m->partition);
-    if (hold)
-        return hold;
-    if (self->nholds == self->capholds) {
-        self->capholds = self->capholds ? self->capholds * 2 : 8;
-        self->holds = ferry_realloc (self->holds,
-                                     self->capholds * sizeof *self->holds);
-    }
-    hold = ferry_calloc (1, sizeof *hold);
-    hold->topic = topic;
-    hold->partition = m->partition;
-    hold->offset = m->offset;
-    hold->backoff_ms = S_BACKOFF_MIN;
-    self->holds[self->nholds++] = hold;
-    return hold;
-}
-
-/*  Forgets a hold (the partition is not resumed here).  */
+/*  Done with p's first message: the next one starts afresh.  */
 static void
-s_hold_drop (s_consumer_t *self, s_hold_t *hold)
+s_part_clear (s_part_t *p)
 {
-    for (size_t i = 0; i < self->nholds; i++)
-        if (self->holds[i] == hold) {
-            self->holds[i] = self->holds[--self->nholds];
+    p->attempts = 0;
+    p->backoff_ms = S_BACKOFF_MIN;
+    p->due = 0;
+    p->state = S_HOLD_NONE;
+}
+
+/*  Pops p's first n messages (mutex held) and resumes the partition once
+    few enough are waiting.  */
+static void
+s_part_pop (s_lane_t *self, s_part_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_message_destroy (p->q[p->head]);
+        p->head = (p->head + 1) % p->cap;
+        p->count--;
+    }
+    if (p->paused && p->count <= S_RESUME_AT) {
+        s_pause (self, p, false);
+        p->paused = false;
+    }
+}
+
+/*  Frees p and the messages it still holds (mutex held, p not busy).  */
+static void
+s_part_free (s_lane_t *self, s_part_t *p)
+{
+    for (size_t i = 0; i < self->nparts; i++)
+        if (self->parts[i] == p) {
+            self->parts[i] = self->parts[--self->nparts];
             break;
         }
-    if (hold->m)
-        rd_kafka_message_destroy (hold->m);
-    free (hold);
-}
-
-/*  Drops the holds of revoked partitions: their next owner starts again
-    from PostgreSQL's offset (a dead letter in flight may then be produced
-    twice; it is never lost).  */
-static void
-s_holds_revoke (s_consumer_t *self,
-                const rd_kafka_topic_partition_list_t *parts)
-{
-    for (int i = 0; i < parts->cnt; i++) {
-        s_hold_t *hold = s_hold_find (self, parts->elems[i].topic,
-                                      parts->elems[i].partition);
-        if (hold)
-            s_hold_drop (self, hold);
+    while (p->count) {
+        rd_kafka_message_destroy (p->q[p->head]);
+        p->head = (p->head + 1) % p->cap;
+        p->count--;
     }
+    free (p->q);
+    free (p);
 }
 
-/*  Produces the held message to its dead-letter topic: its key, value
-    and headers, and the ferry-* headers that say why and where from.  */
-static void
-s_dlq_send (s_consumer_t *self, s_hold_t *hold)
+/*  Whether p's first message can run at now.  */
+static bool
+s_part_ready (const s_part_t *p, int64_t now)
 {
-    const rd_kafka_message_t *m = hold->m;
+    if (!p->count || p->busy || p->state == S_HOLD_SENDING)
+        return false;
+    return p->state == S_HOLD_NONE || p->due <= now;
+}
+
+/*  Produces m (p's first message) to its dead-letter topic: its key,
+    value and headers, and the ferry-* headers that say why and where
+    from.  */
+static void
+s_dlq_send (s_lane_t *self, s_part_t *p, const rd_kafka_message_t *m)
+{
     rd_kafka_headers_t *hdrs = NULL;
     size_t n = 0;
     if (rd_kafka_message_headers (m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -1281,12 +1417,12 @@ s_dlq_send (s_consumer_t *self, s_hold_t *hold)
         h[count++] = (ferry_kafka_header_t) {name, val, size};
     }
     char attempts[24], part[16], off[24];
-    snprintf (attempts, sizeof attempts, "%" PRId64, hold->attempts);
+    snprintf (attempts, sizeof attempts, "%" PRId64, p->attempts);
     snprintf (part, sizeof part, "%" PRId32, m->partition);
     snprintf (off, sizeof off, "%" PRId64, m->offset);
-    const char *topic = hold->topic->name;
-    h[count++] = (ferry_kafka_header_t) {"ferry-error", hold->fault.text,
-                                         strlen (hold->fault.text)};
+    const char *topic = p->topic->name;
+    h[count++] = (ferry_kafka_header_t) {"ferry-error", p->fault.text,
+                                         strlen (p->fault.text)};
     h[count++] = (ferry_kafka_header_t) {"ferry-attempts", attempts,
                                          strlen (attempts)};
     h[count++] = (ferry_kafka_header_t) {"ferry-original-topic", topic,
@@ -1296,129 +1432,376 @@ s_dlq_send (s_consumer_t *self, s_hold_t *hold)
     h[count++] = (ferry_kafka_header_t) {"ferry-original-offset", off,
                                          strlen (off)};
     s_sent_t *sent = s_sent_new (true, topic, m->partition, m->offset);
+    /*  SENDING before the send: a purge report of a rebuilt producer may
+        run inside it.  */
+    p->state = S_HOLD_SENDING;
     if (s_producer_ensure (self)
-        || ferry_kafka_producer_send (self->producer, hold->topic->dlq,
-                                      m->key, m->key_len, m->payload, m->len,
-                                      h, count, sent)) {
+        || ferry_kafka_producer_send (self->producer, p->topic->dlq, m->key,
+                                      m->key_len, m->payload, m->len, h,
+                                      count, sent)) {
         log_warn ("kafka dead letter not sent pool=%s topic=%s partition=%d "
                   "offset=%" PRId64 " to %s: %s",
                   self->cfg->pool, topic, m->partition, m->offset,
-                  hold->topic->dlq,
+                  p->topic->dlq,
                   self->producer ? rd_kafka_err2str (
                       ferry_kafka_producer_last_error (self->producer))
                                  : "no producer");
         s_sent_destroy (&sent);
-        hold->state = S_HOLD_UNSENT;
-        hold->due = ferry_mono_ms () + s_hold_backoff (hold);
-    } else
-        hold->state = S_HOLD_SENDING;
+        p->state = S_HOLD_UNSENT;
+        p->due = ferry_mono_ms () + s_next_backoff (&p->backoff_ms);
+    }
     free (h);
 }
 
-/*  Holds m's partition and dead-letters m (which the hold takes over).  */
+/*  Holds p at m (its first message now) and dead-letters it.  */
 static void
-s_dlq_begin (s_consumer_t *self, const s_topic_t *topic,
-             rd_kafka_message_t *m, const s_fault_t *fault)
+s_dlq_begin (s_lane_t *self, s_part_t *p, const rd_kafka_message_t *m,
+             const s_fault_t *fault)
 {
-    s_hold_t *hold = s_hold_get (self, topic, m);
-    hold->attempts++;
-    hold->fault = *fault;
-    hold->m = m;
-    hold->backoff_ms = S_BACKOFF_MIN;
+    p->attempts++;
+    p->fault = *fault;
+    p->backoff_ms = S_BACKOFF_MIN;
     log_warn ("kafka message goes to %s pool=%s topic=%s partition=%d "
               "offset=%" PRId64 " attempts=%" PRId64 ": %s",
-              topic->dlq, self->cfg->pool, topic->name, m->partition,
-              m->offset, hold->attempts, fault->detail);
-    s_partition (self, "pause", topic->name, m->partition, 0);
-    s_dlq_send (self, hold);
+              p->topic->dlq, self->cfg->pool, p->topic->name, m->partition,
+              m->offset, p->attempts, fault->detail);
+    s_dlq_send (self, p, m);
 }
 
-/*  Holds m's partition for a retry after a backoff.  A lost connection is
-    not the message's fault and does not count as an attempt (nor could
-    its dead letter be recorded without PostgreSQL).  Past the topic's
-    retries the message is dead-lettered instead; returns true when it
-    took m over for that.  */
-static bool
-s_retry_later (s_consumer_t *self, const s_topic_t *topic,
-               rd_kafka_message_t *m, s_fault_t *fault)
+/*  Holds p at m for a retry after a backoff; the lane goes on with its
+    other partitions meanwhile.  A lost connection is not the message's
+    fault and does not count as an attempt (nor could its dead letter be
+    recorded without PostgreSQL).  Past the topic's retries the message is
+    dead-lettered instead.  */
+static void
+s_retry_later (s_lane_t *self, s_part_t *p, const rd_kafka_message_t *m,
+               s_fault_t *fault)
 {
-    s_hold_t *hold = s_hold_find (self, topic->name, m->partition);
     bool counts = self->conn != NULL;
-    int64_t attempts = (hold ? hold->attempts : 0) + (counts ? 1 : 0);
-    if (counts && attempts > topic->retries) {
+    int64_t attempts = p->attempts + (counts ? 1 : 0);
+    if (counts && attempts > p->topic->retries) {
         snprintf (fault->text, sizeof fault->text, "retries exhausted%s%s%s",
                   self->sqlstate[0] ? " (SQLSTATE " : "", self->sqlstate,
                   self->sqlstate[0] ? ")" : "");
-        if (hold)
-            hold->attempts = attempts - 1;  /* dlq_begin counts the last */
-        s_dlq_begin (self, topic, m, fault);
-        return true;
+        p->attempts = attempts - 1;  /* dlq_begin counts the last */
+        s_dlq_begin (self, p, m, fault);
+        return;
     }
-    hold = s_hold_get (self, topic, m);
-    hold->attempts = attempts;
-    int64_t wait = s_hold_backoff (hold);
+    p->attempts = attempts;
+    int64_t wait = s_next_backoff (&p->backoff_ms);
     log_warn ("kafka message will be retried in %" PRId64 " ms pool=%s "
               "topic=%s partition=%d offset=%" PRId64 " attempts=%" PRId64
               ": %s",
-              wait, self->cfg->pool, topic->name, m->partition, m->offset,
+              wait, self->cfg->pool, p->topic->name, m->partition, m->offset,
               attempts, fault->detail);
-    s_partition (self, "pause", topic->name, m->partition, 0);
-    s_partition (self, "seek", topic->name, m->partition, m->offset);
-    hold->state = S_HOLD_BACKOFF;
-    hold->due = ferry_mono_ms () + wait;
-    return false;
+    p->state = S_HOLD_BACKOFF;
+    p->due = ferry_mono_ms () + wait;
 }
 
-/*  Moves every hold whose time has come: resumes a partition after its
-    backoff, produces a dead letter again, records a delivered one (then
-    stores its offset and lets the partition go on past it).  Returns the
-    milliseconds until the next hold is due (at most 100).  */
-static int
-s_holds_run (s_consumer_t *self)
+/*  Runs p's first n messages (ms, not popped yet) without the mutex.
+    Returns how many are done (their offsets stored).  */
+static size_t
+s_part_run (s_lane_t *self, s_part_t *p, rd_kafka_message_t **ms, size_t n)
 {
-    int64_t now = ferry_mono_ms (), next = 100;
-    for (size_t i = 0; i < self->nholds; i++) {
-        s_hold_t *hold = self->holds[i];
-        if (hold->state == S_HOLD_SENT && hold->due <= now) {
-            char err[512] = "";
-            if (s_dead_letter (self, hold->m, &hold->fault, hold->attempts,
-                               err, sizeof err) != S_DONE) {
-                log_warn ("kafka dead letter not recorded pool=%s topic=%s "
-                          "partition=%d offset=%" PRId64 ": %s",
-                          self->cfg->pool, hold->topic->name,
-                          hold->partition, hold->offset, err);
-                if (!self->conn || s_pg_ensure (self))
-                    break;  /* the main loop waits for PostgreSQL */
-                hold->due = now + s_hold_backoff (hold);
-            } else {
-                s_store (self, hold->m);
-                s_partition (self, "seek", hold->topic->name, hold->partition,
-                             hold->offset + 1);
-                s_partition (self, "resume", hold->topic->name,
-                             hold->partition, 0);
-                s_hold_drop (self, hold);
-                i--;
-                continue;
-            }
-        } else if (hold->state == S_HOLD_UNSENT && hold->due <= now) {
-            if (!hold->due)     /* just failed: wait before the next try */
-                hold->due = now + s_hold_backoff (hold);
-            else
-                s_dlq_send (self, hold);
-        } else if (hold->state == S_HOLD_BACKOFF && hold->due <= now) {
-            s_partition (self, "resume", hold->topic->name, hold->partition,
-                         0);
-            hold->state = S_HOLD_READY;
+    const s_topic_t *topic = p->topic;
+    if (p->state == S_HOLD_SENT) {
+        char err[512] = "";
+        if (s_dead_letter (self, ms[0], &p->fault, p->attempts, err,
+                           sizeof err) == S_DONE) {
+            s_store (self, ms[0]);
+            s_part_clear (p);
+            return 1;
         }
-        if ((hold->state == S_HOLD_BACKOFF || hold->state == S_HOLD_UNSENT
-             || hold->state == S_HOLD_SENT)
-            && hold->due - now < next)
-            next = hold->due - now;
+        log_warn ("kafka dead letter not recorded pool=%s topic=%s "
+                  "partition=%d offset=%" PRId64 ": %s",
+                  self->cfg->pool, topic->name, p->partition, ms[0]->offset,
+                  err);
+        p->due = ferry_mono_ms () + s_next_backoff (&p->backoff_ms);
+        return 0;
     }
-    return next < 0 ? 0 : (int) next;
+    if (p->state == S_HOLD_UNSENT) {
+        s_dlq_send (self, p, ms[0]);
+        return 0;
+    }
+    if (n > 1 && topic->format != S_FORMAT_FERRY
+        && s_batch (self, topic, ms, n)) {
+        s_store (self, ms[n - 1]);
+        return n;
+    }
+    for (size_t i = 0; i < n; i++) {
+        s_fault_t fault = {.detail = ""};
+        s_outcome_t o = s_handle (self, ms[i], topic, &fault);
+        if (o == S_DONE) {
+            s_store (self, ms[i]);
+            s_part_clear (p);
+            continue;
+        }
+        if (o == S_DEAD)
+            s_dlq_begin (self, p, ms[i], &fault);
+        else
+            s_retry_later (self, p, ms[i], &fault);
+        return i;
+    }
+    return n;
+}
+
+/*  Waits on cond for at most ms (mutex held).  */
+static void
+s_cond_wait (pthread_cond_t *cond, pthread_mutex_t *mutex, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime (CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait (cond, mutex, &ts);
+}
+
+/*  A lane's thread: picks its partitions in turn (round robin among those
+    whose first message can run), runs up to S_BATCH waiting messages of
+    one, pops what is done.  The mutex is released while it runs them, so
+    the consumer thread keeps appending.  */
+static void *
+s_lane_main (void *arg)
+{
+    s_lane_t *self = arg;
+    rd_kafka_message_t *ms[S_BATCH];
+    int64_t pg_due = 0;
+    pthread_mutex_lock (&self->mutex);
+    while (!self->stop) {
+        int64_t now = ferry_mono_ms ();
+        int64_t next = now + 1000;
+        s_part_t *p = NULL;
+        if (pg_due > now)
+            next = pg_due;
+        else
+            for (size_t k = 0; k < self->nparts && !p; k++) {
+                s_part_t *c = self->parts[(self->rr + k) % self->nparts];
+                if (s_part_ready (c, now)) {
+                    p = c;
+                    self->rr = (self->rr + k + 1) % self->nparts;
+                } else if (c->count && !c->busy
+                           && c->state != S_HOLD_SENDING && c->due < next)
+                    next = c->due;
+            }
+        bool outstanding
+            = self->producer
+              && ferry_kafka_producer_outstanding (self->producer) > 0;
+        if (outstanding && next > now + 20)
+            next = now + 20;
+        if (!p) {
+            s_cond_wait (&self->wake, &self->mutex, next - now);
+            if (self->producer) {
+                pthread_mutex_unlock (&self->mutex);
+                ferry_kafka_producer_poll (self->producer);
+                pthread_mutex_lock (&self->mutex);
+            }
+            continue;
+        }
+        size_t n = p->state == S_HOLD_NONE
+                       ? (p->count < S_BATCH ? p->count : S_BATCH)
+                       : 1;
+        for (size_t i = 0; i < n; i++)
+            ms[i] = p->q[(p->head + i) % p->cap];
+        p->busy = true;
+        pthread_mutex_unlock (&self->mutex);
+        size_t done = 0;
+        if (s_pg_ensure (self) == 0) {
+            self->backoff_ms = S_BACKOFF_MIN;
+            done = s_part_run (self, p, ms, n);
+        }
+        if (!self->conn)
+            pg_due = ferry_mono_ms () + s_next_backoff (&self->backoff_ms);
+        if (self->producer)
+            ferry_kafka_producer_poll (self->producer);
+        pthread_mutex_lock (&self->mutex);
+        s_part_pop (self, p, done);
+        p->busy = false;
+        pthread_cond_broadcast (&self->idle);
+    }
+    pthread_mutex_unlock (&self->mutex);
+    /*  Flushes the replies and dead letters still queued (a dead letter
+        is recorded only by a next run: the partition's offset stays).  */
+    ferry_kafka_producer_destroy (&self->producer);
+    if (self->conn)
+        PQfinish (self->conn);
+    self->conn = NULL;
+    return NULL;
+}
+
+/*  Hands m to the lane of its partition (the consumer thread).  Pauses
+    the partition when too many of its messages wait.  */
+static void
+s_dispatch (s_consumer_t *self, const s_topic_t *topic, rd_kafka_message_t *m)
+{
+    size_t t = (size_t) (topic - self->cfg->topics);
+    s_lane_t *lane
+        = &self->lanes[(t * 31 + (size_t) m->partition) % self->nlanes];
+    pthread_mutex_lock (&lane->mutex);
+    s_part_t *p = s_part_find (lane, topic->name, m->partition);
+    if (!p) {
+        if (lane->nparts == lane->capparts) {
+            lane->capparts = lane->capparts ? lane->capparts * 2 : 8;
+            lane->parts = ferry_realloc (lane->parts, lane->capparts
+                                                          * sizeof *lane->parts);
+        }
+        p = ferry_calloc (1, sizeof *p);
+        p->topic = topic;
+        p->partition = m->partition;
+        p->backoff_ms = S_BACKOFF_MIN;
+        lane->parts[lane->nparts++] = p;
+    }
+    if (m->offset < p->next) {
+        /*  Already here (a fetch that crossed a pause): the copy we hold
+            keeps the order.  */
+        pthread_mutex_unlock (&lane->mutex);
+        rd_kafka_message_destroy (m);
+        return;
+    }
+    if (p->count == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 64;
+        rd_kafka_message_t **q = ferry_malloc (cap * sizeof *q);
+        for (size_t i = 0; i < p->count; i++)
+            q[i] = p->q[(p->head + i) % p->cap];
+        free (p->q);
+        p->q = q;
+        p->cap = cap;
+        p->head = 0;
+    }
+    p->q[(p->head + p->count) % p->cap] = m;
+    p->count++;
+    p->next = m->offset + 1;
+    if (!p->paused && p->count >= S_PAUSE_AT) {
+        s_pause (lane, p, true);
+        p->paused = true;
+    }
+    pthread_cond_signal (&lane->wake);
+    pthread_mutex_unlock (&lane->mutex);
+}
+
+/*  Drops what the lanes hold of revoked partitions, after the message in
+    hand of each is done: nothing runs on a partition once it is revoked,
+    and its next owner starts from PostgreSQL's offset (a dead letter in
+    flight may then be produced twice; it is never lost).  */
+static void
+s_lanes_revoke (s_consumer_t *self,
+                const rd_kafka_topic_partition_list_t *parts)
+{
+    for (size_t l = 0; l < self->nlanes; l++) {
+        s_lane_t *lane = &self->lanes[l];
+        pthread_mutex_lock (&lane->mutex);
+        for (int i = 0; i < parts->cnt; i++) {
+            s_part_t *p = s_part_find (lane, parts->elems[i].topic,
+                                       parts->elems[i].partition);
+            if (!p)
+                continue;
+            while (p->busy)
+                pthread_cond_wait (&lane->idle, &lane->mutex);
+            s_part_free (lane, p);
+        }
+        pthread_mutex_unlock (&lane->mutex);
+    }
+}
+
+/*  Starts the lanes.  Returns 0, or -1 when a thread cannot start.  */
+static int
+s_lanes_start (s_consumer_t *self)
+{
+    self->nlanes = self->cfg->nlanes;
+    self->lanes = ferry_calloc (self->nlanes, sizeof *self->lanes);
+    pthread_condattr_t attr;
+    pthread_condattr_init (&attr);
+    pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+    for (size_t i = 0; i < self->nlanes; i++) {
+        s_lane_t *lane = &self->lanes[i];
+        lane->cfg = self->cfg;
+        lane->rk = self->rk;
+        lane->index = i;
+        lane->backoff_ms = S_BACKOFF_MIN;
+        msgpack_sbuffer_init (&lane->body);
+        msgpack_sbuffer_init (&lane->out);
+        pthread_mutex_init (&lane->mutex, NULL);
+        pthread_cond_init (&lane->wake, &attr);
+        pthread_cond_init (&lane->idle, NULL);
+    }
+    pthread_condattr_destroy (&attr);
+    for (size_t i = 0; i < self->nlanes; i++) {
+        if (pthread_create (&self->lanes[i].thread, NULL, s_lane_main,
+                            &self->lanes[i])) {
+            log_error ("kafka lane %zu cannot start pool=%s", i,
+                       self->cfg->pool);
+            return -1;
+        }
+        self->lanes[i].started = true;
+    }
+    return 0;
+}
+
+/*  Stops every lane (each finishes the messages in hand and flushes its
+    producer, all at once) and frees them with what they still hold.  */
+static void
+s_lanes_stop (s_consumer_t *self)
+{
+    for (size_t i = 0; i < self->nlanes; i++) {
+        s_lane_t *lane = &self->lanes[i];
+        pthread_mutex_lock (&lane->mutex);
+        lane->stop = true;
+        pthread_cond_signal (&lane->wake);
+        pthread_mutex_unlock (&lane->mutex);
+    }
+    for (size_t i = 0; i < self->nlanes; i++) {
+        s_lane_t *lane = &self->lanes[i];
+        if (lane->started)
+            pthread_join (lane->thread, NULL);
+        while (lane->nparts)
+            s_part_free (lane, lane->parts[0]);
+        free (lane->parts);
+        msgpack_sbuffer_destroy (&lane->body);
+        msgpack_sbuffer_destroy (&lane->out);
+        pthread_mutex_destroy (&lane->mutex);
+        pthread_cond_destroy (&lane->wake);
+        pthread_cond_destroy (&lane->idle);
+    }
+    free (self->lanes);
+    self->lanes = NULL;
+    self->nlanes = 0;
 }
 
 /* ---- the actor ---------------------------------------------------------- */
+
+/*  Leaves the group and destroys the consumer, in bounded time: with the
+    cluster unreachable librdkafka's close would wait for the group
+    coordinator for ever.  Offsets live in PostgreSQL, so a close cut
+    short loses nothing (the group's next owner resumes from them).  */
+static void
+s_close (s_consumer_t *self)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new (self->rk);
+    rd_kafka_error_t *error = rd_kafka_consumer_close_queue (self->rk, q);
+    bool closed = false;
+    if (error) {
+        log_warn ("kafka consumer close pool=%s: %s", self->cfg->pool,
+                  rd_kafka_error_string (error));
+        rd_kafka_error_destroy (error);
+    } else {
+        /*  Serving the queue runs the revocation (s_rebalance).  */
+        int64_t end = ferry_mono_ms () + S_CLOSE_MS;
+        while (!(closed = rd_kafka_consumer_closed (self->rk))
+               && ferry_mono_ms () < end)
+            rd_kafka_queue_poll_callback (q, 100);
+    }
+    rd_kafka_queue_destroy (q);
+    if (!closed)
+        log_warn ("kafka consumer pool=%s did not leave its group within "
+                  "%d ms (cluster unreachable?): stopping without it",
+                  self->cfg->pool, S_CLOSE_MS);
+    rd_kafka_destroy_flags (self->rk,
+                            closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    self->rk = NULL;
+}
 
 static void
 s_consumer (zsock_t *pipe, void *arg)
@@ -1427,6 +1810,8 @@ s_consumer (zsock_t *pipe, void *arg)
     s_consumer_t *self = &cfg->consumer;
     self->pipe = pipe;
     zsock_signal (pipe, 0);
+    if (s_lanes_start (self))
+        self->terminated = true;
     rd_kafka_topic_partition_list_t *subs
         = rd_kafka_topic_partition_list_new ((int) cfg->ntopics);
     for (size_t i = 0; i < cfg->ntopics; i++)
@@ -1440,8 +1825,8 @@ s_consumer (zsock_t *pipe, void *arg)
         while (!self->terminated)
             s_wait (self, 1000);
     }
-    log_info ("kafka consumer started pool=%s group=%s topics=%zu", cfg->pool,
-              cfg->group, cfg->ntopics);
+    log_info ("kafka consumer started pool=%s group=%s topics=%zu lanes=%zu",
+              cfg->pool, cfg->group, cfg->ntopics, self->nlanes);
     while (!self->terminated) {
         if (zsock_events (pipe) & ZMQ_POLLIN) {
             char *cmd = zstr_recv (pipe);
@@ -1450,18 +1835,15 @@ s_consumer (zsock_t *pipe, void *arg)
             free (cmd);
             continue;
         }
-        /*  No messages without PostgreSQL: they could only be sought
-            back.  A long outage exceeds max.poll.interval.ms and the group
-            moves the partitions to a consumer that can work.  */
-        if (s_pg_ensure (self)) {
-            s_backoff (self);
+        /*  Assignment reads the offsets from PostgreSQL: without it, no
+            polling.  A long outage exceeds max.poll.interval.ms and the
+            group moves the partitions to a consumer that can work.  */
+        if (s_pg_connect (cfg, &self->conn, "consumer")) {
+            s_wait (self, s_next_backoff (&self->backoff_ms));
             continue;
         }
         self->backoff_ms = S_BACKOFF_MIN;
-        if (self->producer)
-            ferry_kafka_producer_poll (self->producer);
-        int wait = s_holds_run (self);
-        rd_kafka_message_t *m = rd_kafka_consumer_poll (self->rk, wait);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll (self->rk, 100);
         if (!m)
             continue;
         if (m->err) {
@@ -1472,50 +1854,18 @@ s_consumer (zsock_t *pipe, void *arg)
         }
         const s_topic_t *topic = s_topic_find (cfg,
                                                rd_kafka_topic_name (m->rkt));
-        s_hold_t *hold = topic ? s_hold_find (self, topic->name, m->partition)
-                               : NULL;
-        if (!topic || (hold && hold->state != S_HOLD_READY)) {
-            /*  Fetched before its partition was paused: the seek brings
-                it back when the partition goes on.  */
+        if (!topic) {
             rd_kafka_message_destroy (m);
             continue;
         }
-        if (hold && m->offset != hold->offset) {
-            /*  Not the message held (the seek was refused): the claim in
-                PostgreSQL keeps whatever comes exactly-once.  */
-            s_hold_drop (self, hold);
-            hold = NULL;
-        }
-        s_fault_t fault = {.detail = ""};
-        s_outcome_t o = s_handle (self, m, topic, &fault);
-        if (o == S_DONE) {
-            s_store (self, m);
-            if (hold)
-                s_hold_drop (self, hold);
-        } else if (o == S_DEAD) {
-            s_dlq_begin (self, topic, m, &fault);
-            continue;       /* the hold owns m now */
-        } else if (s_retry_later (self, topic, m, &fault))
-            continue;
-        rd_kafka_message_destroy (m);
+        s_dispatch (self, topic, m);
     }
-    /*  Leaves the group (the revocation runs s_rebalance) and commits the
-        stored offsets.  */
-    rc = rd_kafka_consumer_close (self->rk);
-    if (rc)
-        log_warn ("kafka consumer close pool=%s: %s", cfg->pool,
-                  rd_kafka_err2str (rc));
+    /*  The lanes first: their messages must be gone before the handle.  */
+    s_lanes_stop (self);
+    s_close (self);
     if (self->conn)
         PQfinish (self->conn);
-    /*  Flushes the replies and dead letters still queued (a dead letter
-        is recorded only by a next run: PostgreSQL is closed).  */
-    ferry_kafka_producer_destroy (&self->producer);
-    while (self->nholds)
-        s_hold_drop (self, self->holds[0]);
-    free (self->holds);
-    self->holds = NULL;
-    msgpack_sbuffer_destroy (&self->body);
-    msgpack_sbuffer_destroy (&self->out);
+    self->conn = NULL;
     log_info ("kafka consumer stopped pool=%s", cfg->pool);
 }
 
@@ -1527,11 +1877,6 @@ worker_kafka_start (worker_kafka_t *self)
         runs on the actor's thread inside rd_kafka_consumer_poll.  */
     self->consumer.cfg = self;
     self->consumer.backoff_ms = S_BACKOFF_MIN;
-    msgpack_sbuffer_init (&self->consumer.body);
-    msgpack_sbuffer_init (&self->consumer.out);
-    /*  Every topic may dead-letter, so every consumer produces.  */
-    if (s_producer_ensure (&self->consumer))
-        return -1;
     rd_kafka_conf_set_opaque (self->conf, &self->consumer);
     rd_kafka_conf_set_rebalance_cb (self->conf, s_rebalance);
     rd_kafka_t *rk = rd_kafka_new (RD_KAFKA_CONSUMER, self->conf, err,
@@ -1542,7 +1887,6 @@ worker_kafka_start (worker_kafka_t *self)
     }
     self->conf = NULL;
     rd_kafka_poll_set_consumer (rk);
-    self->rk = rk;
     self->consumer.rk = rk;
     self->actor = zactor_new (s_consumer, self);
     assert (self->actor);

@@ -3,8 +3,9 @@
     (docs/worker.md, "Kafka topics").
 
     Read and validated in the main thread from pools.NAME.kafka, started
-    as one CZMQ actor (a thread with its own consumer and its own
-    PostgreSQL connection) beside the pool's broker actors.  */
+    as one CZMQ actor (a thread that polls the consumer) and one lane per
+    actor of the pool (threads with their own PostgreSQL connection)
+    beside the pool's broker actors.  */
 
 #ifndef WORKER_KAFKA_H_INCLUDED
 #define WORKER_KAFKA_H_INCLUDED
