@@ -173,6 +173,15 @@ s_measure (const json_t *value, size_t depth, const ferry_limits_t *lim,
                lim->max_total);
         return -1;
     }
+    /*  Strings are bounded too: the body must pass the peers'
+        ferry_msgpack_check, which refuses any str over max_string (found
+        by tests/fuzz/fuzz_json).  */
+    if (json_is_string (value)
+        && json_string_length (value) > lim->max_string) {
+        s_err (err, errlen, "JSON string of %zu bytes exceeds %zu",
+               json_string_length (value), lim->max_string);
+        return -1;
+    }
     if (!json_is_array (value) && !json_is_object (value))
         return 0;
     if (depth > lim->max_depth) {
@@ -203,6 +212,11 @@ s_measure (const json_t *value, size_t depth, const ferry_limits_t *lim,
     json_t *member;
     json_object_foreach ((json_t *) value, key, member) {
         ++*total;
+        if (strlen (key) > lim->max_string) {
+            s_err (err, errlen, "JSON object key of %zu bytes exceeds %zu",
+                   strlen (key), lim->max_string);
+            return -1;
+        }
         if (s_measure (member, depth + 1, lim, total, err, errlen))
             return -1;
     }
