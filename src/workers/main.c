@@ -65,8 +65,16 @@ s_load (ferry_config_t *config, worker_settings_t *settings,
         || ferry_config_duration_ms (config, NULL, "broker.heartbeat", 10,
                                      60000, 1000, &heartbeat)
         || ferry_config_int (config, NULL, "broker.liveness", 1, 100, 3,
-                             &liveness))
+                             &liveness)
+        || worker_jobs_settings_load (config, &settings->jobs))
         return -1;
+    /*  Test-only fault hook (docs/worker.md): never set in production.  */
+    const char *crash = getenv ("FERRY_TEST_CRASH_AFTER_COMMIT");
+    settings->crash_after_commit = crash && *crash ? crash : NULL;
+    if (settings->crash_after_commit)
+        log_warn ("FERRY_TEST_CRASH_AFTER_COMMIT is set: the worker kills "
+                  "itself after committing operation=%s",
+                  settings->crash_after_commit);
     settings->broker = broker;
     settings->database = database ? database : "";
     settings->heartbeat_ms = heartbeat;
@@ -148,7 +156,7 @@ main (int argc, char **argv)
     if (rc < 0)
         return 2;
 
-    worker_settings_t settings;
+    worker_settings_t settings = {0};
     worker_pool_t *pools[POOLS_MAX] = {NULL};
     bool run[POOLS_MAX] = {false};
     size_t count = 0;

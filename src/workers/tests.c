@@ -2,6 +2,7 @@
     (tests/unit/selftest.c).  Each module keeps its test at its bottom.  */
 
 #include "ferry.h"
+#include "worker_jobs.h"
 #include "worker_kafka.h"
 #include "worker_ops.h"
 #include "worker_pgerror.h"
@@ -19,5 +20,9 @@ const ferry_test_t worker_tests[] = {
     {"pool_config", worker_pool_config_test},
     {"reply", worker_reply_test},
     {"kafka_config", worker_kafka_config_test},
+    {"jobs_hash", worker_jobs_hash_test},
+    {"jobs_capture", worker_jobs_capture_test},
+    {"jobs_stored", worker_jobs_stored_test},
+    {"jobs_config", worker_jobs_config_test},
     {NULL, NULL},
 };

@@ -30,7 +30,24 @@
     the pipeline cannot know in advance, so COMMIT or ROLLBACK follows in a
     second round trip once the results are read.  To keep that simple
     such a message waits until the pipeline is empty and nothing is sent
-    behind it until its transaction is over.  */
+    behind it until its transaction is over.
+
+    A message with an asynchronous job id or an Idempotency-Key takes the
+    same exclusive, two-phase path, with the calls of worker_jobs.c around
+    the handler (docs/worker.md, "Jobs and idempotency"):
+        [job_start, Sync]                      its own transaction
+        BEGIN, set_config, [job_guard], [idem_begin], steps, Sync
+        -- the reply is built from the results --
+        set_config 0, [job_finish], [idem_finish], COMMIT, Sync
+    and the reply leaves only after the COMMIT, so the handler's effect,
+    the job's result and the stored response are all there or none is.
+    A stored outcome (FY410, FY200), a busy or reused key (FY409, FY422)
+    or a failed handler is answered after a ROLLBACK segment that reads
+    the stored response or records the job as failed.
+
+    Actor 0 of each pool also runs ferry.cleanup(batch) as a segment of
+    its own every jobs.cleanup_interval, and again at once while a call
+    deletes a full batch.  */
 
 #include "ferry.h"
 #include "envelope.h"
@@ -43,6 +60,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,8 +105,19 @@ typedef enum {
     SLOT_TIMEOUT,
     SLOT_STEP,
     SLOT_END, /* the COMMIT or ROLLBACK of the second round trip */
+    SLOT_JOB, /* a worker_jobs call whose result only matters if it fails */
+    SLOT_STORED, /* a result kept in `last`: stored response, cleanup */
     SLOT_SYNC
 } s_slot_kind_t;
+
+/*  Where a message with a job or an Idempotency-Key is on its path.  */
+typedef enum {
+    PH_RUN,    /* [job_start], BEGIN .. handler steps */
+    PH_COMMIT, /* job_finish, idem_finish, COMMIT */
+    PH_STORED, /* ROLLBACK, read the stored response */
+    PH_RECORD, /* ROLLBACK, record the job as failed */
+    PH_RETRY   /* ROLLBACK, then run it again */
+} s_phase_t;
 
 typedef struct {
     s_slot_kind_t kind;
@@ -110,7 +139,13 @@ struct _s_job_t {
     const worker_op_t *op;
     unsigned attempts;             /* runs so far */
     bool setup;                    /* the session setup, not a message */
+    bool cleanup;                  /* the cleanup call, not a message */
     bool finishing;                /* COMMIT/ROLLBACK round trip */
+    bool tracked;                  /* has a job id or Idempotency-Key */
+    s_phase_t phase;               /* of a tracked message */
+    bool replayed;                 /* PH_STORED reads the key's response */
+    ferry_envelope_t *reply;       /* built before its COMMIT or record */
+    worker_jobs_ctx_t jobs;        /* of a tracked message */
 
     s_slot_t plan[PLAN_MAX];       /* results expected, in order */
     size_t plan_len;
@@ -157,6 +192,9 @@ typedef struct {
     bool exclusive;                  /* a multi-step job is in `sent` */
     s_job_t *spare;                  /* recycled jobs */
     s_job_t setup;                   /* the session setup segment */
+    s_job_t cleanup;                 /* actor 0: the cleanup segment */
+    bool cleanup_busy;               /* cleanup in the pipeline */
+    int64_t cleanup_next;            /* mono ms of the next cleanup */
 
     /*  Reused for every reply so that encoding allocates nothing once
         they have grown to the usual reply size.  */
@@ -206,6 +244,17 @@ static void s_slot_result (s_actor_t *self, s_job_t *job,
                            const s_slot_t *slot, PGresult *r);
 static void s_segment_done (s_actor_t *self, s_job_t *job);
 static void s_plan (s_job_t *job, s_slot_kind_t kind, size_t step);
+static bool s_send_call (s_actor_t *self, s_job_t *job,
+                         worker_jobs_stmt_t which, s_slot_kind_t kind);
+static void s_tracked_done (s_actor_t *self, s_job_t *job);
+static void s_tracked_reject (s_actor_t *self, s_job_t *job,
+                              ferry_envelope_t *reply);
+static void s_tracked_end (s_actor_t *self, s_job_t *job,
+                           ferry_envelope_t *reply);
+static bool s_cleanup_due (s_actor_t *self, int64_t now);
+static bool s_cleanup_send (s_actor_t *self);
+static void s_cleanup_done (s_actor_t *self, s_job_t *job);
+static void s_check_idle (s_actor_t *self);
 
 void
 worker_actor (zsock_t *pipe, void *args)
@@ -277,6 +326,13 @@ s_actor_new (zsock_t *pipe, const worker_actor_args_t *a)
     self->setup.setup = true;
     zmq_msg_init (&self->setup.payload);
     s_outcome_reset (&self->setup);
+    worker_jobs_ctx_init (&self->setup.jobs);
+    self->cleanup.cleanup = true;
+    zmq_msg_init (&self->cleanup.payload);
+    s_outcome_reset (&self->cleanup);
+    worker_jobs_ctx_init (&self->cleanup.jobs);
+    snprintf (self->cleanup.jobs.batch, sizeof self->cleanup.jobs.batch,
+              "%" PRId64, a->jobs ? a->jobs->cleanup_batch : 0);
     msgpack_sbuffer_init (&self->body);
     msgpack_sbuffer_init (&self->out);
     s_broker_open (self);
@@ -291,15 +347,20 @@ s_actor_destroy (s_actor_t **self_p)
     while ((job = s_fifo_pop (&self->waiting)))
         s_job_recycle (self, job);
     while ((job = s_fifo_pop (&self->sent)))
-        if (!job->setup)
+        if (!job->setup && !job->cleanup)
             s_job_recycle (self, job);
     while ((job = self->spare)) {
         self->spare = job->next;
         zmq_msg_close (&job->payload);
+        worker_jobs_ctx_destroy (&job->jobs);
         free (job);
     }
     s_outcome_reset (&self->setup);
     zmq_msg_close (&self->setup.payload);
+    worker_jobs_ctx_destroy (&self->setup.jobs);
+    s_outcome_reset (&self->cleanup);
+    zmq_msg_close (&self->cleanup.payload);
+    worker_jobs_ctx_destroy (&self->cleanup.jobs);
     if (self->conn)
         PQfinish (self->conn);
     /*  Linger so the final BYE and replies leave before the socket.  */
@@ -390,6 +451,10 @@ s_poll_timeout (s_actor_t *self, int64_t now)
     if ((self->pg == S_PG_CONNECTING || self->pg == S_PG_SETUP)
         && self->pg_give_up < next)
         next = self->pg_give_up;
+    /*  s_pump sends it only then; waking for it otherwise would spin.  */
+    if (s_cleanup_due (self, INT64_MAX) && !self->exclusive
+        && !self->terminating && self->cleanup_next < next)
+        next = self->cleanup_next;
     return next > now ? (long) (next - now) : 0;
 }
 
@@ -581,10 +646,15 @@ s_job_new (s_actor_t *self)
     else {
         job = ferry_calloc (1, sizeof *job);
         zmq_msg_init (&job->payload);
+        worker_jobs_ctx_init (&job->jobs);
     }
     job->next = NULL;
     job->attempts = 0;
     job->finishing = false;
+    job->tracked = false;
+    job->phase = PH_RUN;
+    job->replayed = false;
+    job->reply = NULL;
     job->request = NULL;
     job->op = NULL;
     job->plan_len = job->plan_pos = 0;
@@ -600,6 +670,8 @@ s_job_recycle (s_actor_t *self, s_job_t *job)
 {
     zmq_msg_close (&job->payload);
     zmq_msg_init (&job->payload);
+    ferry_envelope_destroy (&job->reply);
+    worker_jobs_ctx_clear (&job->jobs);
     ferry_envelope_destroy (&job->request);
     s_outcome_reset (job);
     job->next = self->spare;
@@ -683,7 +755,7 @@ s_pump (s_actor_t *self)
         }
         if (!job->request && s_job_prepare (self, job))
             continue;
-        bool multi = job->op->nsteps > 1;
+        bool multi = job->op->nsteps > 1 || job->tracked;
         if (multi && self->sent.size) {
             s_fifo_push_front (&self->waiting, job);
             break;
@@ -693,6 +765,12 @@ s_pump (s_actor_t *self)
         queued = true;
         self->exclusive = multi;
     }
+    /*  Never behind a tracked or multi-step message: its transaction is
+        open until its second round trip, and the cleanup would run in
+        it.  */
+    if (self->pg == S_PG_UP && !self->exclusive && !self->terminating
+        && s_cleanup_due (self, ferry_mono_ms ()))
+        queued = s_cleanup_send (self) || queued;
     if (queued && self->conn)
         s_pg_flush (self);
 }
@@ -721,6 +799,15 @@ s_job_prepare (s_actor_t *self, s_job_t *job)
                                ferry_envelope_operation (job->request));
     if (!job->op) {
         s_job_problem (self, job, 404, "unknown operation", NULL);
+        return -1;
+    }
+    job->tracked = worker_jobs_wanted (job->request);
+    if (job->tracked && (!self->args->jobs
+                         || worker_jobs_ctx_begin (&job->jobs, job->request,
+                                                   self->args->jobs))) {
+        log_error ("cannot hash request msg=%s", job->msg_id);
+        s_job_problem (self, job, 500, "the request could not be hashed",
+                       NULL);
         return -1;
     }
     log_debug ("start msg=%s cid=%s op=%s actor=%s", job->msg_id,
@@ -760,6 +847,7 @@ s_job_send (s_actor_t *self, s_job_t *job)
         job->plan_len = job->plan_pos = 0;
         job->slot_done = false;
         job->finishing = false;
+        job->phase = PH_RUN;
         s_fifo_push (&self->sent, job);
         for (size_t s = 0; sent && s < op->nsteps; s++) {
             const worker_step_t *st = &op->steps[s];
@@ -773,7 +861,16 @@ s_job_send (s_actor_t *self, s_job_t *job)
                 statement too; a failed Parse clears the mark again.  */
             self->prepared[st->index] = true;
         }
-        if (op->nsteps > 1) {
+        if (job->tracked && job->jobs.job) {
+            /*  'running' must show while the handler works, so
+                job_start commits on its own, before the handler's
+                transaction.  */
+            sent = sent && s_send_call (self, job, WORKER_JOBS_START,
+                                        SLOT_JOB);
+            sent = sent && PQpipelineSync (conn) == 1;
+            s_plan (job, SLOT_SYNC, 0);
+        }
+        if (op->nsteps > 1 || job->tracked) {
             sent = sent
                    && PQsendQueryParams (conn, "BEGIN", 0, NULL, NULL, NULL,
                                          NULL, 0) == 1;
@@ -793,6 +890,12 @@ s_job_send (s_actor_t *self, s_job_t *job)
                && PQsendQueryPrepared (conn, s_timeout_stmt, 1, tv, NULL, NULL,
                                        0) == 1;
         s_plan (job, SLOT_TIMEOUT, 0);
+        if (job->tracked && job->jobs.job)
+            sent = sent && s_send_call (self, job, WORKER_JOBS_GUARD,
+                                        SLOT_JOB);
+        if (job->tracked && job->jobs.idem)
+            sent = sent && s_send_call (self, job, WORKER_JOBS_IDEM_BEGIN,
+                                        SLOT_JOB);
         for (size_t s = 0; sent && s < op->nsteps; s++) {
             const worker_step_t *st = &op->steps[s];
             sent = PQsendQueryPrepared (conn, st->stmt, (int) st->nparams,
@@ -810,7 +913,12 @@ s_job_send (s_actor_t *self, s_job_t *job)
         }
     free (values);
     if (rc == -1) {
-        s_job_problem (self, job, 422, err, NULL);
+        if (job->tracked && job->jobs.job)
+            s_tracked_reject (self, job,
+                              worker_reply_problem (job->request, 422, err,
+                                                    NULL));
+        else
+            s_job_problem (self, job, 422, err, NULL);
         return -1;
     }
     if (!sent) {
@@ -819,6 +927,20 @@ s_job_send (s_actor_t *self, s_job_t *job)
         return -1;
     }
     return 0;
+}
+
+/*  Queues one worker_jobs statement of job (unnamed: these run once or
+    twice per message, not on the fast path).  */
+static bool
+s_send_call (s_actor_t *self, s_job_t *job, worker_jobs_stmt_t which,
+             s_slot_kind_t kind)
+{
+    worker_jobs_call_t call;
+    worker_jobs_call (&job->jobs, which, &call);
+    s_plan (job, kind, 0);
+    return PQsendQueryParams (self->conn, call.sql, call.nparams, NULL,
+                              call.values, call.lengths, call.formats, 0)
+           == 1;
 }
 
 static void
@@ -1018,7 +1140,9 @@ s_pg_lost (s_actor_t *self, const char *what)
     bool was_up = self->pg == S_PG_UP;
     s_job_t *job;
     while ((job = s_fifo_pop (&self->sent)))
-        if (!job->setup)
+        if (job->cleanup)
+            self->cleanup_busy = false;
+        else if (!job->setup)
             s_job_problem (self, job, 503, "the database connection was lost",
                            NULL);
     self->exclusive = false;
@@ -1080,6 +1204,14 @@ s_pg_read (s_actor_t *self)
         }
         if (PQresultStatus (r) == PGRES_PIPELINE_SYNC) {
             PQclear (r);
+            if (job->plan_pos + 1 < job->plan_len
+                && job->plan[job->plan_pos].kind == SLOT_SYNC) {
+                /*  The end of a segment inside the job's plan (its
+                    job_start): the next segment is the job's too.  */
+                job->plan_pos++;
+                job->slot_done = false;
+                continue;
+            }
             s_fifo_pop (&self->sent);
             job->slot_done = false;
             s_segment_done (self, job);
@@ -1121,7 +1253,8 @@ s_slot_result (s_actor_t *self, s_job_t *job, const s_slot_t *slot,
             const char *text = PQresultErrorField (r, PG_DIAG_MESSAGE_PRIMARY);
             /*  Unexpected failures need the server's words in our log;
                 expected ones (409, 422) are per-message detail.  */
-            if (e.status == 500)
+            if (e.status == 500
+                && worker_jobs_classify (job->sqlstate) == WORKER_JOBS_OTHER)
                 log_warn ("statement failed actor=%s op=%s "
                           "sqlstate=%s message=%s",
                           self->name, job->op ? job->op->name : "(setup)",
@@ -1141,6 +1274,11 @@ s_slot_result (s_actor_t *self, s_job_t *job, const s_slot_t *slot,
         if (slot->kind == SLOT_PREPARE)
             self->prepared[job->op->steps[slot->step].index] = false;
         PQclear (r);
+        return;
+    }
+    if (slot->kind == SLOT_STORED) {
+        PQclear (job->last);
+        job->last = r;
         return;
     }
     if (slot->kind == SLOT_STEP && job->op) {
@@ -1172,6 +1310,14 @@ s_segment_done (s_actor_t *self, s_job_t *job)
         log_info ("postgres connected actor=%s", self->name);
         s_register (self);
         zstr_send (self->pipe, "CONNECTED");
+        return;
+    }
+    if (job->cleanup) {
+        s_cleanup_done (self, job);
+        return;
+    }
+    if (job->tracked) {
+        s_tracked_done (self, job);
         return;
     }
     if (job->op->nsteps > 1) {
@@ -1207,9 +1353,299 @@ s_segment_done (s_actor_t *self, s_job_t *job)
     /*  A single-step segment was the implicit transaction that the Sync
         committed or rolled back.  */
     s_job_complete (self, job);
-    /*  Once the pipeline is empty nothing may be left open, whatever
-        the configured statements did.  */
+    s_check_idle (self);
+}
+
+/*  Once the pipeline is empty nothing may be left open, whatever the
+    configured statements did.  */
+static void
+s_check_idle (s_actor_t *self)
+{
     if (self->conn && self->sent.size == 0
         && PQtransactionStatus (self->conn) != PQTRANS_IDLE)
         s_pg_lost (self, "unexpected transaction state");
+}
+
+
+/* ---- jobs and idempotency keys ------------------------------------------ */
+
+/*  Sends the next segment of a tracked message (which is out of `sent`
+    and holds the pipeline alone) for phase.  */
+static void
+s_tracked_segment (s_actor_t *self, s_job_t *job, s_phase_t phase)
+{
+    PGconn *conn = self->conn;
+    bool open = PQtransactionStatus (conn) != PQTRANS_IDLE;
+    s_outcome_reset (job);
+    job->phase = phase;
+    job->plan_len = job->plan_pos = 0;
+    job->slot_done = false;
+    s_fifo_push (&self->sent, job);
+    bool ok = true;
+    if (phase == PH_COMMIT) {
+        /*  The result is in hand: recording it must not be cancelled by
+            the deadline that bounded the handler.  */
+        const char *tv[1] = {"0"};
+        ok = PQsendQueryPrepared (conn, s_timeout_stmt, 1, tv, NULL, NULL, 0)
+             == 1;
+        s_plan (job, SLOT_TIMEOUT, 0);
+        if (job->jobs.job)
+            ok = ok && s_send_call (self, job, WORKER_JOBS_JOB_FINISH,
+                                    SLOT_JOB);
+        if (job->jobs.idem)
+            ok = ok && s_send_call (self, job, WORKER_JOBS_IDEM_FINISH,
+                                    SLOT_JOB);
+        ok = ok
+             && PQsendQueryParams (conn, "COMMIT", 0, NULL, NULL, NULL, NULL,
+                                   0) == 1;
+        s_plan (job, SLOT_END, 0);
+    }
+    else {
+        /*  A COMMIT that failed left no transaction to roll back.  */
+        if (open) {
+            ok = PQsendQueryParams (conn, "ROLLBACK", 0, NULL, NULL, NULL,
+                                    NULL, 0) == 1;
+            s_plan (job, SLOT_END, 0);
+        }
+        /*  What follows runs as the implicit transaction up to the
+            Sync.  */
+        if (phase == PH_STORED) {
+            ok = ok
+                 && s_send_call (self, job,
+                                 job->replayed ? WORKER_JOBS_IDEM_STORED
+                                               : WORKER_JOBS_JOB_STORED,
+                                 SLOT_STORED);
+            if (job->replayed && job->jobs.job)
+                ok = ok && s_send_call (self, job, WORKER_JOBS_JOB_FROM_IDEM,
+                                        SLOT_JOB);
+        }
+        else if (phase == PH_RECORD && job->jobs.job && job->jobs.captured)
+            ok = ok && s_send_call (self, job, WORKER_JOBS_JOB_FINISH,
+                                    SLOT_JOB);
+    }
+    ok = ok && PQpipelineSync (conn) == 1;
+    s_plan (job, SLOT_SYNC, 0);
+    if (!ok)
+        s_pg_lost (self, "send failed");
+    else
+        s_pg_flush (self);
+}
+
+/*  A job that cannot start (its arguments do not bind): it still gets
+    its failed result, in one implicit transaction that may sit in the
+    pipeline among other messages, then reply is answered.  */
+static void
+s_tracked_reject (s_actor_t *self, s_job_t *job, ferry_envelope_t *reply)
+{
+    job->reply = reply;
+    if (worker_jobs_ctx_capture (&job->jobs, reply)) {
+        s_tracked_end (self, job, reply);
+        return;
+    }
+    s_outcome_reset (job);
+    job->phase = PH_RECORD;
+    job->plan_len = job->plan_pos = 0;
+    job->slot_done = false;
+    s_fifo_push (&self->sent, job);
+    bool ok = s_send_call (self, job, WORKER_JOBS_START, SLOT_JOB)
+              && s_send_call (self, job, WORKER_JOBS_JOB_FINISH, SLOT_JOB)
+              && PQpipelineSync (self->conn) == 1;
+    s_plan (job, SLOT_SYNC, 0);
+    if (!ok)
+        s_pg_lost (self, "send failed");
+}
+
+/*  The message is done: release the pipeline and answer.  */
+static void
+s_tracked_end (s_actor_t *self, s_job_t *job, ferry_envelope_t *reply)
+{
+    self->exclusive = false;
+    if (job->reply == reply)
+        job->reply = NULL;
+    else
+        ferry_envelope_destroy (&job->reply);
+    s_job_reply (self, job, &reply);
+    s_check_idle (self);
+}
+
+/*  The handler's transaction cannot commit: answer reply (owned) after
+    a ROLLBACK, recording it as the job's failed result first.  */
+static void
+s_tracked_fail (s_actor_t *self, s_job_t *job, ferry_envelope_t *reply)
+{
+    ferry_envelope_destroy (&job->reply);
+    job->reply = reply;
+    if (job->jobs.job && worker_jobs_ctx_capture (&job->jobs, reply))
+        log_warn ("job result not recordable msg=%s actor=%s", job->msg_id,
+                  self->name);
+    s_tracked_segment (self, job, PH_RECORD);
+}
+
+/*  The handler or its COMMIT failed, or a guard said the outcome is
+    known already.  */
+static void
+s_tracked_failed (s_actor_t *self, s_job_t *job)
+{
+    worker_jobs_outcome_t outcome = job->failed
+                                        ? worker_jobs_classify (job->sqlstate)
+                                        : WORKER_JOBS_OTHER;
+    if (outcome == WORKER_JOBS_FINISHED || outcome == WORKER_JOBS_REPLAY) {
+        log_debug ("stored outcome msg=%s sqlstate=%s actor=%s", job->msg_id,
+                   job->sqlstate, self->name);
+        job->replayed = outcome == WORKER_JOBS_REPLAY;
+        s_tracked_segment (self, job, PH_STORED);
+        return;
+    }
+    if (outcome == WORKER_JOBS_BUSY || outcome == WORKER_JOBS_MISMATCH) {
+        s_tracked_fail (self, job, worker_jobs_problem (job->request, outcome));
+        return;
+    }
+    if (job->not_found >= 0) {
+        const worker_step_t *st = &job->op->steps[job->not_found];
+        s_tracked_fail (self, job,
+                        worker_reply_problem (job->request,
+                                              st->not_found_status,
+                                              st->not_found_detail
+                                                  ? st->not_found_detail
+                                                  : "no such row",
+                                              NULL));
+        return;
+    }
+    worker_pgerror_t e;
+    worker_pgerror_classify (job->sqlstate, &e);
+    if (e.retry && job->attempts == 0 && !e.reconnect) {
+        /*  Rolled back whole, guards included: running it again is
+            safe.  */
+        job->attempts++;
+        log_info ("retrying msg=%s sqlstate=%s actor=%s", job->msg_id,
+                  job->sqlstate, self->name);
+        s_tracked_segment (self, job, PH_RETRY);
+        return;
+    }
+    ferry_envelope_t *reply = worker_reply_failure (job->request,
+                                                    job->sqlstate);
+    if (e.reconnect) {
+        /*  Nothing more can be sent on this connection; the job stays
+            'running' and a redelivery finds it so.  */
+        self->exclusive = false;
+        ferry_envelope_destroy (&job->reply);
+        s_job_reply (self, job, &reply);
+        s_pg_lost (self, "server error");
+        return;
+    }
+    s_tracked_fail (self, job, reply);
+}
+
+/*  A Sync came back for a tracked message (out of `sent` now).  */
+static void
+s_tracked_done (s_actor_t *self, s_job_t *job)
+{
+    switch (job->phase) {
+    case PH_RUN:
+        if (!job->failed && job->not_found < 0) {
+            ferry_envelope_t *reply = worker_reply_result (
+                job->request, job->op, job->last, &self->body);
+            if (ferry_envelope_status (reply) >= 400
+                || worker_jobs_ctx_capture (&job->jobs, reply)) {
+                /*  The result has no form to store or send: undo.  */
+                s_tracked_fail (self, job, reply);
+                return;
+            }
+            job->reply = reply;
+            s_tracked_segment (self, job, PH_COMMIT);
+            return;
+        }
+        s_tracked_failed (self, job);
+        return;
+    case PH_COMMIT:
+        if (!job->failed && PQtransactionStatus (self->conn) == PQTRANS_IDLE) {
+            const char *crash = self->args->crash_after_commit;
+            if (crash && strcmp (crash, job->op->name) == 0) {
+                log_warn ("FERRY_TEST_CRASH_AFTER_COMMIT: dying before the "
+                          "reply msg=%s op=%s",
+                          job->msg_id, crash);
+                raise (SIGKILL);
+            }
+            s_tracked_end (self, job, job->reply);
+            return;
+        }
+        log_warn ("commit failed msg=%s sqlstate=%s actor=%s", job->msg_id,
+                  job->sqlstate, self->name);
+        ferry_envelope_destroy (&job->reply);
+        s_tracked_failed (self, job);
+        return;
+    case PH_STORED: {
+        if (job->failed)
+            log_warn ("stored response not read msg=%s sqlstate=%s actor=%s",
+                      job->msg_id, job->sqlstate, self->name);
+        ferry_envelope_t *reply = worker_jobs_stored_reply (
+            job->request, job->failed ? NULL : job->last, job->replayed);
+        s_tracked_end (self, job, reply);
+        return;
+    }
+    case PH_RECORD:
+        if (job->failed)
+            log_warn ("job result not recorded msg=%s sqlstate=%s actor=%s",
+                      job->msg_id, job->sqlstate, self->name);
+        s_tracked_end (self, job, job->reply);
+        return;
+    case PH_RETRY:
+        /*  First in line again; s_pump sends it.  */
+        self->exclusive = false;
+        s_fifo_push_front (&self->waiting, job);
+        s_check_idle (self);
+        return;
+    }
+}
+
+/*  Actor 0 of a pool deletes expired jobs and keys.  */
+static bool
+s_cleanup_due (s_actor_t *self, int64_t now)
+{
+    return self->args->index == 0 && self->args->jobs
+           && self->pg == S_PG_UP && !self->cleanup_busy
+           && now >= self->cleanup_next;
+}
+
+static bool
+s_cleanup_send (s_actor_t *self)
+{
+    s_job_t *job = &self->cleanup;
+    s_outcome_reset (job);
+    job->plan_len = job->plan_pos = 0;
+    job->slot_done = false;
+    s_fifo_push (&self->sent, job);
+    self->cleanup_busy = true;
+    bool ok = s_send_call (self, job, WORKER_JOBS_CLEANUP, SLOT_STORED);
+    ok = ok && PQpipelineSync (self->conn) == 1;
+    s_plan (job, SLOT_SYNC, 0);
+    if (!ok) {
+        s_pg_lost (self, "send failed");
+        return false;
+    }
+    return true;
+}
+
+static void
+s_cleanup_done (s_actor_t *self, s_job_t *job)
+{
+    const worker_jobs_settings_t *js = self->args->jobs;
+    int64_t deleted = -1;
+    self->cleanup_busy = false;
+    if (!job->failed && job->last && PQntuples (job->last) == 1
+        && ferry_parse_int64 (PQgetvalue (job->last, 0, 0), &deleted))
+        deleted = -1;
+    if (job->failed)
+        log_warn ("cleanup failed actor=%s sqlstate=%s", self->name,
+                  job->sqlstate);
+    else if (deleted > 0)
+        log_info ("cleanup deleted rows=%" PRId64 " actor=%s", deleted,
+                  self->name);
+    /*  A full batch means more may be waiting: go on at once, one short
+        transaction at a time.  */
+    int64_t now = ferry_mono_ms ();
+    self->cleanup_next
+        = deleted >= js->cleanup_batch ? now : now + js->cleanup_interval_ms;
+    s_outcome_reset (job);
+    s_check_idle (self);
 }

@@ -9,6 +9,7 @@
 #ifndef WORKER_ACTOR_H_INCLUDED
 #define WORKER_ACTOR_H_INCLUDED
 
+#include "worker_jobs.h"
 #include "worker_ops.h"
 
 #include <czmq.h>
@@ -24,7 +25,12 @@ typedef struct {
     const char *broker;       /* backend endpoint to connect to */
     int64_t heartbeat_ms;
     unsigned liveness;
-    unsigned index;           /* actor number in the pool, for logs */
+    unsigned index;           /* actor number in the pool; actor 0 also
+                                 deletes expired jobs and keys */
+    const worker_jobs_settings_t *jobs; /* retention, cleanup */
+    /*  Test only (FERRY_TEST_CRASH_AFTER_COMMIT): the operation after
+        whose COMMIT the process kills itself before replying; NULL.  */
+    const char *crash_after_commit;
 } worker_actor_args_t;
 
 void worker_actor (zsock_t *pipe, void *args);

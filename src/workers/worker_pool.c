@@ -26,6 +26,8 @@ struct _worker_pool_t {
     worker_ops_t *ops;           /* shared by the actors, read-only */
     worker_actor_args_t *args;   /* one per actor, alive while it runs */
     worker_kafka_t *kafka;       /* the pool's Kafka consumer, or NULL */
+    worker_jobs_settings_t jobs; /* the actors point here */
+    char *crash_after_commit;    /* test-only fault hook, or NULL */
     zactor_t **actors;
     bool *up;                    /* actor connected now */
     bool *ever;                  /* actor connected at least once */
@@ -92,6 +94,9 @@ worker_pool_new (ferry_config_t *config, const ferry_cnode_t *node,
         if (!self->kafka)
             goto fail;
     }
+    self->jobs = settings->jobs;
+    if (settings->crash_after_commit)
+        self->crash_after_commit = ferry_strdup (settings->crash_after_commit);
     self->args = ferry_calloc (self->size, sizeof *self->args);
     for (size_t i = 0; i < self->size; i++) {
         worker_actor_args_t *a = &self->args[i];
@@ -104,6 +109,8 @@ worker_pool_new (ferry_config_t *config, const ferry_cnode_t *node,
         a->heartbeat_ms = settings->heartbeat_ms;
         a->liveness = settings->liveness;
         a->index = (unsigned) i;
+        a->jobs = &self->jobs;
+        a->crash_after_commit = self->crash_after_commit;
     }
     self->actors = ferry_calloc (self->size, sizeof *self->actors);
     self->up = ferry_calloc (self->size, sizeof *self->up);
@@ -133,6 +140,7 @@ worker_pool_destroy (worker_pool_t **self_p)
     free (self->service);
     free (self->conninfo);
     free (self->broker);
+    free (self->crash_after_commit);
     free (self);
     *self_p = NULL;
 }
@@ -230,8 +238,10 @@ worker_pool_config_test (bool verbose)
     ferry_config_t *config
         = ferry_config_parse (yaml, strlen (yaml), "p.yaml", err, sizeof err);
     FERRY_CHECK (config);
-    worker_settings_t settings
-        = {"tcp://127.0.0.1:1", 1000, 3, "dbname=default"};
+    worker_settings_t settings = {.broker = "tcp://127.0.0.1:1",
+                                  .heartbeat_ms = 1000,
+                                  .liveness = 3,
+                                  .database = "dbname=default"};
     worker_pool_t *app = worker_pool_new (
         config, ferry_config_node (config, NULL, "pools.app"), &settings);
     FERRY_CHECK (app);

@@ -6,6 +6,7 @@
 #define WORKER_POOL_H_INCLUDED
 
 #include "config.h"
+#include "worker_jobs.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -20,6 +21,8 @@ typedef struct {
     int64_t heartbeat_ms;
     unsigned liveness;
     const char *database;    /* default conninfo; "" = PG* environment */
+    worker_jobs_settings_t jobs;    /* jobs.* and idempotency.* */
+    const char *crash_after_commit; /* test-only fault hook, or NULL */
 } worker_settings_t;
 
 /*  Reads and validates pools.NAME (node is that map entry).  Returns a
