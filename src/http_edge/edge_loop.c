@@ -26,15 +26,18 @@
 #include "log.h"
 #include "proto.h"
 #include "edge_http.h"
+#include "edge_jobs.h"
 #include "edge_loop.h"
 #include "kafka.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -56,13 +59,35 @@
 #define S_KEEP_BUFFER (64 * 1024)
 /*  Body bytes read and dropped after a 413 before the edge closes.  */
 #define S_DISCARD_MIN (1024 * 1024)
+/*  Longest Prefer: wait=N honoured on GET /jobs/{id}.  */
+#define S_MAX_GET_WAIT_MS 60000
+/*  A job answered 202 is remembered (for a late 503/504 from the broker,
+    which marks it failed) until its deadline and this much more.  */
+#define S_ACCEPTED_GRACE 2000
+#define S_ACCEPTED_MAX 100000
 
 typedef enum {
     S_HEAD = 0,   /* first call not yet seen */
     S_BODY = 1,   /* accepted; reading the body */
     S_PARKED = 2, /* suspended, waiting for the reply */
-    S_ANSWER = 3  /* out holds the response to queue */
+    S_ANSWER = 3, /* out holds the response to queue */
+    S_DB = 4      /* suspended, waiting for a jobs statement */
 } s_stage_t;
+
+/*  What a request does with a job (docs/edge.md "Asynchronous jobs").  */
+typedef enum {
+    J_NONE = 0, /* a plain request, or a sync one whose budget gave up */
+    J_SUBMIT,   /* async: job_submit in flight (S_DB) */
+    J_ACK,      /* async: published, waiting for the ACK or the delivery
+                   report (parked) */
+    J_WAIT,     /* async with Prefer wait: accepted, waiting for the reply
+                   (parked) */
+    J_BUDGET,   /* sync with async_after: the reply within budget (parked) */
+    J_LATE,     /* async_after passed: job_submit in flight (S_DB) */
+    J_FETCH,    /* reading the job to answer 200 with it (S_DB) */
+    J_GET,      /* GET /jobs/{id}: reading the job (S_DB) */
+    J_GET_WAIT  /* GET with wait: parked until its notification */
+} s_job_t;
 
 typedef struct _edge_loop_t edge_loop_t;
 
@@ -91,7 +116,25 @@ typedef struct s_req_t {
     int64_t started;             /* monotonic ms, for the access log */
     edge_output_t out;           /* what to answer */
     struct s_req_t *next_spare;  /* in loop->spare while unused */
+    /*  Jobs.  */
+    s_job_t job;
+    char job_id[EDGE_JOB_ID_LEN + 1]; /* "" when none */
+    edge_prefer_t prefer;
+    bool async_asked;            /* Prefer: respond-async was honoured */
+    bool waited;                 /* GET: the wait is over, answer now */
+    bool jobs_busy;              /* a jobs statement refers to req */
+    bool waiting;                /* in loop->waiters under job_id */
+    struct s_req_t *next_waiter;
+    char *envelope;              /* async: the REQ payload to publish */
+    size_t envelope_len;
+    int64_t route_deadline;      /* monotonic: the route's own deadline */
 } s_req_t;
+
+/*  A job answered 202 whose reply may still come (see S_ACCEPTED_GRACE).  */
+typedef struct {
+    char job_id[EDGE_JOB_ID_LEN + 1];
+    int64_t until;
+} s_accepted_t;
 
 struct _edge_loop_t {
     zsock_t *pipe;                   /* to the parent (main) */
@@ -125,6 +168,12 @@ struct _edge_loop_t {
     edge_kafka_t *kafka;              /* shared; NULL without Kafka */
     ferry_kafka_producer_t *producer;
     zsock_t *replies;
+    /*  Jobs: this loop's PostgreSQL connection (NULL when no route makes
+        jobs), the GETs waiting per job id, the jobs answered 202.  */
+    edge_jobs_t *jobs;
+    zhashx_t *waiters;   /* job id -> first s_req_t, via next_waiter */
+    zhashx_t *accepted;  /* msg_id -> s_accepted_t */
+    int64_t next_prune;
 };
 
 /* ---- deadline heap ---------------------------------------------------------
@@ -172,20 +221,47 @@ s_heap_down (edge_loop_t *self, size_t i)
 }
 
 /*  Parks req: pending table and heap.  The heap array was sized for
-    max_inflight at start, and callers check the limit first.  */
-static void
+    max_inflight at start.  Returns false when it is full.  */
+static bool
 s_park (edge_loop_t *self, s_req_t *req)
 {
+    if (self->heap_size >= self->settings->max_inflight)
+        return false;
     zhashx_insert (self->pending, req->msg_id, req);
     req->heap_index = self->heap_size;
     self->heap[self->heap_size++] = req;
     s_heap_up (self, req->heap_index);
     req->stage = S_PARKED;
+    return true;
+}
+
+/*  Takes req out of the GETs waiting for its job.  */
+static void
+s_waiter_remove (edge_loop_t *self, s_req_t *req)
+{
+    if (!req->waiting)
+        return;
+    req->waiting = false;
+    s_req_t *head = zhashx_lookup (self->waiters, req->job_id);
+    if (head == req) {
+        if (req->next_waiter)
+            zhashx_update (self->waiters, req->job_id, req->next_waiter);
+        else
+            zhashx_delete (self->waiters, req->job_id);
+    }
+    else
+        for (s_req_t *w = head; w; w = w->next_waiter)
+            if (w->next_waiter == req) {
+                w->next_waiter = req->next_waiter;
+                break;
+            }
+    req->next_waiter = NULL;
 }
 
 static void
 s_unpark (edge_loop_t *self, s_req_t *req)
 {
+    s_waiter_remove (self, req);
     if (req->heap_index == SIZE_MAX)
         return;
     zhashx_delete (self->pending, req->msg_id);
@@ -255,6 +331,9 @@ s_req_destroy (s_req_t **req_p)
         return;
     edge_loop_t *self = req->loop;
     s_unpark (self, req);
+    if (req->jobs_busy && self->jobs)
+        edge_jobs_cancel (self->jobs, req);
+    free (req->envelope);
     self->active--;
     free (req->idempotency_key);
     free (req->kafka_key);
@@ -362,6 +441,26 @@ s_header (s_req_t *req, const char *name)
     return MHD_lookup_connection_value (req->conn, MHD_HEADER_KIND, name);
 }
 
+static enum MHD_Result
+s_prefer_field (void *cls, enum MHD_ValueKind kind, const char *key,
+                size_t key_size, const char *value, size_t value_size)
+{
+    (void) kind;
+    (void) value_size;
+    if (key_size == 6 && strncasecmp (key, "Prefer", 6) == 0 && value)
+        edge_prefer_parse (cls, value);
+    return MHD_YES;
+}
+
+/*  Reads every Prefer field of the request (RFC 7240 allows several).  */
+static void
+s_read_prefer (s_req_t *req)
+{
+    edge_prefer_init (&req->prefer);
+    MHD_get_connection_values_n (req->conn, MHD_HEADER_KIND, s_prefer_field,
+                                 &req->prefer);
+}
+
 /*  /readyz: the broker answered heartbeats recently and every service a
     route uses has a worker.  */
 static void
@@ -388,6 +487,10 @@ s_readyz (edge_loop_t *self, s_req_t *req)
     if (self->kafka)
         json_object_set_new (body, "kafka",
                              json_boolean (edge_kafka_ready (self->kafka)));
+    /*  Likewise the job store: only job operations need it.  */
+    if (self->jobs)
+        json_object_set_new (body, "jobs",
+                             json_boolean (edge_jobs_ready (self->jobs)));
     edge_output_clear (&req->out);
     req->out.status = ready ? 200 : 503;
     req->out.body = json_dumps (body, JSON_COMPACT);
@@ -443,8 +546,22 @@ s_begin (edge_loop_t *self, s_req_t *req, const char *url,
         s_readyz (self, req);
         return;
     }
-    edge_match_t match;
     char err[256];
+    /*  GET /jobs/{id} is the edge's own, ahead of the configured routes.  */
+    if (get && st->jobs && strncmp (url, "/jobs/", 6) == 0) {
+        if (!edge_job_id_valid (url + 6)) {
+            snprintf (err, sizeof err, "no job %.64s", url + 6);
+            s_fail (req, 404, err);
+            return;
+        }
+        for (size_t i = 0; i < EDGE_JOB_ID_LEN; i++)
+            req->job_id[i] = (char) tolower ((unsigned char) url[6 + i]);
+        req->job = J_GET;
+        s_read_prefer (req);
+        req->stage = S_BODY;
+        return;
+    }
+    edge_match_t match;
     int status = edge_routes_match (st->routes, method, url, &match);
     if (status == 404) {
         snprintf (err, sizeof err, "no route for %s %s", method, url);
@@ -459,6 +576,8 @@ s_begin (edge_loop_t *self, s_req_t *req, const char *url,
         return;
     }
     req->route = match.route;
+    if (edge_route_uses_jobs (req->route))
+        s_read_prefer (req);
     if (edge_route_pack_args (&match, s_query_value, req->conn, &req->args,
                               err, sizeof err)
         != 0) {
@@ -518,10 +637,15 @@ s_send (edge_loop_t *self, s_req_t *req, const msgpack_sbuffer *payload)
     snprintf (deadline, sizeof deadline, "%llu",
               (unsigned long long) req->deadline_wall);
     /*  A request with an Idempotency-Key may run twice without a second
-        effect, so it is as safe to redeliver as a GET.  */
-    const char *flags = edge_route_retryable (route) || req->idempotency_key
-                            ? "r"
-                            : "";
+        effect, so it is as safe to redeliver as a GET.  An async job asks
+        the broker for an ACK: the 202 waits for it.  */
+    char flags[4];
+    size_t nflags = 0;
+    if (edge_route_retryable (route) || req->idempotency_key)
+        flags[nflags++] = FERRY_FLAG_RETRYABLE;
+    if (req->job == J_SUBMIT)
+        flags[nflags++] = FERRY_FLAG_ACK;
+    flags[nflags] = '\0';
     void *s = self->dealer_handle;
     self->dealer_sent = true;
     /*  A DEALER delivers all parts of a message or none, so only the first
@@ -546,12 +670,21 @@ s_send (edge_loop_t *self, s_req_t *req, const msgpack_sbuffer *payload)
     report's opaque is a copy of the msg id, not the request, because a
     request may end (and its record be reused) before its report.  */
 
+static void s_job_handed_over (edge_loop_t *self, s_req_t *req);
+
 static void
 s_on_delivery (void *opaque, rd_kafka_resp_err_t err, void *arg)
 {
     edge_loop_t *self = arg;
     char *msg_id = opaque;
-    s_req_t *req = err ? zhashx_lookup (self->pending, msg_id) : NULL;
+    s_req_t *req = zhashx_lookup (self->pending, msg_id);
+    if (req && !err && req->job == J_ACK) {
+        /*  Kafka holds the job: that is the hand-over a 202 waits for.  */
+        s_job_handed_over (self, req);
+        req = NULL;
+    }
+    else if (!err)
+        req = NULL;
     if (req) {
         char detail[160];
         snprintf (detail, sizeof detail,
@@ -561,6 +694,8 @@ s_on_delivery (void *opaque, rd_kafka_resp_err_t err, void *arg)
                   req->request_id, msg_id, rd_kafka_err2str (err));
         edge_output_problem (&req->out, 503, detail, req->request_id);
         strcpy (req->out.retry_after, "1");
+        if (req->job == J_ACK && self->jobs)
+            edge_jobs_expire (self->jobs, req->job_id, 503, detail);
         s_answer_parked (self, req);
     }
     free (msg_id);
@@ -647,10 +782,353 @@ s_kafka_send (edge_loop_t *self, s_req_t *req,
     return -1;
 }
 
+/* ---- jobs ------------------------------------------------------------------
+    The steps of docs/edge.md "Asynchronous jobs".  A request waiting for
+    a jobs statement is suspended in S_DB (not parked: no reply or
+    deadline concerns it); the statement's callback moves it on.  */
+
+static void s_job_read (edge_loop_t *self, s_req_t *req);
+
+/*  Answers a request in S_DB (its connection is suspended).  */
+static void
+s_answer_db (s_req_t *req)
+{
+    req->stage = S_ANSWER;
+    MHD_resume_connection (req->conn);
+}
+
+static void
+s_fail_db (s_req_t *req, unsigned status, const char *detail)
+{
+    edge_output_problem (&req->out, status, detail, req->request_id);
+    if (status == 503)
+        strcpy (req->out.retry_after, "1");
+    s_answer_db (req);
+}
+
+/*  Remembers that msg_id became job job_id answered 202, so that a
+    broker's late 503/504 can mark the job failed.  */
+static void
+s_accepted_note (edge_loop_t *self, s_req_t *req)
+{
+    if (zhashx_size (self->accepted) >= S_ACCEPTED_MAX)
+        return;
+    s_accepted_t *a = ferry_malloc (sizeof *a);
+    memcpy (a->job_id, req->job_id, sizeof a->job_id);
+    a->until = req->route_deadline + S_ACCEPTED_GRACE;
+    zhashx_update (self->accepted, req->msg_id, a);
+}
+
+/*  Fills out with 202 Accepted: Location and the job's first state.  */
+static void
+s_accepted_output (edge_loop_t *self, s_req_t *req)
+{
+    edge_output_t *out = &req->out;
+    edge_output_clear (out);
+    json_t *body = json_object ();
+    char href[sizeof out->location];
+    snprintf (href, sizeof href, "/jobs/%s", req->job_id);
+    json_object_set_new (body, "id", json_string (req->job_id));
+    json_object_set_new (body, "status", json_string ("queued"));
+    json_object_set_new (body, "href", json_string (href));
+    out->status = 202;
+    out->body = json_dumps (body, JSON_COMPACT);
+    out->len = out->body ? strlen (out->body) : 0;
+    out->content_type = "application/json";
+    json_decref (body);
+    strcpy (out->location, href);
+    if (req->async_asked)
+        strcpy (out->preference_applied, "respond-async");
+    s_accepted_note (self, req);
+}
+
+/*  The seconds of Prefer: wait the request gets: capped at the route's
+    timeout on a submit, at S_MAX_GET_WAIT_MS on GET /jobs.  */
+static int64_t
+s_wait_s (const s_req_t *req)
+{
+    int64_t cap = req->route ? edge_route_timeout_ms (req->route) / 1000
+                             : S_MAX_GET_WAIT_MS / 1000;
+    return req->prefer.wait_s < cap ? req->prefer.wait_s : cap;
+}
+
+static void
+s_on_fetched (void *arg, edge_jobs_result_t *r)
+{
+    s_req_t *req = arg;
+    edge_loop_t *self = req->loop;
+    req->jobs_busy = false;
+    if (r->ok && r->found) {
+        edge_output_clear (&req->out);
+        req->out.status = 200;
+        req->out.body = r->json;
+        req->out.len = r->len;
+        req->out.content_type = "application/json";
+        r->json = NULL;
+        snprintf (req->out.preference_applied,
+                  sizeof req->out.preference_applied, "wait=%lld",
+                  (long long) s_wait_s (req));
+    }
+    else
+        /*  The job is accepted either way: point at it.  */
+        s_accepted_output (self, req);
+    s_answer_db (req);
+}
+
+/*  The reply of a submit with Prefer: wait came: answer 200 with the job
+    as PostgreSQL now holds it (the worker stored the result before it
+    replied).  */
+static void
+s_job_fetch (edge_loop_t *self, s_req_t *req)
+{
+    s_unpark (self, req);
+    req->job = J_FETCH;
+    req->stage = S_DB;
+    if (edge_jobs_get (self->jobs, req->job_id, "", s_on_fetched, req) == 0)
+        req->jobs_busy = true;
+    else {
+        s_accepted_output (self, req);
+        s_answer_db (req);
+    }
+}
+
+/*  The broker holds the job (ACK) or Kafka has it (delivery report).  */
+static void
+s_job_handed_over (edge_loop_t *self, s_req_t *req)
+{
+    if (req->prefer.wait_s > 0) {
+        s_unpark (self, req);
+        req->job = J_WAIT;
+        int64_t until = ferry_mono_ms () + s_wait_s (req) * 1000;
+        if (until < req->deadline_mono)
+            req->deadline_mono = until;
+        s_park (self, req); /* it was parked: there is room */
+        return;
+    }
+    s_accepted_output (self, req);
+    s_answer_parked (self, req);
+}
+
+/*  Publishes an async job's saved envelope once job_submit is done.  */
+static void
+s_on_submitted (void *arg, edge_jobs_result_t *r)
+{
+    s_req_t *req = arg;
+    edge_loop_t *self = req->loop;
+    req->jobs_busy = false;
+    if (!r->ok) {
+        s_fail_db (req, 503, "the job store is not reachable");
+        return;
+    }
+    msgpack_sbuffer payload = {req->envelope_len, req->envelope,
+                               req->envelope_len};
+    int rc;
+    if (edge_route_transport (req->route) == EDGE_TRANSPORT_KAFKA)
+        rc = s_kafka_send (self, req, &payload);
+    else if ((rc = s_send (self, req, &payload)) != 0)
+        edge_output_problem (&req->out, 503, "the broker is not reachable",
+                             req->request_id);
+    free (req->envelope);
+    req->envelope = NULL;
+    req->job = J_ACK;
+    if (rc == 0 && !s_park (self, req)) {
+        edge_output_problem (&req->out, 503, "too many requests in flight",
+                             req->request_id);
+        rc = -1;
+    }
+    if (rc != 0) {
+        /*  Never published, or published without anyone to wait for
+            the hand-over: the queued row must not stay queued.  */
+        edge_jobs_expire (self->jobs, req->job_id, 503,
+                          "the job could not be handed over");
+        strcpy (req->out.retry_after, "1");
+        s_answer_db (req);
+    }
+}
+
+/*  async_after passed and job_submit is done: 202, or, without the job
+    store, the request simply goes on waiting as a sync one.  */
+static void
+s_on_late_submitted (void *arg, edge_jobs_result_t *r)
+{
+    s_req_t *req = arg;
+    edge_loop_t *self = req->loop;
+    req->jobs_busy = false;
+    if (r->ok) {
+        s_accepted_output (self, req);
+        s_answer_db (req);
+        return;
+    }
+    req->job = J_NONE;
+    req->deadline_mono = req->route_deadline;
+    if (req->deadline_mono <= ferry_mono_ms () || !s_park (self, req))
+        s_fail_db (req, 504, "no reply within the route's timeout");
+}
+
+/*  A sync route's async_after budget ran out.  */
+static void
+s_budget_passed (edge_loop_t *self, s_req_t *req)
+{
+    s_unpark (self, req);
+    if (self->jobs
+        && edge_jobs_submit (self->jobs, req->job_id,
+                             edge_route_service (req->route),
+                             edge_route_operation (req->route), "",
+                             s_on_late_submitted, req)
+               == 0) {
+        req->job = J_LATE;
+        req->stage = S_DB;
+        req->jobs_busy = true;
+        /*  The reply may still come while job_submit runs: dropped, the
+            worker has stored it.  A broker 503/504 expires the job.  */
+        s_accepted_t *a = ferry_malloc (sizeof *a);
+        memcpy (a->job_id, req->job_id, sizeof a->job_id);
+        a->until = req->route_deadline + S_ACCEPTED_GRACE;
+        zhashx_update (self->accepted, req->msg_id, a);
+        return;
+    }
+    req->job = J_NONE;
+    req->deadline_mono = req->route_deadline;
+    s_park (self, req); /* it was parked: there is room */
+}
+
+static void
+s_on_job_read (void *arg, edge_jobs_result_t *r)
+{
+    s_req_t *req = arg;
+    edge_loop_t *self = req->loop;
+    req->jobs_busy = false;
+    if (!r->ok) {
+        s_fail_db (req, 503, "the job store is not reachable");
+        return;
+    }
+    if (!r->found) {
+        char detail[64];
+        snprintf (detail, sizeof detail, "no job %s", req->job_id);
+        s_fail_db (req, 404, detail);
+        return;
+    }
+    int64_t wait = s_wait_s (req);
+    if (!r->finished && wait > 0 && !req->waited) {
+        /*  LISTEN was sent when the connection opened, and this loop reads
+            notifications only after the statement's callback: one that
+            finishes the job after this read cannot be missed.  */
+        ferry_id_generate (req->msg_id);
+        req->deadline_mono = ferry_mono_ms () + wait * 1000;
+        req->job = J_GET_WAIT;
+        if (s_park (self, req)) {
+            req->next_waiter = zhashx_lookup (self->waiters, req->job_id);
+            zhashx_update (self->waiters, req->job_id, req);
+            req->waiting = true;
+            return;
+        }
+        req->stage = S_DB;
+    }
+    edge_output_clear (&req->out);
+    req->out.status = 200;
+    req->out.body = r->json;
+    req->out.len = r->len;
+    req->out.content_type = "application/json";
+    r->json = NULL;
+    if (wait > 0)
+        snprintf (req->out.preference_applied,
+                  sizeof req->out.preference_applied, "wait=%lld",
+                  (long long) wait);
+    s_answer_db (req);
+}
+
+/*  GET /jobs/{id}: reads the job (again, after a wait).  */
+static void
+s_job_read (edge_loop_t *self, s_req_t *req)
+{
+    req->job = J_GET;
+    req->stage = S_DB;
+    if (self->jobs
+        && edge_jobs_get (self->jobs, req->job_id, "", s_on_job_read, req)
+               == 0)
+        req->jobs_busy = true;
+    else
+        s_fail_db (req, 503, "the job store is not reachable");
+}
+
+/*  A notification: the job finished.  Every GET waiting for it reads it
+    again and answers.  */
+static void
+s_on_notify (void *arg, const char *job_id)
+{
+    edge_loop_t *self = arg;
+    s_req_t *req = zhashx_lookup (self->waiters, job_id);
+    if (!req)
+        return;
+    zhashx_delete (self->waiters, job_id);
+    while (req) {
+        s_req_t *next = req->next_waiter;
+        req->waiting = false;
+        req->next_waiter = NULL;
+        s_unpark (self, req);
+        req->waited = true;
+        s_job_read (self, req);
+        req = next;
+    }
+}
+
+/*  A reply for a msg id no request waits for: if it was a job answered
+    202 and the broker refused it after all, the job failed.  */
+static void
+s_late_reply (edge_loop_t *self, const char *msg_id, const void *data,
+              size_t size)
+{
+    s_accepted_t *a = self->accepted ? zhashx_lookup (self->accepted, msg_id)
+                                     : NULL;
+    if (!a) {
+        log_debug ("late reply dropped msg_id=%s", msg_id);
+        return;
+    }
+    ferry_envelope_t *reply = ferry_envelope_decode (data, size, NULL, NULL,
+                                                     0);
+    unsigned status = reply ? ferry_envelope_status (reply) : 0;
+    if ((status == 503 || status == 504) && self->jobs)
+        edge_jobs_expire (self->jobs, a->job_id, status,
+                          status == 503 ? "the job could not be delivered"
+                                        : "the job was not run in time");
+    ferry_envelope_destroy (&reply);
+    zhashx_delete (self->accepted, msg_id);
+}
+
+/*  Forgets accepted jobs whose replies can no longer come.  */
+static void
+s_accepted_prune (edge_loop_t *self, int64_t now)
+{
+    if (!self->accepted || now < self->next_prune)
+        return;
+    self->next_prune = now + 1000;
+    zlistx_t *keys = zhashx_keys (self->accepted);
+    for (const char *k = zlistx_first (keys); k; k = zlistx_next (keys)) {
+        s_accepted_t *a = zhashx_lookup (self->accepted, k);
+        if (a && a->until <= now)
+            zhashx_delete (self->accepted, k);
+    }
+    zlistx_destroy (&keys);
+}
+
 /*  The last handler call of a request in S_BODY: the body is complete.  */
 static void
 s_dispatch (edge_loop_t *self, s_req_t *req)
 {
+    if (req->job == J_GET) {
+        if (!self->jobs
+            || edge_jobs_get (self->jobs, req->job_id, "", s_on_job_read,
+                              req)
+                   != 0) {
+            s_fail (req, 503, "the job store is not reachable");
+            strcpy (req->out.retry_after, "1");
+            return;
+        }
+        req->jobs_busy = true;
+        req->stage = S_DB;
+        MHD_suspend_connection (req->conn);
+        return;
+    }
     char err[320];
     const edge_route_t *route = req->route;
     msgpack_sbuffer body;
@@ -678,6 +1156,22 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
         strcpy (req->out.retry_after, "1");
         return;
     }
+    /*  An async job needs the job store now; a sync route's async_after
+        only when the budget runs out, and without the store it stays a
+        plain sync request.  */
+    req->async_asked = edge_route_async (route) && req->prefer.respond_async;
+    bool async = edge_route_mode (route) == EDGE_MODE_ASYNC
+                 || req->async_asked;
+    bool jobs_up = self->jobs && edge_jobs_ready (self->jobs);
+    bool budget = !async && edge_route_async_after_ms (route) > 0 && jobs_up;
+    if (async && !jobs_up) {
+        msgpack_sbuffer_destroy (&body);
+        s_fail (req, 503, "the job store is not reachable");
+        strcpy (req->out.retry_after, "1");
+        return;
+    }
+    if (async || budget)
+        edge_job_id_generate (req->job_id);
     if (kafka)
         edge_kafka_msg_id (req->msg_id, self->index);
     else
@@ -686,11 +1180,13 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
     uint64_t now = ferry_wall_ms ();
     req->deadline_wall = now + (uint64_t) timeout;
     req->deadline_mono = ferry_mono_ms () + timeout;
+    req->route_deadline = req->deadline_mono;
     edge_request_info_t info = {
         .msg_id = req->msg_id,
         .request_id = req->request_id,
         .traceparent = req->traceparent,
         .idempotency_key = req->idempotency_key,
+        .job = req->job_id[0] ? req->job_id : NULL,
         .service = edge_route_service (route),
         .operation = edge_route_operation (route),
         .args = req->args.data,
@@ -711,6 +1207,27 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
         s_fail (req, 500, "the request could not be encoded");
         return;
     }
+    if (async) {
+        /*  The job row first, so a GET right after the 202 finds it; the
+            envelope goes out when job_submit is done.  */
+        req->job = J_SUBMIT;
+        if (edge_jobs_submit (self->jobs, req->job_id,
+                              edge_route_service (route),
+                              edge_route_operation (route), "",
+                              s_on_submitted, req)
+            != 0) {
+            s_fail (req, 503, "the job store is not reachable");
+            strcpy (req->out.retry_after, "1");
+            return;
+        }
+        req->envelope = ferry_malloc (payload->size);
+        memcpy (req->envelope, payload->data, payload->size);
+        req->envelope_len = payload->size;
+        req->jobs_busy = true;
+        req->stage = S_DB;
+        MHD_suspend_connection (req->conn);
+        return;
+    }
     if (kafka)
         rc = s_kafka_send (self, req, payload);
     else if ((rc = s_send (self, req, payload)) != 0)
@@ -719,8 +1236,14 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
         strcpy (req->out.retry_after, "1");
         return;
     }
+    if (budget) {
+        req->job = J_BUDGET;
+        int64_t until = ferry_mono_ms () + edge_route_async_after_ms (route);
+        if (until < req->deadline_mono)
+            req->deadline_mono = until;
+    }
     MHD_suspend_connection (req->conn);
-    s_park (self, req);
+    s_park (self, req); /* room was checked above */
 }
 
 static enum MHD_Result
@@ -823,6 +1346,44 @@ s_frame_is (zmq_msg_t *frame, const char *text)
            && memcmp (zmq_msg_data (frame), text, len) == 0;
 }
 
+/*  A reply to an async job that is still parked: before the hand-over
+    (J_ACK) a 503/504 is the broker refusing it, which the client gets and
+    the job records; anything else means the job ran.  With Prefer: wait
+    the job is read and answered 200, else 202.  */
+static void
+s_job_reply (edge_loop_t *self, s_req_t *req, const void *data, size_t size)
+{
+    ferry_limits_t limits = ferry_limits_default;
+    limits.max_frame = FERRY_MAX_MESSAGE_DEFAULT;
+    if (limits.max_string < limits.max_frame)
+        limits.max_string = limits.max_frame;
+    char err[256];
+    ferry_envelope_t *reply
+        = ferry_envelope_decode (data, size, &limits, err, sizeof err);
+    unsigned status = reply ? ferry_envelope_status (reply) : 502;
+    bool refused = status == 503 || status == 504;
+    if (refused && self->jobs)
+        edge_jobs_expire (self->jobs, req->job_id, status,
+                          status == 503 ? "the job could not be delivered"
+                                        : "the job was not run in time");
+    if (refused && req->job == J_ACK) {
+        if (edge_output_reply (&req->out, reply, req->request_id,
+                               req->want_msgpack)
+            != 0)
+            log_warn ("reply not shown id=%s", req->request_id);
+        ferry_envelope_destroy (&reply);
+        s_answer_parked (self, req);
+        return;
+    }
+    ferry_envelope_destroy (&reply);
+    if (req->prefer.wait_s > 0)
+        s_job_fetch (self, req);
+    else {
+        s_accepted_output (self, req);
+        s_answer_parked (self, req);
+    }
+}
+
 /*  A reply (an envelope) for msg id id (FERRY_ID_LEN characters), from
     the broker or from the Kafka reply consumer: answers the request it
     names, or drops it when that request is gone.  */
@@ -834,9 +1395,15 @@ s_reply (edge_loop_t *self, const void *id, const void *data, size_t size)
     msg_id[FERRY_ID_LEN] = '\0';
     s_req_t *req = zhashx_lookup (self->pending, msg_id);
     if (!req) {
-        log_debug ("late reply dropped msg_id=%s", msg_id);
+        s_late_reply (self, msg_id, data, size);
         return;
     }
+    if (req->job == J_ACK || req->job == J_WAIT) {
+        s_job_reply (self, req, data, size);
+        return;
+    }
+    if (req->job == J_BUDGET)
+        req->job = J_NONE; /* answered in time: a plain reply */
     char err[256];
     ferry_limits_t limits = ferry_limits_default;
     limits.max_frame = FERRY_MAX_MESSAGE_DEFAULT;
@@ -876,6 +1443,16 @@ s_broker_message (edge_loop_t *self, zmq_msg_t *frames, size_t count)
             memcpy (self->services + 1, zmq_msg_data (&frames[2]), len);
         self->services[len + 1] = ' ';
         self->services[len + 2] = '\0';
+        return;
+    }
+    if (count == 3 && s_frame_is (&frames[1], FERRY_CMD_ACK)
+        && zmq_msg_size (&frames[2]) == FERRY_ID_LEN) {
+        char msg_id[FERRY_ID_LEN + 1];
+        memcpy (msg_id, zmq_msg_data (&frames[2]), FERRY_ID_LEN);
+        msg_id[FERRY_ID_LEN] = '\0';
+        s_req_t *req = zhashx_lookup (self->pending, msg_id);
+        if (req && req->job == J_ACK)
+            s_job_handed_over (self, req);
         return;
     }
     if (count != 4 || !s_frame_is (&frames[1], FERRY_CMD_REP)
@@ -956,6 +1533,15 @@ s_kafka_down (edge_loop_t *self)
             down[count++] = self->heap[i];
     for (size_t i = 0; i < count; i++) {
         s_req_t *req = down[i];
+        if (req->job == J_WAIT) {
+            /*  Kafka has the job already: it is accepted.  */
+            s_accepted_output (self, req);
+            s_answer_parked (self, req);
+            continue;
+        }
+        if (req->job == J_ACK && self->jobs)
+            edge_jobs_expire (self->jobs, req->job_id, 503,
+                              "Kafka is not reachable");
         log_warn ("kafka unreachable id=%s msg_id=%s: answered 503",
                   req->request_id, req->msg_id);
         edge_output_problem (&req->out, 503, "Kafka is not reachable",
@@ -1019,6 +1605,32 @@ s_expire (edge_loop_t *self, int64_t now)
 {
     while (self->heap_size && self->heap[0]->deadline_mono <= now) {
         s_req_t *req = self->heap[0];
+        switch (req->job) {
+        case J_BUDGET:
+            s_budget_passed (self, req);
+            continue;
+        case J_WAIT:
+            /*  Prefer: wait passed: the job is accepted, poll it.  */
+            s_accepted_output (self, req);
+            s_answer_parked (self, req);
+            continue;
+        case J_GET_WAIT:
+            s_unpark (self, req);
+            req->waited = true;
+            s_job_read (self, req);
+            continue;
+        case J_ACK:
+            edge_output_problem (&req->out, 504,
+                                 "the job was not handed over in time",
+                                 req->request_id);
+            if (self->jobs)
+                edge_jobs_expire (self->jobs, req->job_id, 504,
+                                  "the job was not handed over in time");
+            s_answer_parked (self, req);
+            continue;
+        default:
+            break;
+        }
         char detail[96];
         snprintf (detail, sizeof detail, "no reply within %lld ms",
                   (long long) edge_route_timeout_ms (req->route));
@@ -1033,6 +1645,10 @@ s_expire (edge_loop_t *self, int64_t now)
 static void
 s_abandon_all (edge_loop_t *self)
 {
+    /*  First what waits for PostgreSQL (a failed job_submit after
+        async_after parks the request again, answered just below).  */
+    if (self->jobs)
+        edge_jobs_fail_all (self->jobs, "the edge is shutting down");
     while (self->heap_size) {
         s_req_t *req = self->heap[0];
         edge_output_problem (&req->out, 503, "the edge is shutting down",
@@ -1084,6 +1700,9 @@ s_loop_destroy (edge_loop_t **self_p)
             self->producer,
             self->kafka && edge_kafka_ready (self->kafka) ? S_FLUSH_MS : 0);
     ferry_kafka_producer_destroy (&self->producer);
+    edge_jobs_destroy (&self->jobs);
+    zhashx_destroy (&self->waiters);
+    zhashx_destroy (&self->accepted);
     zsock_destroy (&self->replies);
     zsock_destroy (&self->dealer);
     if (self->epoll_fd >= 0)
@@ -1100,6 +1719,13 @@ s_loop_destroy (edge_loop_t **self_p)
     free (self->services);
     free (self);
     *self_p = NULL;
+}
+
+static void
+s_accepted_free (void **item)
+{
+    free (*item);
+    *item = NULL;
 }
 
 static int
@@ -1187,6 +1813,16 @@ s_start (edge_loop_t *self)
             return -1;
         }
     }
+    if (st->jobs) {
+        self->jobs = edge_jobs_new (st->database, st->job_retention_ms,
+                                    self->epoll_fd, self->index, s_on_notify,
+                                    self);
+        self->waiters = zhashx_new ();
+        self->accepted = zhashx_new ();
+        zhashx_set_destructor (self->accepted, s_accepted_free);
+        /*  Connect now rather than on the first job.  */
+        edge_jobs_process (self->jobs);
+    }
     self->next_heartbeat = 0;
     return 0;
 }
@@ -1231,6 +1867,11 @@ s_timeout (edge_loop_t *self, int64_t now)
     int64_t t = self->next_heartbeat - now;
     if (self->heap_size && self->heap[0]->deadline_mono - now < t)
         t = self->heap[0]->deadline_mono - now;
+    if (self->jobs) {
+        int64_t j = edge_jobs_timeout (self->jobs, now);
+        if (j >= 0 && j < t)
+            t = j;
+    }
     if (self->draining && t > 50)
         t = 50;
     MHD_UNSIGNED_LONG_LONG mhd;
@@ -1243,7 +1884,8 @@ s_timeout (edge_loop_t *self, int64_t now)
 /*  One round: read what the broker sent, expire, heartbeat, and let MHD
     handle its sockets once, which may send new requests.  */
 static void
-s_work (edge_loop_t *self, bool dealer_ready, bool kafka_ready)
+s_work (edge_loop_t *self, bool dealer_ready, bool kafka_ready,
+        bool jobs_ready)
 {
     if (dealer_ready || self->dealer_sent)
         s_dealer_drain (self);
@@ -1252,6 +1894,10 @@ s_work (edge_loop_t *self, bool dealer_ready, bool kafka_ready)
         s_producer_poll (self);
     }
     int64_t now = ferry_mono_ms ();
+    if (self->jobs
+        && (jobs_ready || edge_jobs_timeout (self->jobs, now) == 0))
+        edge_jobs_process (self->jobs);
+    s_accepted_prune (self, now);
     s_expire (self, now);
     s_heartbeat (self, now);
     MHD_run (self->daemon);
@@ -1292,12 +1938,15 @@ s_run (edge_loop_t *self)
         bool dealer_ready = false, pipe_ready = self->pipe_sent;
         /*  The reply socket and the producer are cheap to check, so any
             of their fds (or MHD's) firing serves both.  */
-        bool kafka_ready = false;
+        bool kafka_ready = false, jobs_ready = false;
         for (int i = 0; i < n; i++) {
             if (events[i].data.fd == dealer_fd)
                 dealer_ready = true;
             else if (events[i].data.fd == pipe_fd)
                 pipe_ready = true;
+            else if (self->jobs
+                     && events[i].data.fd == edge_jobs_fd (self->jobs))
+                jobs_ready = true;
             else if (self->kafka)
                 kafka_ready = true;
         }
@@ -1309,7 +1958,7 @@ s_run (edge_loop_t *self)
             if (self->terminated)
                 break;
         }
-        s_work (self, dealer_ready, kafka_ready);
+        s_work (self, dealer_ready, kafka_ready, jobs_ready);
     }
 }
 

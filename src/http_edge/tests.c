@@ -4,6 +4,7 @@
 #include "ferry.h"
 #include "edge_config.h"
 #include "edge_http.h"
+#include "edge_jobs.h"
 #include "edge_kafka.h"
 #include "edge_loop.h"
 #include "edge_routes.h"
@@ -25,6 +26,7 @@ const ferry_test_t edge_tests[] = {
     {"http_job_id", edge_http_job_id_test},
     {"edge_config", edge_config_test},
     {"edge_kafka", edge_kafka_test},
+    {"edge_jobs", edge_jobs_test},
     {"edge_loop", edge_loop_test},
     {NULL, NULL},
 };
