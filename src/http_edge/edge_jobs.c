@@ -400,6 +400,16 @@ s_complete (edge_jobs_t *self)
 
 /* ---- connecting ---------------------------------------------------------- */
 
+/*  libpq prints server notices to stderr by default; they belong in the
+    log (the connection's loss is logged by s_broken anyway).  */
+static void
+s_notice (void *arg, const char *message)
+{
+    edge_jobs_t *self = arg;
+    log_debug ("loop=%zu jobs database notice: %.*s", self->index,
+               (int) strcspn (message, "\n"), message);
+}
+
 static void
 s_connect_start (edge_jobs_t *self)
 {
@@ -408,6 +418,7 @@ s_connect_start (edge_jobs_t *self)
         s_broken (self, "connect");
         return;
     }
+    PQsetNoticeProcessor (self->conn, s_notice, self);
     self->state = S_CONNECTING;
     /*  libpq: act as if the last poll said WRITING.  */
     if (s_watch (self, EPOLLOUT) != 0)
