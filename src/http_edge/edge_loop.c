@@ -1827,6 +1827,31 @@ s_start (edge_loop_t *self)
     return 0;
 }
 
+/*  Draining: requests that only wait for a job to finish answer now
+    with what there is (the job's state, or 202) instead of 503 later.  */
+static void
+s_jobs_wake_all (edge_loop_t *self)
+{
+    size_t count = 0;
+    s_req_t **wake = ferry_malloc ((self->heap_size + 1) * sizeof *wake);
+    for (size_t i = 0; i < self->heap_size; i++)
+        if (self->heap[i]->job == J_GET_WAIT || self->heap[i]->job == J_WAIT)
+            wake[count++] = self->heap[i];
+    for (size_t i = 0; i < count; i++) {
+        s_req_t *req = wake[i];
+        if (req->job == J_WAIT) {
+            s_accepted_output (self, req);
+            s_answer_parked (self, req);
+        }
+        else {
+            s_unpark (self, req);
+            req->waited = true;
+            s_job_read (self, req);
+        }
+    }
+    free (wake);
+}
+
 static void
 s_pipe_command (edge_loop_t *self)
 {
@@ -1852,6 +1877,7 @@ s_pipe_command (edge_loop_t *self)
             MHD_socket fd = MHD_quiesce_daemon (self->daemon);
             if (fd != MHD_INVALID_SOCKET)
                 close (fd);
+            s_jobs_wake_all (self);
         }
         else
             log_warn ("loop=%zu unknown command %s", self->index,
