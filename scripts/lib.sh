@@ -8,11 +8,14 @@ FERRY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # What a fresh Debian 12 needs to build ferry, run its tests and the demo.
 # The Java runtime, Maven and kcat run the real Kafka broker of the Kafka
 # tests (tests/kafka/kafka.sh) and produce to it from outside ferry.
+# clang and libclang-rt-14-dev (libclang_rt.fuzzer) build the libFuzzer
+# targets of tests/fuzz/.
 FERRY_PACKAGES=(build-essential autoconf automake libtool pkg-config
     autoconf-archive libzmq3-dev libczmq-dev libpq-dev libmsgpack-dev
     libmicrohttpd-dev librdkafka-dev libjansson-dev libyaml-dev
     libsystemd-dev postgresql postgresql-contrib curl python3
-    python3-msgpack openjdk-17-jre-headless maven kcat)
+    python3-msgpack openjdk-17-jre-headless maven kcat
+    clang libclang-rt-14-dev)
 
 say() { printf '[ferry] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
