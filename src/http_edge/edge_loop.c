@@ -1528,8 +1528,10 @@ s_kafka_down (edge_loop_t *self)
     size_t count = 0;
     s_req_t **down = ferry_malloc ((self->heap_size + 1) * sizeof *down);
     for (size_t i = 0; i < self->heap_size; i++)
-        if (edge_route_transport (self->heap[i]->route)
-            == EDGE_TRANSPORT_KAFKA)
+        /*  GET /jobs/{id} waits are parked too, without a route.  */
+        if (self->heap[i]->route
+            && edge_route_transport (self->heap[i]->route)
+                   == EDGE_TRANSPORT_KAFKA)
             down[count++] = self->heap[i];
     for (size_t i = 0; i < count; i++) {
         s_req_t *req = down[i];
