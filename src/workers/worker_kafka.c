@@ -62,6 +62,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +148,11 @@ typedef struct {
     int64_t backoff_ms;      /* next wait while PostgreSQL is down */
     s_lane_t *lanes;
     size_t nlanes;
+    atomic_uint_fast64_t stored;   /* offsets stored by the lanes */
+    uint64_t committed;      /* ... when the last commit was asked */
+    int64_t commit_due;      /* ferry_mono_ms of the next commit */
+    int inflight;            /* commits not reported yet */
+    bool down;               /* the cluster looked unreachable */
     bool terminated;
     zsock_t *pipe;
 } s_consumer_t;
@@ -173,7 +179,11 @@ struct _worker_kafka_t {
 #define S_PAUSE_AT 256       /* messages waiting that pause a partition */
 #define S_RESUME_AT 64       /* ... and that resume it */
 #define S_LANES_MAX 64
-#define S_CLOSE_MS 3000      /* leaving the group at stop, at most */
+#define S_CLOSE_MS 2000      /* leaving the group at stop, at most */
+#define S_COMMIT_WAIT_MS 1000 /* the last commit at stop, at most */
+#define S_DESTROY_MS 1500    /* librdkafka's destroy at stop, at most */
+#define S_FLUSH_MS 2000      /* a lane's producer flush at stop, at most */
+#define S_COMMIT_MS 5000     /* stored offsets committed to Kafka this often */
 
 static const char s_claim_sql[]
     = "INSERT INTO ferry.kafka_offsets (group_id, topic, partition,"
@@ -344,7 +354,7 @@ worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
     }
     static const char *forced[][2] = {
         {"enable.auto.offset.store", "false"},
-        {"enable.auto.commit", "true"},
+        {"enable.auto.commit", "false"},
         {"partition.assignment.strategy", "cooperative-sticky"},
         {"isolation.level", "read_committed"},
         {"enable.partition.eof", "false"},
@@ -1025,6 +1035,8 @@ s_producer_ensure (s_lane_t *self)
     char err[512];
     self->producer = ferry_kafka_producer_new (&conf, s_delivered, self, err,
                                                sizeof err);
+    if (self->producer)
+        ferry_kafka_producer_set_flush_timeout (self->producer, S_FLUSH_MS);
     if (!self->producer) {
         log_error ("kafka reply producer refused pool=%s: %s",
                    self->cfg->pool, err);
@@ -1229,7 +1241,9 @@ s_store (s_lane_t *self, const rd_kafka_message_t *m)
     rd_kafka_resp_err_t rc = rd_kafka_offsets_store (self->rk, l);
     /*  A partition revoked meanwhile refuses the store: harmless,
         PostgreSQL holds the offset.  */
-    if (rc)
+    if (!rc)
+        atomic_fetch_add (&self->cfg->consumer.stored, 1);
+    else
         log_debug ("kafka offset store pool=%s: %s", self->cfg->pool,
                    rd_kafka_err2str (rc));
     rd_kafka_topic_partition_list_destroy (l);
@@ -1772,6 +1786,72 @@ s_lanes_stop (s_consumer_t *self)
 
 /* ---- the actor ---------------------------------------------------------- */
 
+/*  The report of an asynchronous commit, served by consumer_poll.  */
+static void
+s_committed (rd_kafka_t *rk, rd_kafka_resp_err_t err,
+             rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void) rk;
+    (void) offsets;
+    s_consumer_t *self = opaque;
+    if (self->inflight > 0)
+        self->inflight--;
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        log_debug ("kafka commit pool=%s: %s", self->cfg->pool,
+                   rd_kafka_err2str (err));
+    else
+        self->down = false;
+}
+
+/*  Commits the stored offsets to Kafka (a hint for tools and for
+    partitions PostgreSQL holds nothing for) when some are new.  Never
+    while the cluster looks unreachable or a commit is still out: a
+    commit waiting for the group coordinator makes librdkafka's destroy
+    wait for the session timeout, so stopping would hang.  */
+static void
+s_commit (s_consumer_t *self)
+{
+    uint64_t stored = atomic_load (&self->stored);
+    if (self->down || self->inflight || stored == self->committed)
+        return;
+    rd_kafka_resp_err_t rc = rd_kafka_commit (self->rk, NULL, 1);
+    if (rc == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        self->inflight++;
+        self->committed = stored;
+    } else if (rc != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        log_debug ("kafka commit pool=%s: %s", self->cfg->pool,
+                   rd_kafka_err2str (rc));
+}
+
+/*  rd_kafka_destroy in a thread of its own, so that stopping can give
+    up waiting for it.  */
+typedef struct {
+    rd_kafka_t *rk;
+    int flags;
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;
+    bool done;
+    bool abandoned;
+} s_destroy_t;
+
+static void *
+s_destroy_main (void *arg)
+{
+    s_destroy_t *d = arg;
+    rd_kafka_destroy_flags (d->rk, d->flags);
+    pthread_mutex_lock (&d->mutex);
+    d->done = true;
+    bool abandoned = d->abandoned;
+    pthread_cond_signal (&d->cond);
+    pthread_mutex_unlock (&d->mutex);
+    if (abandoned) {
+        pthread_mutex_destroy (&d->mutex);
+        pthread_cond_destroy (&d->cond);
+        free (d);
+    }
+    return NULL;
+}
+
 /*  Leaves the group and destroys the consumer, in bounded time: with the
     cluster unreachable librdkafka's close would wait for the group
     coordinator for ever.  Offsets live in PostgreSQL, so a close cut
@@ -1779,6 +1859,18 @@ s_lanes_stop (s_consumer_t *self)
 static void
 s_close (s_consumer_t *self)
 {
+    /*  The last offsets, when the cluster is there to take them.  */
+    s_commit (self);
+    int64_t end = ferry_mono_ms () + S_COMMIT_WAIT_MS;
+    while (self->inflight && ferry_mono_ms () < end) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll (self->rk, 100);
+        if (m)
+            rd_kafka_message_destroy (m);
+    }
+    if (self->inflight)
+        log_warn ("kafka consumer pool=%s: a commit is still waiting for "
+                  "the cluster; stopping may take the session timeout",
+                  self->cfg->pool);
     rd_kafka_queue_t *q = rd_kafka_queue_new (self->rk);
     rd_kafka_error_t *error = rd_kafka_consumer_close_queue (self->rk, q);
     bool closed = false;
@@ -1788,7 +1880,7 @@ s_close (s_consumer_t *self)
         rd_kafka_error_destroy (error);
     } else {
         /*  Serving the queue runs the revocation (s_rebalance).  */
-        int64_t end = ferry_mono_ms () + S_CLOSE_MS;
+        end = ferry_mono_ms () + S_CLOSE_MS;
         while (!(closed = rd_kafka_consumer_closed (self->rk))
                && ferry_mono_ms () < end)
             rd_kafka_queue_poll_callback (q, 100);
@@ -1798,9 +1890,47 @@ s_close (s_consumer_t *self)
         log_warn ("kafka consumer pool=%s did not leave its group within "
                   "%d ms (cluster unreachable?): stopping without it",
                   self->cfg->pool, S_CLOSE_MS);
-    rd_kafka_destroy_flags (self->rk,
-                            closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    /*  Even without the close, librdkafka's destroy waits up to the
+        group's session timeout (45 s by default) for a request to a group
+        coordinator that is gone, such as a commit sent as it went away.
+        The process is stopping and PostgreSQL holds the offsets: after a
+        bounded wait the destroy is left to finish, or not, in its thread
+        (its memory stays reachable from it).  */
+    s_destroy_t *d = ferry_calloc (1, sizeof *d);
+    d->rk = self->rk;
+    d->flags = closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE;
+    pthread_mutex_init (&d->mutex, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init (&attr);
+    pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+    pthread_cond_init (&d->cond, &attr);
+    pthread_condattr_destroy (&attr);
     self->rk = NULL;
+    pthread_t thread;
+    if (pthread_create (&thread, NULL, s_destroy_main, d)) {
+        rd_kafka_destroy_flags (d->rk, d->flags);
+        d->done = true;
+    } else {
+        pthread_mutex_lock (&d->mutex);
+        int64_t until = ferry_mono_ms () + S_DESTROY_MS;
+        while (!d->done && ferry_mono_ms () < until)
+            s_cond_wait (&d->cond, &d->mutex, until - ferry_mono_ms ());
+        bool done = d->done;
+        d->abandoned = !done;
+        pthread_mutex_unlock (&d->mutex);
+        if (done)
+            pthread_join (thread, NULL);
+        else {
+            log_warn ("kafka consumer pool=%s: librdkafka still waits for "
+                      "the group coordinator; stopping without it",
+                      self->cfg->pool);
+            pthread_detach (thread);
+            return;
+        }
+    }
+    pthread_mutex_destroy (&d->mutex);
+    pthread_cond_destroy (&d->cond);
+    free (d);
 }
 
 static void
@@ -1843,10 +1973,17 @@ s_consumer (zsock_t *pipe, void *arg)
             continue;
         }
         self->backoff_ms = S_BACKOFF_MIN;
+        if (ferry_mono_ms () >= self->commit_due) {
+            s_commit (self);
+            self->commit_due = ferry_mono_ms () + S_COMMIT_MS;
+        }
         rd_kafka_message_t *m = rd_kafka_consumer_poll (self->rk, 100);
         if (!m)
             continue;
         if (m->err) {
+            if (m->err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN
+                || m->err == RD_KAFKA_RESP_ERR__TRANSPORT)
+                self->down = true;
             log_warn ("kafka consumer pool=%s: %s", cfg->pool,
                       rd_kafka_message_errstr (m));
             rd_kafka_message_destroy (m);
@@ -1858,6 +1995,7 @@ s_consumer (zsock_t *pipe, void *arg)
             rd_kafka_message_destroy (m);
             continue;
         }
+        self->down = false;
         s_dispatch (self, topic, m);
     }
     /*  The lanes first: their messages must be gone before the handle.  */
@@ -1879,6 +2017,7 @@ worker_kafka_start (worker_kafka_t *self)
     self->consumer.backoff_ms = S_BACKOFF_MIN;
     rd_kafka_conf_set_opaque (self->conf, &self->consumer);
     rd_kafka_conf_set_rebalance_cb (self->conf, s_rebalance);
+    rd_kafka_conf_set_offset_commit_cb (self->conf, s_committed);
     rd_kafka_t *rk = rd_kafka_new (RD_KAFKA_CONSUMER, self->conf, err,
                                    sizeof err);
     if (!rk) {
