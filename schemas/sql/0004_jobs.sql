@@ -75,11 +75,12 @@ BEGIN
         RAISE EXCEPTION 'job_finish: % is not a final state', p_state
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- clock_timestamp(): now() is when the handler's transaction began.
     UPDATE ferry.jobs
     SET status = p_state, result_status = p_status,
         result_headers = p_headers, result_body = p_body, error = p_error,
-        updated_at = now(), finished_at = now(),
-        expires_at = now() + p_retention
+        updated_at = clock_timestamp(), finished_at = clock_timestamp(),
+        expires_at = clock_timestamp() + p_retention
     WHERE id = p_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job_finish: no job %', p_id
@@ -98,8 +99,8 @@ BEGIN
     UPDATE ferry.jobs
     SET status = 'failed', result_status = p_status,
         result_headers = p_headers, result_body = p_body,
-        updated_at = now(), finished_at = now(),
-        expires_at = now() + p_retention
+        updated_at = clock_timestamp(), finished_at = clock_timestamp(),
+        expires_at = clock_timestamp() + p_retention
     WHERE id = p_id AND status = 'queued';
     IF FOUND THEN
         PERFORM pg_notify('ferry_jobs', p_id::text);
