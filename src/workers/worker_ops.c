@@ -100,7 +100,11 @@ worker_param_parse (const char *spec, worker_param_t *out, char *err,
 {
     memset (out, 0, sizeof *out);
     const char *colon = strchr (spec, ':');
-    if (!colon || !s_name_valid (spec, (size_t) (colon - spec))) {
+    /*  "$body" is the whole body, not a field of it (worker_step_bind).  */
+    bool whole = colon && (size_t) (colon - spec) == strlen (WORKER_PARAM_BODY)
+                 && strncmp (spec, WORKER_PARAM_BODY, (size_t) (colon - spec))
+                        == 0;
+    if (!colon || (!whole && !s_name_valid (spec, (size_t) (colon - spec)))) {
         snprintf (err, errlen,
                   "parameter '%s': expected name:type or name:type=default",
                   spec);
@@ -154,8 +158,10 @@ worker_step_bind (const worker_step_t *step, const msgpack_object *args,
 {
     for (size_t i = 0; i < step->nparams; i++) {
         const worker_param_t *p = &step->params[i];
-        const msgpack_object *v = s_map_get (args, p->name);
-        if (!v)
+        const msgpack_object *v;
+        if (strcmp (p->name, WORKER_PARAM_BODY) == 0)
+            v = body && body->type != MSGPACK_OBJECT_NIL ? body : NULL;
+        else if (!(v = s_map_get (args, p->name)))
             v = s_map_get (body, p->name);
         char why[96];
         if (v) {
@@ -570,6 +576,23 @@ worker_ops_bind_test (bool verbose)
     FERRY_CHECK (worker_step_bind (&step, &c.data, NULL, values, err,
                                    sizeof err) == -1);
     FERRY_CHECK (strstr (err, "parameter 'name' must be a string"));
+
+    /*  $body binds the whole body; absent, its default.  */
+    worker_param_t whole;
+    FERRY_CHECK (worker_param_parse ("$bod:jsonb", &whole, err, sizeof err)
+                 == -1);
+    FERRY_CHECK (worker_param_parse ("$body:jsonb=null", &whole, err,
+                                     sizeof err) == 0);
+    worker_step_t wstep = {.params = &whole, .nparams = 1};
+    FERRY_CHECK (worker_step_bind (&wstep, &a.data, &b.data, values, err,
+                                   sizeof err) == 0);
+    FERRY_CHECK (values[0] && strstr (values[0], "\"limit\""));
+    FERRY_CHECK (strstr (values[0], "\"name\""));
+    worker_step_values_free (&wstep, values);
+    FERRY_CHECK (worker_step_bind (&wstep, &a.data, NULL, values, err,
+                                   sizeof err) == 0);
+    FERRY_CHECK (values[0] == NULL);
+    worker_param_clear (&whole);
 
     msgpack_unpacked_destroy (&a);
     msgpack_unpacked_destroy (&b);

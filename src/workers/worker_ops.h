@@ -18,6 +18,10 @@ typedef enum {
     WORKER_RESULT_EXEC  /* {"affected": N} */
 } worker_result_t;
 
+/*  The parameter name that binds the whole body (any value; nil or no
+    body is absent) rather than a field of it: "$body:jsonb".  */
+#define WORKER_PARAM_BODY "$body"
+
 /*  One declared parameter: "name:type" or "name:type=default".  */
 typedef struct {
     char *name;
