@@ -670,8 +670,10 @@ s_job_recycle (s_actor_t *self, s_job_t *job)
 {
     zmq_msg_close (&job->payload);
     zmq_msg_init (&job->payload);
-    ferry_envelope_destroy (&job->reply);
-    worker_jobs_ctx_clear (&job->jobs);
+    if (job->tracked) {
+        ferry_envelope_destroy (&job->reply);
+        worker_jobs_ctx_clear (&job->jobs);
+    }
     ferry_envelope_destroy (&job->request);
     s_outcome_reset (job);
     job->next = self->spare;
