@@ -57,7 +57,8 @@ ferry_configure() {
     want=$([ $# -eq 0 ] || printf "'%s' " "$@")
     if [ -f "$dir/Makefile" ] && [ -x "$dir/config.status" ]; then
         have=$(cd "$dir" && ./config.status --config)
-        [ "$have" = "${want% }" ] && return 0
+        # config.status quotes only arguments that need it.
+        [ "$have" = "${want% }" ] || [ "$have" = "$*" ] && return 0
         say "reconfiguring $dir (was: $have)"
     fi
     say "configuring $dir: $*"

@@ -131,7 +131,7 @@ s_load_transport (ferry_config_t *config, const ferry_cnode_t *rnode,
                 topic ? "topic" : "key");
         return 0;
     }
-    if (!strcmp (transport, "kafka") == 0)
+    if (strcmp (transport, "kafka") != 0)
         return ferry_config_fail (
             config, ferry_config_node (config, rnode, "transport"),
             "unknown transport '%s' (zmq, kafka)", transport);
