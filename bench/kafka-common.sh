@@ -11,6 +11,8 @@
 # $FERRY_BUILD (default build/, an optimised build) and is stopped by PID
 # at exit, Kafka and PostgreSQL included.  Every wait has a timeout.
 #
+# Before kstack_up a script may define ks_configure CONFIG DB (merge its
+# own YAML into CONFIG, add --set arguments to KS_EXTRA_SETS).
 # After kstack_up: KS_BOOTSTRAP, KS_HTTP_PORT, KS_PSQL (array: psql to the
 # database), KS_PID_<name> for broker, edge, worker_<pool>, kafka.
 
@@ -113,6 +115,11 @@ EOF
     local config=$KS_TMP/ferry-kafka.yaml
     ferry_kafka_config "$FERRY_ROOT/etc/ferry.yaml" \
         "$FERRY_ROOT/etc/ferry-kafka.yaml" "$config" || die "config merge failed"
+    # A benchmark may adapt the stack: ks_configure CONFIG DB (when it
+    # defines one) may merge more YAML into CONFIG and fill KS_EXTRA_SETS.
+    if declare -F ks_configure >/dev/null; then
+        ks_configure "$config" "$db" || die "ks_configure failed"
+    fi
     local front back
     front=$(free_port)
     back=$(free_port)
@@ -126,6 +133,7 @@ EOF
         --set "worker.database=$db"
         --set "log.level=warn")
     mapfile -t -O ${#sets[@]} sets < <(ferry_kafka_sets "$KS_BOOTSTRAP" app events)
+    sets+=(${KS_EXTRA_SETS[@]+"${KS_EXTRA_SETS[@]}"})
     ks_start broker "$KS_BIN/broker/ferry-broker" "${sets[@]}"
     KS_PID_broker=$!
     local p
