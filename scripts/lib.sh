@@ -14,7 +14,7 @@ FERRY_PACKAGES=(build-essential autoconf automake libtool pkg-config
     autoconf-archive libzmq3-dev libczmq-dev libpq-dev libmsgpack-dev
     libmicrohttpd-dev librdkafka-dev libjansson-dev libyaml-dev
     libsystemd-dev postgresql postgresql-contrib curl python3
-    python3-msgpack openjdk-17-jre-headless maven kcat
+    python3-msgpack python3-zmq openjdk-17-jre-headless maven kcat
     clang libclang-rt-14-dev)
 
 say() { printf '[ferry] %s\n' "$*" >&2; }
