@@ -175,9 +175,12 @@ struct _worker_kafka_t {
 #define S_BACKOFF_MIN 100
 #define S_BACKOFF_MAX 5000
 #define S_RETRIES_DEFAULT 5
-#define S_BATCH 64           /* messages of one partition per transaction */
-#define S_PAUSE_AT 256       /* messages waiting that pause a partition */
-#define S_RESUME_AT 64       /* ... and that resume it */
+#define S_BATCH 100          /* messages of one partition per transaction */
+#define S_PAUSE_AT 2000      /* messages waiting that pause a partition */
+#define S_RESUME_AT 1000     /* ... and that resume it: while half is left,
+                                so that the fetch after a resume overlaps
+                                the work (a pause drops what librdkafka
+                                had prefetched for the partition) */
 #define S_LANES_MAX 64
 #define S_CLOSE_MS 2000      /* leaving the group at stop, at most */
 #define S_COMMIT_WAIT_MS 1000 /* the last commit at stop, at most */
