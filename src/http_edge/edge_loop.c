@@ -39,6 +39,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /*  How long a draining loop waits for its pending requests.  */
@@ -90,6 +91,22 @@ typedef enum {
 } s_job_t;
 
 typedef struct _edge_loop_t edge_loop_t;
+
+/*  One TCP connection, from libmicrohttpd's STARTED notification to its
+    CLOSED one.  libmicrohttpd's connection timeout counts idle time only,
+    so a client that sends its head a byte at a time is never idle and
+    would hold the connection (and its memory pool) for ever: the loop
+    gives every head connection_timeout from the connection's start (or
+    the end of the previous request on it) and shuts the socket down when
+    it has not arrived by then.  */
+typedef struct s_conn_t {
+    struct s_conn_t *prev, *next; /* in the loop's list */
+    struct MHD_Connection *conn;
+    int fd;
+    int64_t head_since;   /* monotonic ms the head being read began */
+    bool in_request;      /* head complete, request not yet finished */
+    bool cut;             /* shut down by us, waiting for CLOSED */
+} s_conn_t;
 
 /*  One HTTP request, from its first handler call to MHD's completion
     callback.  */
@@ -174,6 +191,8 @@ struct _edge_loop_t {
     zhashx_t *waiters;   /* job id -> first s_req_t, via next_waiter */
     zhashx_t *accepted;  /* msg_id -> s_accepted_t */
     int64_t next_prune;
+    s_conn_t *conns;        /* every open connection, newest first */
+    int64_t next_head_check; /* monotonic ms */
 };
 
 /* ---- deadline heap ---------------------------------------------------------
@@ -1246,6 +1265,69 @@ s_dispatch (edge_loop_t *self, s_req_t *req)
     s_park (self, req); /* room was checked above */
 }
 
+static s_conn_t *
+s_conn_of (struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info (
+        conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? (s_conn_t *) info->socket_context : NULL;
+}
+
+/*  Keeps the list of open connections for the head deadline.  */
+static void
+s_on_connection (void *cls, struct MHD_Connection *conn,
+                 void **socket_context,
+                 enum MHD_ConnectionNotificationCode toe)
+{
+    edge_loop_t *self = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info = MHD_get_connection_info (
+            conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        s_conn_t *c = ferry_calloc (1, sizeof *c);
+        c->conn = conn;
+        c->fd = info ? (int) info->connect_fd : -1;
+        c->head_since = ferry_mono_ms ();
+        c->next = self->conns;
+        if (self->conns)
+            self->conns->prev = c;
+        self->conns = c;
+        *socket_context = c;
+    }
+    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        s_conn_t *c = *socket_context;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            self->conns = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        free (c);
+        *socket_context = NULL;
+    }
+}
+
+/*  Shuts down the connections whose head did not arrive within the
+    connection timeout; libmicrohttpd then reads the end of the stream
+    and closes them.  Runs a few times a second (the loop wakes at least
+    every heartbeat).  */
+static void
+s_heads_expire (edge_loop_t *self, int64_t now)
+{
+    int64_t limit = (int64_t) self->settings->connection_timeout_s * 1000;
+    if (limit <= 0 || now < self->next_head_check)
+        return;
+    self->next_head_check = now + 200;
+    for (s_conn_t *c = self->conns; c; c = c->next)
+        if (!c->in_request && !c->cut && c->fd >= 0
+            && now - c->head_since >= limit) {
+            log_debug ("loop=%zu request head not complete after %lld ms: "
+                       "closing the connection",
+                       self->index, (long long) limit);
+            shutdown (c->fd, SHUT_RDWR);
+            c->cut = true;
+        }
+}
+
 static enum MHD_Result
 s_on_request (void *cls, struct MHD_Connection *conn, const char *url,
               const char *method, const char *version,
@@ -1255,6 +1337,9 @@ s_on_request (void *cls, struct MHD_Connection *conn, const char *url,
     edge_loop_t *self = cls;
     s_req_t *req = *req_cls;
     if (!req) {
+        s_conn_t *c = s_conn_of (conn);
+        if (c)
+            c->in_request = true;
         req = s_req_new (self, conn);
         *req_cls = req;
         s_begin (self, req, url, method, version);
@@ -1316,7 +1401,12 @@ s_on_completed (void *cls, struct MHD_Connection *conn, void **req_cls,
                 enum MHD_RequestTerminationCode toe)
 {
     (void) cls;
-    (void) conn;
+    s_conn_t *c = s_conn_of (conn);
+    if (c) {
+        /*  The next request's head on this connection starts now.  */
+        c->in_request = false;
+        c->head_since = ferry_mono_ms ();
+    }
     s_req_t *req = *req_cls;
     if (req && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_debug ("request ended id=%s code=%d", req->request_id, (int) toe);
@@ -1767,7 +1857,8 @@ s_start (edge_loop_t *self)
         MHD_OPTION_CONNECTION_TIMEOUT, st->connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
         MHD_OPTION_STRICT_FOR_CLIENT, (int) 1, MHD_OPTION_NOTIFY_COMPLETED,
-        s_on_completed, self, MHD_OPTION_END);
+        s_on_completed, self, MHD_OPTION_NOTIFY_CONNECTION, s_on_connection,
+        self, MHD_OPTION_END);
     if (!self->daemon) {
         log_error ("loop=%zu cannot listen on %s", self->index, st->listen);
         return -1;
@@ -1927,6 +2018,7 @@ s_work (edge_loop_t *self, bool dealer_ready, bool kafka_ready,
         edge_jobs_process (self->jobs);
     s_accepted_prune (self, now);
     s_expire (self, now);
+    s_heads_expire (self, now);
     s_heartbeat (self, now);
     MHD_run (self->daemon);
 }
