@@ -54,6 +54,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "worker_kafka.h"
+#include "worker_jobs.h"
 #include "worker_pgerror.h"
 #include "worker_reply.h"
 
@@ -62,6 +63,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
@@ -135,6 +137,7 @@ typedef struct {
     ferry_kafka_producer_t *producer; /* replies and dead letters */
     msgpack_sbuffer body;    /* a reply's result, reused */
     msgpack_sbuffer out;     /* an encoded reply, reused */
+    worker_jobs_ctx_t jobs;  /* of the request in hand with job or idem */
     int64_t backoff_ms;      /* next wait while PostgreSQL is down */
     char sqlstate[6];        /* of the last failure classified, or "" */
 } s_lane_t;
@@ -165,6 +168,8 @@ struct _worker_kafka_t {
     s_topic_t *topics;
     size_t nlanes;           /* the pool's actors */
     const worker_ops_t *ops;
+    worker_jobs_settings_t jobs;   /* jobs.* and idempotency.* */
+    char *crash_after_commit;      /* test-only fault hook, or NULL */
     rd_kafka_conf_t *conf;   /* until start */
     rd_kafka_conf_t *pconf;  /* the producer's; each producer gets a copy */
     zactor_t *actor;
@@ -235,6 +240,13 @@ worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
         goto fail;
     }
     self->group = ferry_strdup (group);
+    if (worker_jobs_settings_load (config, &self->jobs))
+        goto fail;
+    /*  docs/worker.md: the worker kills itself after the COMMIT of this
+        operation's tracked message, before its reply (tests only).  */
+    const char *crash = getenv ("FERRY_TEST_CRASH_AFTER_COMMIT");
+    if (crash && *crash)
+        self->crash_after_commit = ferry_strdup (crash);
     /*  One lane per actor of the pool: the pool's actor count is its
         PostgreSQL budget, Kafka's partitions share it.  */
     char path[160];
@@ -403,6 +415,7 @@ worker_kafka_destroy (worker_kafka_t **self_p)
     }
     free (self->topics);
     free (self->group);
+    free (self->crash_after_commit);
     free (self->pool);
     free (self);
     *self_p = NULL;
@@ -724,7 +737,9 @@ s_failed (s_lane_t *self, const char *sqlstate, char *err, size_t errlen,
         self->conn = NULL;
         return S_RETRY;
     }
-    (void) s_exec (self->conn, "ROLLBACK");
+    /*  A failure outside a transaction (job_start) has none to end.  */
+    if (PQtransactionStatus (self->conn) != PQTRANS_IDLE)
+        (void) s_exec (self->conn, "ROLLBACK");
     /*  Only a failure that is the data's fault (4xx: a bad value, a
         broken constraint) dead-letters the message.  A server-side one
         (a missing table, out of resources) would fail every message
@@ -797,20 +812,17 @@ s_begin_claim (s_lane_t *self, const rd_kafka_message_t *m,
     return S_DONE;
 }
 
-/*  One attempt: BEGIN, claim, statement timeout, steps, COMMIT.  On
-    S_DEAD err holds the reason and res the problem's status.  */
+/*  Runs op's steps in the open transaction.  Returns S_DONE with the
+    last step's result in res->last (the transaction still open), or a
+    failure outcome with the transaction over: S_DEAD with res->status
+    (arguments that do not bind: 422; a `one` step that found no row) or
+    res->sqlstate (a statement the data made fail), S_RETRY.  err says
+    why.  */
 static s_outcome_t
-s_attempt (s_lane_t *self, const rd_kafka_message_t *m,
-           const worker_op_t *op, const msgpack_object *args,
-           const msgpack_object *body, uint64_t deadline, s_result_t *res,
-           char *err, size_t errlen)
+s_steps (s_lane_t *self, const worker_op_t *op, const msgpack_object *args,
+         const msgpack_object *body, s_result_t *res, char *err,
+         size_t errlen)
 {
-    char sqlstate[6] = "";
-    s_outcome_t begun = s_begin_claim (self, m, res, err, errlen);
-    if (begun != S_DONE || res->skipped)
-        return begun;
-    if (!s_set_timeout (self->conn, deadline, sqlstate))
-        return s_failed (self, sqlstate, err, errlen, "statement timeout");
     for (size_t s = 0; s < op->nsteps; s++) {
         const worker_step_t *st = &op->steps[s];
         char *values[st->nparams ? st->nparams : 1];
@@ -825,6 +837,7 @@ s_attempt (s_lane_t *self, const rd_kafka_message_t *m,
         worker_step_values_free (st, values);
         ExecStatusType rs = PQresultStatus (r);
         if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
+            char sqlstate[6];
             const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
             snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
             char *msg = PQresultErrorMessage (r);
@@ -855,6 +868,27 @@ s_attempt (s_lane_t *self, const rd_kafka_message_t *m,
         else
             PQclear (r);
     }
+    return S_DONE;
+}
+
+/*  One attempt: BEGIN, claim, statement timeout, steps, COMMIT.  On
+    S_DEAD err holds the reason and res the problem's status or the
+    SQLSTATE of the statement that failed.  */
+static s_outcome_t
+s_attempt (s_lane_t *self, const rd_kafka_message_t *m,
+           const worker_op_t *op, const msgpack_object *args,
+           const msgpack_object *body, uint64_t deadline, s_result_t *res,
+           char *err, size_t errlen)
+{
+    char sqlstate[6] = "";
+    s_outcome_t begun = s_begin_claim (self, m, res, err, errlen);
+    if (begun != S_DONE || res->skipped)
+        return begun;
+    if (!s_set_timeout (self->conn, deadline, sqlstate))
+        return s_failed (self, sqlstate, err, errlen, "statement timeout");
+    s_outcome_t o = s_steps (self, op, args, body, res, err, errlen);
+    if (o != S_DONE)
+        return o;
     PGresult *r = PQexec (self->conn, "COMMIT");
     ExecStatusType rs = PQresultStatus (r);
     const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
@@ -888,8 +922,13 @@ s_record (s_lane_t *self, const rd_kafka_message_t *m, s_result_t *res,
     return S_DONE;
 }
 
+static s_outcome_t s_dead_job (s_lane_t *self, const rd_kafka_message_t *m,
+                               const s_fault_t *fault, int64_t attempts,
+                               char *err, size_t errlen);
+
 /*  Records a message that went to the dead-letter topic in
-    ferry.dead_letters, in the transaction that claims its offset.  */
+    ferry.dead_letters, in the transaction that claims its offset, and
+    the job of a request as dead.  */
 static s_outcome_t
 s_dead_letter (s_lane_t *self, const rd_kafka_message_t *m,
                const s_fault_t *fault, int64_t attempts, char *err,
@@ -906,6 +945,9 @@ s_dead_letter (s_lane_t *self, const rd_kafka_message_t *m,
         (void) s_exec (self->conn, "ROLLBACK");
         return S_DONE;
     }
+    s_outcome_t jo = s_dead_job (self, m, fault, attempts, err, errlen);
+    if (jo != S_DONE)
+        return jo;
     const char *tname = rd_kafka_topic_name (m->rkt);
     char id[320], part[16], off[24], tries[24];
     snprintf (id, sizeof id, "%s/%" PRId32 "/%" PRId64, tname, m->partition,
@@ -1111,6 +1153,385 @@ s_reply_topic (const rd_kafka_message_t *m, const ferry_envelope_t *request,
     return NULL;
 }
 
+/* ---- jobs and idempotency keys ------------------------------------------ */
+
+/*  The job's state, its row locked, when the message's own job_start
+    did not run in this attempt.  */
+static const char s_job_state_sql[]
+    = "SELECT status FROM ferry.jobs WHERE id = $1::uuid FOR UPDATE";
+
+/*  Runs one worker_jobs statement for the lane's message.  Returns its
+    result, or NULL with sqlstate filled.  */
+static PGresult *
+s_call (s_lane_t *self, worker_jobs_stmt_t which, char *sqlstate)
+{
+    worker_jobs_call_t call;
+    worker_jobs_call (&self->jobs, which, &call);
+    PGresult *r = PQexecParams (self->conn, call.sql, call.nparams, NULL,
+                                call.values, call.lengths, call.formats, 0);
+    ExecStatusType rs = PQresultStatus (r);
+    if (rs == PGRES_TUPLES_OK || rs == PGRES_COMMAND_OK)
+        return r;
+    const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+    snprintf (sqlstate, 6, "%s", code ? code : "");
+    PQclear (r);
+    return NULL;
+}
+
+/*  Commits the open transaction.  */
+static s_outcome_t
+s_pg_commit (s_lane_t *self, char *err, size_t errlen)
+{
+    PGresult *r = PQexec (self->conn, "COMMIT");
+    bool ok = PQresultStatus (r) == PGRES_COMMAND_OK;
+    char sqlstate[6];
+    const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+    snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
+    PQclear (r);
+    return ok ? S_DONE : s_failed (self, sqlstate, err, errlen, "COMMIT");
+}
+
+/*  Records reply (a problem) as the result of the message's job, with
+    state ("dead"; NULL: as the status says), in the open transaction.
+    started says that job_start ran for this attempt (the row is there
+    and running); otherwise the row is created when missing and left as
+    it is when already finished.  It runs in a savepoint: a job that
+    cannot be recorded (an id that is no UUID, a row gone) must not hold
+    the message back for ever, so only a lost connection or a retriable
+    failure fails the whole transaction.  */
+static s_outcome_t
+s_job_record (s_lane_t *self, const ferry_envelope_t *reply,
+              const char *state, bool started, char *err, size_t errlen)
+{
+    worker_jobs_ctx_t *ctx = &self->jobs;
+    if (!ctx->job)
+        return S_DONE;
+    if (worker_jobs_ctx_capture (ctx, reply)) {
+        log_warn ("kafka job result not recordable pool=%s job=%s",
+                  self->cfg->pool, ctx->job);
+        return S_DONE;
+    }
+    if (state)
+        ctx->state = state;
+    char sqlstate[6] = "";
+    if (!s_exec (self->conn, "SAVEPOINT ferry_job"))
+        return s_failed (self, "", err, errlen, "SAVEPOINT");
+    bool finish = true;
+    PGresult *r;
+    if (!started) {
+        const char *values[1] = {ctx->job};
+        r = PQexecParams (self->conn, s_job_state_sql, 1, NULL, values, NULL,
+                          NULL, 0);
+        if (PQresultStatus (r) != PGRES_TUPLES_OK) {
+            const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
+            snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
+            PQclear (r);
+            goto failed;
+        }
+        if (PQntuples (r) == 1) {
+            const char *st = PQgetvalue (r, 0, 0);
+            finish = strcmp (st, "queued") == 0 || strcmp (st, "running") == 0;
+            PQclear (r);
+        } else {
+            PQclear (r);
+            if (!(r = s_call (self, WORKER_JOBS_START, sqlstate)))
+                goto failed;
+            PQclear (r);
+        }
+    }
+    if (finish) {
+        if (!(r = s_call (self, WORKER_JOBS_JOB_FINISH, sqlstate)))
+            goto failed;
+        PQclear (r);
+    }
+    if (!s_exec (self->conn, "RELEASE SAVEPOINT ferry_job"))
+        return s_failed (self, "", err, errlen, "RELEASE SAVEPOINT");
+    return S_DONE;
+failed:;
+    worker_pgerror_t e;
+    worker_pgerror_classify (sqlstate, &e);
+    if (e.reconnect || e.retry || PQstatus (self->conn) != CONNECTION_OK) {
+        s_outcome_t o = s_failed (self, sqlstate, err, errlen, "job result");
+        return o == S_DEAD ? S_RETRY : o;
+    }
+    if (!s_exec (self->conn, "ROLLBACK TO SAVEPOINT ferry_job"))
+        return s_failed (self, "", err, errlen, "ROLLBACK TO SAVEPOINT");
+    log_warn ("kafka job result not recorded pool=%s job=%s sqlstate=%s",
+              self->cfg->pool, ctx->job, sqlstate);
+    return S_DONE;
+}
+
+/*  Answers the message with reply (owned: a problem) without its
+    handler's effect: one transaction claims the offset and records the
+    reply as the job's failed result (an Idempotency-Key stores nothing:
+    a retry runs again).  On S_DONE *reply_p is the reply to send, or
+    NULL when PostgreSQL already held the offset.  */
+static s_outcome_t
+s_tracked_refuse (s_lane_t *self, const rd_kafka_message_t *m,
+                  ferry_envelope_t *reply, bool started,
+                  ferry_envelope_t **reply_p, char *err, size_t errlen)
+{
+    s_result_t res = {0};
+    s_outcome_t o = s_begin_claim (self, m, &res, err, errlen);
+    bool open = o == S_DONE && !res.skipped;
+    if (open)
+        o = s_job_record (self, reply, NULL, started, err, errlen);
+    if (open && o == S_DONE)
+        o = s_pg_commit (self, err, errlen);
+    if (o == S_DONE && open)
+        *reply_p = reply;
+    else
+        ferry_envelope_destroy (&reply);
+    return o;
+}
+
+/*  Answers a message whose outcome PostgreSQL holds (FY410: its job
+    finished; FY200: its Idempotency-Key's response is stored), in one
+    transaction that claims the offset and reads it (and, for a key
+    replayed into a job, records it as the job's result).  */
+static s_outcome_t
+s_tracked_stored (s_lane_t *self, const rd_kafka_message_t *m,
+                  const ferry_envelope_t *req, bool replayed,
+                  ferry_envelope_t **reply_p, char *err, size_t errlen)
+{
+    s_result_t res = {0};
+    s_outcome_t o = s_begin_claim (self, m, &res, err, errlen);
+    if (o != S_DONE || res.skipped)
+        return o;
+    char sqlstate[6] = "";
+    PGresult *r = s_call (self,
+                          replayed ? WORKER_JOBS_IDEM_STORED
+                                   : WORKER_JOBS_JOB_STORED,
+                          sqlstate);
+    if (!r)
+        return s_failed (self, sqlstate, err, errlen, "stored response");
+    if (replayed && self->jobs.job) {
+        PGresult *f = s_call (self, WORKER_JOBS_JOB_FROM_IDEM, sqlstate);
+        if (!f) {
+            PQclear (r);
+            return s_failed (self, sqlstate, err, errlen, "job result");
+        }
+        PQclear (f);
+    }
+    o = s_pg_commit (self, err, errlen);
+    if (o == S_DONE)
+        *reply_p = worker_jobs_stored_reply (req, r, replayed);
+    PQclear (r);
+    return o;
+}
+
+/*  Runs a request with a job id or an Idempotency-Key (the lane's jobs
+    context begun for it), as the ZeroMQ actors do (docs/worker.md,
+    "Jobs and idempotency"):
+        job_start                                  its own transaction
+        BEGIN, claim, timeout, job_guard, idem_begin, steps,
+        job_finish, idem_finish, COMMIT
+    The offset is claimed exactly once whatever the outcome: with the
+    handler's effect, or in the transaction that reads a stored outcome
+    or records the failure.  Returns S_DONE with *reply_p the reply to
+    send (NULL when PostgreSQL already held the offset), or S_RETRY.  */
+static s_outcome_t
+s_tracked_run (s_lane_t *self, const rd_kafka_message_t *m,
+               const worker_op_t *op, const ferry_envelope_t *req,
+               uint64_t deadline, ferry_envelope_t **reply_p, char *err,
+               size_t errlen)
+{
+    worker_jobs_ctx_t *ctx = &self->jobs;
+    char sqlstate[6] = "";
+    bool started = false;
+    s_outcome_t o;
+    if (ctx->job) {
+        /*  'running' must show while the handler works: committed on its
+            own, before the handler's transaction.  */
+        PGresult *r = s_call (self, WORKER_JOBS_START, sqlstate);
+        if (!r) {
+            o = s_failed (self, sqlstate, err, errlen, "job start");
+            if (o != S_DEAD)
+                return o;
+            return s_tracked_refuse (self, m,
+                                     worker_reply_failure (req, sqlstate),
+                                     false, reply_p, err, errlen);
+        }
+        PQclear (r);
+        started = true;
+    }
+    s_result_t res = {0};
+    o = s_begin_claim (self, m, &res, err, errlen);
+    if (o != S_DONE || res.skipped)
+        return o;
+    if (!s_set_timeout (self->conn, deadline, sqlstate)) {
+        o = s_failed (self, sqlstate, err, errlen, "statement timeout");
+        goto failed;
+    }
+    worker_jobs_stmt_t guards[2];
+    size_t nguards = 0;
+    if (ctx->job)
+        guards[nguards++] = WORKER_JOBS_GUARD;
+    if (ctx->idem)
+        guards[nguards++] = WORKER_JOBS_IDEM_BEGIN;
+    for (size_t i = 0; i < nguards; i++) {
+        PGresult *r = s_call (self, guards[i], sqlstate);
+        if (r) {
+            PQclear (r);
+            continue;
+        }
+        worker_jobs_outcome_t w = worker_jobs_classify (sqlstate);
+        if (w == WORKER_JOBS_OTHER) {
+            o = s_failed (self, sqlstate, err, errlen, "job guard");
+            goto failed;
+        }
+        (void) s_exec (self->conn, "ROLLBACK");
+        log_debug ("kafka stored outcome pool=%s msg=%s sqlstate=%s",
+                   self->cfg->pool, ferry_envelope_id (req), sqlstate);
+        if (w == WORKER_JOBS_FINISHED || w == WORKER_JOBS_REPLAY)
+            return s_tracked_stored (self, m, req, w == WORKER_JOBS_REPLAY,
+                                     reply_p, err, errlen);
+        return s_tracked_refuse (self, m, worker_jobs_problem (req, w),
+                                 started, reply_p, err, errlen);
+    }
+    o = s_steps (self, op, ferry_envelope_args (req),
+                 ferry_envelope_body (req), &res, err, errlen);
+    if (o != S_DONE) {
+        if (o == S_DEAD && !res.sqlstate[0]) {
+            /*  Arguments that do not bind, a `one` step without a row.  */
+            return s_tracked_refuse (
+                self, m, worker_reply_problem (req, res.status, err, NULL),
+                started, reply_p, err, errlen);
+        }
+        memcpy (sqlstate, res.sqlstate, sizeof sqlstate);
+        goto failed;
+    }
+    ferry_envelope_t *reply
+        = worker_reply_result (req, op, res.last, &self->body);
+    s_result_clear (&res);
+    if (ferry_envelope_status (reply) >= 400
+        || worker_jobs_ctx_capture (ctx, reply)) {
+        /*  The result has no form to store or send: undo.  */
+        (void) s_exec (self->conn, "ROLLBACK");
+        return s_tracked_refuse (self, m, reply, started, reply_p, err,
+                                 errlen);
+    }
+    /*  The result is in hand: recording it must not be cancelled by the
+        deadline that bounded the handler.  */
+    if (!s_exec (self->conn, "SET LOCAL statement_timeout = 0"))
+        o = s_failed (self, "", err, errlen, "statement timeout");
+    worker_jobs_stmt_t finish[2];
+    size_t nfinish = 0;
+    if (ctx->job)
+        finish[nfinish++] = WORKER_JOBS_JOB_FINISH;
+    if (ctx->idem)
+        finish[nfinish++] = WORKER_JOBS_IDEM_FINISH;
+    for (size_t i = 0; o == S_DONE && i < nfinish; i++) {
+        PGresult *r = s_call (self, finish[i], sqlstate);
+        if (r)
+            PQclear (r);
+        else
+            o = s_failed (self, sqlstate, err, errlen, "job result");
+    }
+    if (o == S_DONE) {
+        o = s_pg_commit (self, err, errlen);
+        memcpy (sqlstate, self->sqlstate, sizeof sqlstate);
+    }
+    if (o != S_DONE) {
+        ferry_envelope_destroy (&reply);
+        goto failed;
+    }
+    const char *crash = self->cfg->crash_after_commit;
+    if (crash && strcmp (crash, op->name) == 0) {
+        log_warn ("FERRY_TEST_CRASH_AFTER_COMMIT: dying before the reply "
+                  "msg=%s op=%s",
+                  ferry_envelope_id (req), crash);
+        raise (SIGKILL);
+    }
+    *reply_p = reply;
+    return S_DONE;
+failed:
+    /*  The transaction is over.  A failure the data caused is the
+        request's answer, recorded as the job's result; anything else is
+        retried (the job stays running meanwhile).  */
+    s_result_clear (&res);
+    if (o != S_DEAD)
+        return o;
+    return s_tracked_refuse (self, m, worker_reply_failure (req, sqlstate),
+                             started, reply_p, err, errlen);
+}
+
+/*  A request with a job id or an Idempotency-Key: like s_handle_request,
+    on the two-phase path.  */
+static s_outcome_t
+s_tracked (s_lane_t *self, const rd_kafka_message_t *m,
+           const ferry_envelope_t *req, const char *reply_to, char *err,
+           size_t errlen)
+{
+    worker_jobs_ctx_t *ctx = &self->jobs;
+    const char *id = ferry_envelope_id (req);
+    uint64_t deadline = ferry_envelope_deadline (req);
+    const worker_op_t *op
+        = worker_ops_find (self->cfg->ops, ferry_envelope_operation (req));
+    ferry_envelope_t *reply = NULL;
+    s_outcome_t o;
+    if (worker_jobs_ctx_begin (ctx, req, &self->cfg->jobs)) {
+        log_error ("cannot hash request pool=%s msg=%s", self->cfg->pool, id);
+        o = s_tracked_refuse (
+            self, m,
+            worker_reply_problem (req, 500, "the request could not be hashed",
+                                  NULL),
+            false, &reply, err, errlen);
+    } else if (!op)
+        o = s_tracked_refuse (
+            self, m, worker_reply_problem (req, 404, "unknown operation", NULL),
+            false, &reply, err, errlen);
+    else if (deadline && ferry_wall_ms () >= deadline)
+        o = s_tracked_refuse (
+            self, m,
+            worker_reply_problem (
+                req, 504, "the deadline passed before the worker started",
+                NULL),
+            false, &reply, err, errlen);
+    else
+        o = s_tracked_run (self, m, op, req, deadline, &reply, err, errlen);
+    if (o == S_DONE && reply) {
+        log_debug ("kafka request done pool=%s msg=%s status=%u",
+                   self->cfg->pool, id, ferry_envelope_status (reply));
+        s_reply (self, req, reply_to, &reply);
+    }
+    ferry_envelope_destroy (&reply);
+    worker_jobs_ctx_clear (ctx);
+    /*  A recording that failed on data is not the request's fault.  */
+    return o == S_DEAD ? S_RETRY : o;
+}
+
+/*  Records the job of a request going to the dead-letter topic as dead,
+    with the reason, in the dead letter's transaction.  */
+static s_outcome_t
+s_dead_job (s_lane_t *self, const rd_kafka_message_t *m,
+            const s_fault_t *fault, int64_t attempts, char *err,
+            size_t errlen)
+{
+    const s_topic_t *topic
+        = s_topic_find (self->cfg, rd_kafka_topic_name (m->rkt));
+    if (!topic || topic->format != S_FORMAT_FERRY || !m->payload || !m->len)
+        return S_DONE;
+    char reason[128];
+    ferry_envelope_t *req = ferry_envelope_decode (m->payload, m->len, NULL,
+                                                   reason, sizeof reason);
+    if (!req || !ferry_envelope_job (req)) {
+        ferry_envelope_destroy (&req);
+        return S_DONE;
+    }
+    /*  Only the hash can fail, which a dead job does not need.  */
+    (void) worker_jobs_ctx_begin (&self->jobs, req, &self->cfg->jobs);
+    char detail[192];
+    snprintf (detail, sizeof detail, "the request failed after %" PRId64
+              " attempts: %s", attempts, fault->text);
+    ferry_envelope_t *reply = worker_reply_problem (req, 500, detail, NULL);
+    s_outcome_t o = s_job_record (self, reply, "dead", false, err, errlen);
+    ferry_envelope_destroy (&reply);
+    worker_jobs_ctx_clear (&self->jobs);
+    ferry_envelope_destroy (&req);
+    return o;
+}
+
 /*  Handles one request envelope from a ferry topic: runs its operation
     exactly once and replies, or returns S_DEAD (f filled) for what cannot
     be a request.  */
@@ -1146,6 +1567,11 @@ s_handle_request (s_lane_t *self, const rd_kafka_message_t *m,
         ferry_envelope_destroy (&req);
         return S_DEAD;
     }
+    if (worker_jobs_wanted (req)) {
+        s_outcome_t o = s_tracked (self, m, req, reply_to, err, errlen);
+        ferry_envelope_destroy (&req);
+        return o;
+    }
     const char *id = ferry_envelope_id (req);
     uint64_t deadline = ferry_envelope_deadline (req);
     const worker_op_t *op
@@ -1175,7 +1601,7 @@ s_handle_request (s_lane_t *self, const rd_kafka_message_t *m,
     }
     if (o == S_DONE && !res.skipped) {
         ferry_envelope_t *reply;
-        if (res.status && res.sqlstate[0])
+        if (res.sqlstate[0])
             reply = worker_reply_failure (req, res.sqlstate);
         else if (res.status)
             reply = worker_reply_problem (req, res.status, detail, NULL);
@@ -1740,6 +2166,7 @@ s_lanes_start (s_consumer_t *self)
         lane->backoff_ms = S_BACKOFF_MIN;
         msgpack_sbuffer_init (&lane->body);
         msgpack_sbuffer_init (&lane->out);
+        worker_jobs_ctx_init (&lane->jobs);
         pthread_mutex_init (&lane->mutex, NULL);
         pthread_cond_init (&lane->wake, &attr);
         pthread_cond_init (&lane->idle, NULL);
@@ -1778,6 +2205,7 @@ s_lanes_stop (s_consumer_t *self)
         free (lane->parts);
         msgpack_sbuffer_destroy (&lane->body);
         msgpack_sbuffer_destroy (&lane->out);
+        worker_jobs_ctx_destroy (&lane->jobs);
         pthread_mutex_destroy (&lane->mutex);
         pthread_cond_destroy (&lane->wake);
         pthread_cond_destroy (&lane->idle);
