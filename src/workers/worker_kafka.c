@@ -46,7 +46,15 @@
     gets a reply envelope produced to the reply topic it names, through
     the lane's own producer, after COMMIT and before the offset is
     stored.  A request PostgreSQL already holds is skipped without a
-    reply: its first run replied.  */
+    reply: its first run replied.
+
+    A request carrying a job id or an Idempotency-Key runs as on ZeroMQ
+    (worker_jobs.c, docs/worker.md): job_start commits on its own, then
+    the transaction that claims the offset runs job_guard, idem_begin,
+    the steps, job_finish and idem_finish.  A stored outcome, a refused
+    key or a failed handler is answered from a transaction that claims
+    the offset too, so the offset is claimed once whatever the outcome;
+    a request dead-lettered after its retries ends its job `dead`.  */
 
 #include "ferry.h"
 #include "envelope.h"
@@ -756,6 +764,8 @@ typedef struct {
     bool skipped;          /* PostgreSQL already held the offset */
     PGresult *last;        /* S_DONE: the last step's result (owned) */
     unsigned status;       /* S_DEAD: the problem's status */
+    const char *detail;    /* ... its detail for a `one` step without a
+                              row (the same as over ZeroMQ), else NULL */
     char sqlstate[6];      /* S_DEAD by a failed statement, else "" */
 } s_result_t;
 
@@ -861,6 +871,8 @@ s_steps (s_lane_t *self, const worker_op_t *op, const msgpack_object *args,
                                            : "no such row");
             (void) s_exec (self->conn, "ROLLBACK");
             res->status = st->not_found_status;
+            res->detail = st->not_found_detail ? st->not_found_detail
+                                               : "no such row";
             return S_DEAD;
         }
         if (s == op->nsteps - 1)
@@ -1395,7 +1407,9 @@ s_tracked_run (s_lane_t *self, const rd_kafka_message_t *m,
         if (o == S_DEAD && !res.sqlstate[0]) {
             /*  Arguments that do not bind, a `one` step without a row.  */
             return s_tracked_refuse (
-                self, m, worker_reply_problem (req, res.status, err, NULL),
+                self, m,
+                worker_reply_problem (req, res.status,
+                                      res.detail ? res.detail : err, NULL),
                 started, reply_p, err, errlen);
         }
         memcpy (sqlstate, res.sqlstate, sizeof sqlstate);
@@ -1604,7 +1618,9 @@ s_handle_request (s_lane_t *self, const rd_kafka_message_t *m,
         if (res.sqlstate[0])
             reply = worker_reply_failure (req, res.sqlstate);
         else if (res.status)
-            reply = worker_reply_problem (req, res.status, detail, NULL);
+            reply = worker_reply_problem (req, res.status,
+                                          res.detail ? res.detail : detail,
+                                          NULL);
         else
             reply = worker_reply_result (req, op, res.last, &self->body);
         log_debug ("kafka request done pool=%s msg=%s status=%u",
