@@ -76,6 +76,19 @@ typedef struct {
     bool leaving;               /* sent BYE; removed when inflight empties */
 } s_worker_t;
 
+/*  An edge, known from its heartbeats, so that a stopping broker can tell
+    it to send nothing more.  */
+typedef struct {
+    uint8_t identity[BROKER_IDENTITY_MAX];
+    size_t identity_size;
+    int64_t expiry;             /* monotonic ms; forgotten when silent */
+    bool stopped;               /* answered our BYE with BYE while we
+                                   drain: it sends us nothing more */
+} s_edge_t;
+
+/*  Edges remembered at most; more only lose the BYE at a stop.  */
+#define BROKER_EDGES_MAX 4096
+
 /*  One ROUTER as the loop sees it.  */
 typedef struct {
     zsock_t *sock;
@@ -100,6 +113,7 @@ typedef struct {
     broker_settings_t *settings; /* private copy */
     zhashx_t *services;         /* name -> broker_service_t, owned */
     zhashx_t *workers;          /* key -> s_worker_t, owned */
+    zhashx_t *edges;            /* identity hex -> s_edge_t, owned */
     zhashx_t *requests;         /* msg_id -> broker_request_t, every
                                    request admitted and not yet answered,
                                    queued or in flight; the key is the
@@ -110,6 +124,9 @@ typedef struct {
                                    (wall ms), UINT64_MAX when none */
     int64_t heartbeat_at;       /* monotonic ms of the next heartbeat */
     bool verbose;               /* per-message lines at info level */
+    bool draining;              /* DRAIN received: refusing new requests */
+    bool drained;               /* DRAINED sent: only $TERM is left */
+    int64_t drain_until;        /* monotonic ms the drain gives up */
     bool terminated;
 } s_broker_t;
 
@@ -321,6 +338,13 @@ s_worker_destructor (void **item_p)
 }
 
 static void
+s_edge_destructor (void **item_p)
+{
+    free (*item_p);
+    *item_p = NULL;
+}
+
+static void
 s_service_destructor (void **item_p)
 {
     broker_service_destroy ((broker_service_t **) item_p);
@@ -498,6 +522,12 @@ s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
 static void
 s_dispatch (s_broker_t *self, broker_service_t *svc)
 {
+    /*  A stopping broker starts nothing new: what waits (a redelivery,
+        too) is refused while the client can still retry elsewhere.  */
+    while (self->draining && broker_service_queued (svc) > 0) {
+        broker_request_t *req = broker_service_pop (svc);
+        s_fail_request (self, &req, 503, "the broker is shutting down", 1);
+    }
     while (broker_service_queued (svc) > 0 && broker_service_ready (svc) > 0
            && !s_inflight_full (self)) {
         broker_request_t *req = broker_service_pop (svc);
@@ -555,6 +585,11 @@ s_edge_request (s_broker_t *self, s_message_t *msg)
         return;
     }
     s_trace (self, "broker: request msg=%s service=%s", msg_id, service);
+    if (self->draining) {
+        s_send_problem (self, zmq_msg_data (edge), zmq_msg_size (edge),
+                        msg_id, 503, "the broker is shutting down", 1);
+        return;
+    }
     if (deadline && deadline <= ferry_wall_ms ()) {
         s_send_problem (self, zmq_msg_data (edge), zmq_msg_size (edge),
                         msg_id, 504, "deadline passed", 0);
@@ -598,8 +633,35 @@ s_edge_request (s_broker_t *self, s_message_t *msg)
 /*  Answers an edge's heartbeat with the services that have live workers,
     which is what the edge's /readyz reports.  */
 static void
+s_identity_key (zmq_msg_t *identity, char *key);
+
+static void
 s_edge_heartbeat (s_broker_t *self, zmq_msg_t *edge)
 {
+    size_t size = zmq_msg_size (edge);
+    if (self->draining) {
+        /*  Stopping: the edge must not take us for a broker again.  */
+        const char *bye[] = {FERRY_CMD_BYE};
+        s_send (&self->frontend, zmq_msg_data (edge), size, bye, 1, NULL,
+                false);
+        return;
+    }
+    if (size > 0 && size <= BROKER_IDENTITY_MAX) {
+        char key[2 * BROKER_IDENTITY_MAX + 1];
+        s_identity_key (edge, key);
+        s_edge_t *known = (s_edge_t *) zhashx_lookup (self->edges, key);
+        if (!known && zhashx_size (self->edges) < BROKER_EDGES_MAX) {
+            known = ferry_calloc (1, sizeof *known);
+            known->identity_size = size;
+            memcpy (known->identity, zmq_msg_data (edge),
+                    known->identity_size);
+            zhashx_insert (self->edges, key, known);
+        }
+        if (known)
+            known->expiry = ferry_mono_ms ()
+                            + broker_settings_heartbeat (self->settings)
+                                  * broker_settings_liveness (self->settings);
+    }
     size_t cap = 256, len = 0;
     char *list = ferry_malloc (cap);
     list[0] = '\0';
@@ -624,6 +686,31 @@ s_edge_heartbeat (s_broker_t *self, zmq_msg_t *edge)
     free (list);
 }
 
+/*  An edge answered our BYE: messages on one connection keep their
+    order, so every REQ it sent us before has arrived.  */
+static void
+s_edge_bye (s_broker_t *self, zmq_msg_t *edge)
+{
+    if (zmq_msg_size (edge) == 0 || zmq_msg_size (edge) > BROKER_IDENTITY_MAX)
+        return;
+    char key[2 * BROKER_IDENTITY_MAX + 1];
+    s_identity_key (edge, key);
+    s_edge_t *known = (s_edge_t *) zhashx_lookup (self->edges, key);
+    if (known && self->draining)
+        known->stopped = true;
+}
+
+/*  True when every edge we told BYE has answered it.  */
+static bool
+s_edges_stopped (s_broker_t *self)
+{
+    for (s_edge_t *edge = (s_edge_t *) zhashx_first (self->edges); edge;
+         edge = (s_edge_t *) zhashx_next (self->edges))
+        if (!edge->stopped)
+            return false;
+    return true;
+}
+
 static void
 s_frontend_message (s_broker_t *self, s_message_t *msg)
 {
@@ -635,6 +722,8 @@ s_frontend_message (s_broker_t *self, s_message_t *msg)
         s_edge_request (self, msg);
     else if (streq (command, FERRY_CMD_HB) && rest == 0)
         s_edge_heartbeat (self, &msg->part[0]);
+    else if (streq (command, FERRY_CMD_BYE) && rest == 0)
+        s_edge_bye (self, &msg->part[0]);
     else
         log_debug ("broker: unexpected %s from edge dropped", command);
 }
@@ -822,6 +911,25 @@ s_backend_message (s_broker_t *self, s_message_t *msg)
 
 /* ---- timers --------------------------------------------------------------- */
 
+/*  Forgets the edges that stopped sending heartbeats.  */
+static void
+s_edges_expire (s_broker_t *self, int64_t now)
+{
+    zlistx_t *gone = zlistx_new ();
+    assert (gone);
+    zlistx_set_destructor (gone, (zlistx_destructor_fn *) zstr_free);
+    for (s_edge_t *edge = (s_edge_t *) zhashx_first (self->edges); edge;
+         edge = (s_edge_t *) zhashx_next (self->edges))
+        if (now >= edge->expiry)
+            zlistx_add_end (gone,
+                            ferry_strdup ((const char *) zhashx_cursor (
+                                self->edges)));
+    for (char *key = (char *) zlistx_first (gone); key;
+         key = (char *) zlistx_next (gone))
+        zhashx_delete (self->edges, key);
+    zlistx_destroy (&gone);
+}
+
 /*  Sends HB to every worker and removes those silent for too long.  */
 static void
 s_heartbeat (s_broker_t *self, int64_t now)
@@ -915,6 +1023,7 @@ s_timers (s_broker_t *self)
         self->heartbeat_at
             = now + broker_settings_heartbeat (self->settings);
         s_heartbeat (self, now);
+        s_edges_expire (self, now);
         s_inflight_expire (self, ferry_wall_ms ());
     }
     uint64_t wall = ferry_wall_ms ();
@@ -989,6 +1098,7 @@ s_broker_destroy (s_broker_t **self_p)
                     broker_request_destroy (&req);
         zhashx_destroy (&self->requests);
         zhashx_destroy (&self->workers);
+        zhashx_destroy (&self->edges);
         zhashx_destroy (&self->services);
         zsock_destroy (&self->frontend.sock);
         zsock_destroy (&self->backend.sock);
@@ -1006,11 +1116,12 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     self->settings = broker_settings_dup (settings);
     self->services = zhashx_new ();
     self->workers = zhashx_new ();
+    self->edges = zhashx_new ();
     self->requests = zhashx_new ();
     self->inflight_deadline = UINT64_MAX;
     if (s_router_init (&self->frontend, settings)
         || s_router_init (&self->backend, settings) || !self->services
-        || !self->workers || !self->requests) {
+        || !self->workers || !self->edges || !self->requests) {
         s_broker_destroy (&self);
         return NULL;
     }
@@ -1018,6 +1129,7 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     zsock_set_router_handover (self->backend.sock, 1);
     zhashx_set_destructor (self->services, s_service_destructor);
     zhashx_set_destructor (self->workers, s_worker_destructor);
+    zhashx_set_destructor (self->edges, s_edge_destructor);
     /*  The key is the request's own msg_id: no copy per request.  */
     zhashx_set_key_duplicator (self->requests, NULL);
     zhashx_set_key_destructor (self->requests, NULL);
@@ -1038,6 +1150,83 @@ s_bind (zsock_t *sock, const char *endpoint, char **bound)
     return *bound ? 0 : -1;
 }
 
+/* ---- graceful stop ------------------------------------------------------- */
+
+/*  DRAIN (the process got SIGTERM): refuse new requests and answer the
+    queued ones 503 with Retry-After at once, so edges do not wait for
+    them until their deadlines; tell every edge BYE; the requests in
+    flight keep their workers until they answer.  The drain is over
+    (s_drain_finish) when nothing is in flight and every edge has answered
+    BYE, so no REQ of theirs is still on its way to us, or when
+    drain_timeout passes.  */
+static void
+s_drain_start (s_broker_t *self)
+{
+    if (self->draining)
+        return;
+    self->draining = true;
+    self->drain_until
+        = ferry_mono_ms () + broker_settings_drain_timeout (self->settings);
+    size_t refused = 0;
+    for (broker_service_t *svc = (broker_service_t *) zhashx_first (
+             self->services);
+         svc; svc = (broker_service_t *) zhashx_next (self->services))
+        while (broker_service_queued (svc) > 0) {
+            broker_request_t *req = broker_service_pop (svc);
+            s_fail_request (self, &req, 503, "the broker is shutting down",
+                            1);
+            refused++;
+        }
+    /*  Edges answer 503 themselves from now until a broker answers
+        their heartbeat again: a REQ sent to us later could arrive after
+        we stopped reading and be lost.  */
+    const char *bye[] = {FERRY_CMD_BYE};
+    for (s_edge_t *edge = (s_edge_t *) zhashx_first (self->edges); edge;
+         edge = (s_edge_t *) zhashx_next (self->edges))
+        s_send (&self->frontend, edge->identity, edge->identity_size, bye, 1,
+                NULL, false);
+    log_info ("broker: draining inflight=%zu queued_refused=%zu edges=%zu",
+              self->inflight, refused, zhashx_size (self->edges));
+}
+
+/*  The drain is over: every request still in flight is answered here, a
+    retryable one 503 (running it again is safe), any other 502 (the
+    worker may still run it: the outcome is unknown).  Every worker gets
+    BYE, which tells it to register again: it does so with the broker
+    that comes next, whose HB answers also make it re-register.  The
+    sockets linger so these last messages leave before the process ends,
+    then the owner hears DRAINED.  */
+static void
+s_drain_finish (s_broker_t *self)
+{
+    size_t answered = 0;
+    const char *bye[] = {FERRY_CMD_BYE};
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers)) {
+        broker_request_t *req;
+        while ((req = (broker_request_t *) zlistx_first (worker->inflight))) {
+            s_inflight_take (self, req);
+            if (broker_request_retryable (req))
+                s_fail_request (self, &req, 503,
+                                "the broker is shutting down", 1);
+            else
+                s_fail_request (self, &req, 502,
+                                "the broker stopped, outcome unknown", 0);
+            answered++;
+        }
+        worker->credit = 0;
+        s_worker_update_ready (worker);
+        s_send (&self->backend, worker->identity, worker->identity_size,
+                bye, 1, NULL, false);
+    }
+    zsock_set_linger (self->frontend.sock, 1000);
+    zsock_set_linger (self->backend.sock, 1000);
+    log_info ("broker: drained unanswered=%zu workers=%zu", answered,
+              zhashx_size (self->workers));
+    self->drained = true;
+    zstr_send (self->pipe, "DRAINED");
+}
+
 static void
 s_pipe_recv (s_broker_t *self)
 {
@@ -1053,6 +1242,8 @@ s_pipe_recv (s_broker_t *self)
         self->terminated = true;
     else if (streq (command, "VERBOSE"))
         self->verbose = true;
+    else if (streq (command, "DRAIN"))
+        s_drain_start (self);
     else if (streq (command, "BIND")) {
         char *fe = zmsg_popstr (msg), *be = zmsg_popstr (msg);
         char *fe_bound = NULL, *be_bound = NULL;
@@ -1162,6 +1353,10 @@ broker_actor (zsock_t *pipe, void *args)
             s_pipe_recv (self);
         s_drain (self);
         s_timers (self);
+        if (self->draining && !self->drained
+            && ((self->inflight == 0 && s_edges_stopped (self))
+                || ferry_mono_ms () >= self->drain_until))
+            s_drain_finish (self);
         if (self->terminated)
             break;
         bool settled = self->frontend.settled && self->backend.settled;
@@ -1170,7 +1365,10 @@ broker_actor (zsock_t *pipe, void *args)
             {self->frontend.fd, POLLIN, 0},
             {self->backend.fd, POLLIN, 0},
         };
-        if (poll (fds, 3, settled ? s_timeout (self) : 0) == -1) {
+        int timeout = settled ? s_timeout (self) : 0;
+        if (self->draining && !self->drained && timeout > 20)
+            timeout = 20;
+        if (poll (fds, 3, timeout) == -1) {
             if (errno == EINTR)
                 continue;
             log_error ("broker: poll failed error=\"%s\"", strerror (errno));
@@ -1652,6 +1850,69 @@ broker_poison_test (bool verbose)
     zmsg_t *none = broker_harness_work (third, id, 50);
     FERRY_CHECK (!none);
     zmsg_destroy (&none);
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_drain_test (bool verbose)
+{
+    /*  DRAIN: queued requests and new ones get 503 with Retry-After, the
+        edge gets BYE (and BYE for its heartbeats), a reply in flight
+        still goes through, what is left at drain_timeout is answered
+        (502 when not retryable), the worker gets BYE, the owner DRAINED. */
+    broker_settings_t *settings = broker_harness_settings (false);
+    broker_settings_set_drain_timeout (settings, 300);
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "app", "2",
+                                              verbose, &edge, &worker)
+                 == 0);
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_HB, NULL);
+    zmsg_t *hb = broker_harness_recv (edge, FERRY_CMD_HB, 1, 0);
+    FERRY_CHECK (hb);
+    zmsg_destroy (&hb);
+    char a[FERRY_ID_LEN + 1], b[FERRY_ID_LEN + 1], c[FERRY_ID_LEN + 1];
+    char d[FERRY_ID_LEN + 1];
+    ferry_id_generate (a);
+    ferry_id_generate (b);
+    ferry_id_generate (c);
+    ferry_id_generate (d);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", a, deadline, "r", "a", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, a));
+    broker_harness_request (edge, "app", b, deadline, "", "b", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, b));
+    broker_harness_request (edge, "app", c, deadline, "r", "c", 1);
+    /*  c travels on the edge's socket, STATUS on the pipe: wait.  */
+    broker_harness_status_t status = broker_harness_status (&h);
+    for (int i = 0; i < 200 && status.queued != 1; i++) {
+        zclock_sleep (10);
+        status = broker_harness_status (&h);
+    }
+    FERRY_CHECK (status.inflight == 2 && status.queued == 1);
+
+    zstr_send (h.actor, "DRAIN");
+    FERRY_CHECK (broker_harness_got_problem (edge, c, 503, true));
+    zmsg_t *bye = broker_harness_recv (edge, FERRY_CMD_BYE, 0, 0);
+    FERRY_CHECK (bye);
+    zmsg_destroy (&bye);
+    broker_harness_request (edge, "app", d, deadline, "r", "d", 1);
+    FERRY_CHECK (broker_harness_got_problem (edge, d, 503, true));
+    zstr_sendx (edge, FERRY_PROTO, FERRY_CMD_HB, NULL);
+    bye = broker_harness_recv (edge, FERRY_CMD_BYE, 0, 0);
+    FERRY_CHECK (bye);
+    zmsg_destroy (&bye);
+    broker_harness_reply (worker, a, "ok", 2);
+    FERRY_CHECK (broker_harness_got_reply (edge, a, "ok"));
+    /*  b is never answered: at drain_timeout it gets 502.  */
+    FERRY_CHECK (broker_harness_got_problem (edge, b, 502, false));
+    bye = broker_harness_recv (worker, FERRY_CMD_BYE, 0, 0);
+    FERRY_CHECK (bye);
+    zmsg_destroy (&bye);
+    char *drained = zstr_recv (h.actor);
+    FERRY_CHECK (drained && streq (drained, "DRAINED"));
+    free (drained);
     broker_harness_stop (&h);
     return 0;
 }

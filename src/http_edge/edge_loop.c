@@ -170,6 +170,8 @@ struct _edge_loop_t {
     msgpack_sbuffer payload; /* the REQ being encoded, reused */
     int64_t next_heartbeat; /* monotonic ms */
     int64_t last_broker;    /* monotonic ms of the last broker message */
+    bool broker_gone;       /* the broker said BYE (it is stopping) and
+                               no HB came since: send it nothing */
     char *services;         /* services with workers, last HB: " a b " */
     /*  A send on a ZeroMQ socket may run its pending commands and so
         consume the ZMQ_FD edge: after one the socket must be read (or
@@ -487,7 +489,7 @@ s_readyz (edge_loop_t *self, s_req_t *req)
 {
     const edge_settings_t *st = self->settings;
     int64_t now = ferry_mono_ms ();
-    bool broker = self->last_broker
+    bool broker = self->last_broker && !self->broker_gone
                   && now - self->last_broker
                          <= st->liveness * st->heartbeat_ms;
     json_t *missing = json_array ();
@@ -646,10 +648,14 @@ s_begin (edge_loop_t *self, s_req_t *req, const char *url,
 }
 
 /*  Sends the REQ for req.  Returns 0, or -1 when the DEALER refused it
-    (its queue to an absent broker is full).  */
+    (its queue to an absent broker is full) or the broker is stopping: a
+    REQ sent to a broker that said BYE could arrive after it stopped
+    reading and be lost, so the caller answers 503 instead.  */
 static int
 s_send (edge_loop_t *self, s_req_t *req, const msgpack_sbuffer *payload)
 {
+    if (self->broker_gone)
+        return -1;
     const edge_route_t *route = req->route;
     const char *service = edge_route_service (route);
     char deadline[24];
@@ -1523,7 +1529,28 @@ static void
 s_broker_message (edge_loop_t *self, zmq_msg_t *frames, size_t count)
 {
     self->last_broker = ferry_mono_ms ();
+    if (count == 2 && s_frame_is (&frames[1], FERRY_CMD_BYE)) {
+        /*  The broker is stopping: until a broker answers a heartbeat
+            again, requests are answered 503 here.  */
+        if (!self->broker_gone) {
+            log_info ("loop=%zu the broker is stopping: answering 503 until "
+                      "it is back", self->index);
+            /*  BYE back: behind every REQ we sent it, so once the broker
+                reads it, it knows none is still on its way.  */
+            self->dealer_sent = true;
+            if (zmq_send (self->dealer_handle, FERRY_PROTO, 4,
+                          ZMQ_SNDMORE | ZMQ_DONTWAIT)
+                == 4)
+                zmq_send (self->dealer_handle, FERRY_CMD_BYE,
+                          strlen (FERRY_CMD_BYE), 0);
+        }
+        self->broker_gone = true;
+        return;
+    }
     if (count >= 2 && s_frame_is (&frames[1], FERRY_CMD_HB)) {
+        if (self->broker_gone)
+            log_info ("loop=%zu the broker is back", self->index);
+        self->broker_gone = false;
         /*  " a b " so that a service is found as " name ".  */
         size_t len = count >= 3 ? zmq_msg_size (&frames[2]) : 0;
         free (self->services);

@@ -25,7 +25,9 @@ harness.install_guards(300)
 tap = harness.Tap()
 stack = harness.Stack("ferry-fault-poison")
 MAX_DEATHS = 2
-ROUTES, POOLS = faults.slow_config("20s", actors=2, credit=4)
+# credit 1: an actor holds one message, so no other request waits
+# behind the poison on its PostgreSQL connection and dies with it.
+ROUTES, POOLS = faults.slow_config("20s", actors=4, credit=1)
 slow = []
 
 
@@ -38,8 +40,8 @@ def _():
     slow.append(stack.start_worker("slow"))
     ok = faults.wait_for(lambda: sum(1 for line in open(stack.broker.log)
                                      if "worker ready" in line
-                                     and "service=slow" in line) >= 4, 20)
-    check(ok, "the broker did not see 4 slow actors ready")
+                                     and "service=slow" in line) >= 8, 20)
+    check(ok, "the broker did not see 8 slow actors ready")
     r = harness.request(stack.http_port, "GET", "/slow/fast", timeout=10)
     check(r.status == 200, r.describe())
 
