@@ -1972,6 +1972,32 @@ s_jobs_wake_all (edge_loop_t *self)
     free (wake);
 }
 
+/*  Before a draining loop closes its listening socket: the connections
+    the kernel has completed but nobody accepted yet would be reset by
+    the close (with SO_REUSEPORT a new edge on the same port takes the
+    new ones, but not these), so they are accepted and served too.  */
+static void
+s_adopt_backlog (edge_loop_t *self, MHD_socket fd)
+{
+    size_t adopted = 0;
+    for (int i = 0; i < 4096; i++) {
+        struct sockaddr_storage addr;
+        socklen_t len = sizeof addr;
+        int s = accept4 (fd, (struct sockaddr *) &addr, &len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (s < 0)
+            break;
+        /*  On failure libmicrohttpd closes the socket itself.  */
+        if (MHD_add_connection (self->daemon, s, (struct sockaddr *) &addr,
+                                len)
+            == MHD_YES)
+            adopted++;
+    }
+    if (adopted)
+        log_info ("loop=%zu draining: served %zu connections still waiting "
+                  "to be accepted", self->index, adopted);
+}
+
 static void
 s_pipe_command (edge_loop_t *self)
 {
@@ -1995,8 +2021,10 @@ s_pipe_command (edge_loop_t *self)
             /*  Stop accepting: other loops' sockets stay open until they
                 drain too, then the port closes.  */
             MHD_socket fd = MHD_quiesce_daemon (self->daemon);
-            if (fd != MHD_INVALID_SOCKET)
+            if (fd != MHD_INVALID_SOCKET) {
+                s_adopt_backlog (self, fd);
                 close (fd);
+            }
             s_jobs_wake_all (self);
         }
         else
