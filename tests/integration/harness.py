@@ -45,7 +45,8 @@ BINARIES = {
 CONFIG = os.path.join(SRCDIR, "etc/ferry.yaml")
 MIGRATIONS = os.path.join(SRCDIR, "schemas/sql")
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
-                   "runtime error:")
+                   "runtime error:", "WARNING: ThreadSanitizer",
+                   "ERROR: ThreadSanitizer")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?"
                      r"([Zz]|[+-]\d{2}:\d{2})$")
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
