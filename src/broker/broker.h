@@ -28,6 +28,7 @@ void broker_actor (zsock_t *pipe, void *args);
 int broker_dispatch_test (bool verbose);
 int broker_ack_test (bool verbose);
 int broker_poison_test (bool verbose);
+int broker_drain_test (bool verbose);
 int broker_routing_test (bool verbose);
 int broker_credit_test (bool verbose);
 int broker_queue_full_test (bool verbose);

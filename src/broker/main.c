@@ -4,7 +4,9 @@
     tells systemd it is ready, then waits for SIGTERM or SIGINT.  The signal
     handlers only set a flag; this loop polls it a few times a second while
     it watches the actor's pipe, so it also notices an actor that ended on
-    its own.  */
+    its own.  On SIGTERM it asks the actor to drain (refuse new requests,
+    let those in flight finish for up to broker.drain_timeout, answer the
+    rest, tell the workers) before it stops it.  */
 
 #include "broker.h"
 #include "config.h"
@@ -13,6 +15,33 @@
 #include "log.h"
 
 #include <stdlib.h>
+
+/*  Asks the actor to drain (broker.c: refuse new requests, wait for the
+    replies of those in flight) and waits for DRAINED, at most wait_ms.  */
+static void
+s_drain (zactor_t *actor, int64_t wait_ms)
+{
+    zstr_send (actor, "DRAIN");
+    zpoller_t *poller = zpoller_new (actor, NULL);
+    int64_t until = ferry_mono_ms () + wait_ms;
+    bool drained = false;
+    while (!drained) {
+        int64_t left = until - ferry_mono_ms ();
+        if (left <= 0)
+            break;
+        if (!zpoller_wait (poller, (int) left)) {
+            if (zpoller_expired (poller))
+                break;
+            continue; /* a signal interrupted the wait */
+        }
+        char *reply = zstr_recv (actor);
+        drained = reply && streq (reply, "DRAINED");
+        free (reply);
+    }
+    if (!drained)
+        log_warn ("stopping without a finished drain");
+    zpoller_destroy (&poller);
+}
 
 static const ferry_flag_t s_flags[] = {
     {"frontend", "broker.frontend", "endpoint edges connect to"},
@@ -88,8 +117,12 @@ main (int argc, char **argv)
         (void) ferry_daemon_reload_requested ();
     }
     zpoller_destroy (&poller);
-    if (status == 0)
-        log_info ("stopping");
+    if (status == 0) {
+        log_info ("stopping: draining requests in flight");
+        ferry_daemon_notify ("STOPPING=1");
+        s_drain (actor, broker_settings_drain_timeout (settings) + 2000);
+        log_info ("stopped");
+    }
 
 done:
     zactor_destroy (&actor);

@@ -20,6 +20,7 @@ struct _broker_settings_t {
     size_t max_inflight;         /* dispatched and unanswered, whole broker */
     size_t default_queue_limit;  /* per service unless listed in limits */
     int64_t max_deaths;          /* worker deaths a request may witness */
+    int64_t drain_timeout;       /* ms a stopping broker waits for replies */
     zhashx_t *limits;            /* service name -> size_t * queue limit */
 };
 
@@ -43,6 +44,7 @@ broker_settings_new (void)
     self->max_inflight = 100000;
     self->default_queue_limit = 1000;
     self->max_deaths = 2;
+    self->drain_timeout = 5000;
     self->limits = zhashx_new ();
     assert (self->limits);
     zhashx_set_destructor (self->limits, s_free_item);
@@ -78,6 +80,7 @@ broker_settings_dup (const broker_settings_t *src)
     self->max_inflight = src->max_inflight;
     self->default_queue_limit = src->default_queue_limit;
     self->max_deaths = src->max_deaths;
+    self->drain_timeout = src->drain_timeout;
     for (size_t *limit = (size_t *) zhashx_first (src->limits); limit;
          limit = (size_t *) zhashx_next (src->limits))
         broker_settings_set_queue_limit (
@@ -103,7 +106,7 @@ int
 broker_settings_load (broker_settings_t *self, ferry_config_t *config)
 {
     const char *frontend, *backend;
-    int64_t heartbeat, liveness, grace, inflight, dflt_limit, deaths;
+    int64_t heartbeat, liveness, grace, inflight, dflt_limit, deaths, drain;
     uint64_t max_message;
     if (ferry_config_str (config, NULL, "broker.frontend", self->frontend,
                           &frontend)
@@ -126,7 +129,9 @@ broker_settings_load (broker_settings_t *self, ferry_config_t *config)
                              100000000, (int64_t) self->default_queue_limit,
                              &dflt_limit)
         || ferry_config_int (config, NULL, "broker.max_deaths", 1, 1000,
-                             self->max_deaths, &deaths))
+                             self->max_deaths, &deaths)
+        || ferry_config_duration_ms (config, NULL, "broker.drain_timeout", 0,
+                                     3600000, self->drain_timeout, &drain))
         return -1;
     /*  Copy before replacing: the strings may be our own defaults.  */
     char *fe = ferry_strdup (frontend), *be = ferry_strdup (backend);
@@ -141,6 +146,7 @@ broker_settings_load (broker_settings_t *self, ferry_config_t *config)
     self->max_inflight = (size_t) inflight;
     self->default_queue_limit = (size_t) dflt_limit;
     self->max_deaths = deaths;
+    self->drain_timeout = drain;
 
     const ferry_cnode_t *services
         = ferry_config_node (config, NULL, "broker.services");
@@ -201,6 +207,19 @@ broker_settings_set_max_deaths (broker_settings_t *self, int64_t n)
 {
     assert (n > 0);
     self->max_deaths = n;
+}
+
+int64_t
+broker_settings_drain_timeout (const broker_settings_t *self)
+{
+    return self->drain_timeout;
+}
+
+void
+broker_settings_set_drain_timeout (broker_settings_t *self, int64_t ms)
+{
+    assert (ms >= 0);
+    self->drain_timeout = ms;
 }
 
 int64_t
@@ -285,6 +304,7 @@ broker_settings_test (bool verbose)
           "  heartbeat: 250ms\n"
           "  liveness: 4\n"
           "  no_worker_grace: 1s\n"
+          "  drain_timeout: 1500ms\n"
           "  max_message: 1MiB\n"
           "  default_queue_limit: 7\n"
           "  services:\n"
@@ -303,6 +323,7 @@ broker_settings_test (bool verbose)
                         "tcp://127.0.0.1:5556"));
     FERRY_CHECK (settings->heartbeat == 250 && settings->liveness == 4);
     FERRY_CHECK (settings->no_worker_grace == 1000);
+    FERRY_CHECK (broker_settings_drain_timeout (settings) == 1500);
     FERRY_CHECK (settings->max_message == 1024 * 1024);
     FERRY_CHECK (settings->max_inflight == 100000);
     FERRY_CHECK (settings->default_queue_limit == 7);

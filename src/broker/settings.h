@@ -33,6 +33,9 @@ uint64_t broker_settings_max_message (const broker_settings_t *self);
 /*  A retryable request that was in flight at this many workers when they
     died is not redelivered again: it is likely what kills them.  */
 int64_t broker_settings_max_deaths (const broker_settings_t *self);
+/*  Milliseconds a stopping broker waits for the replies of the requests
+    in flight before it answers them itself.  */
+int64_t broker_settings_drain_timeout (const broker_settings_t *self);
 size_t broker_settings_max_inflight (const broker_settings_t *self);
 /*  The queue limit of service: its own, or default_queue_limit.  */
 size_t broker_settings_queue_limit (const broker_settings_t *self,
@@ -45,6 +48,8 @@ void broker_settings_set_no_worker_grace (broker_settings_t *self,
                                           int64_t ms);
 void broker_settings_set_max_inflight (broker_settings_t *self, size_t n);
 void broker_settings_set_max_deaths (broker_settings_t *self, int64_t n);
+void broker_settings_set_drain_timeout (broker_settings_t *self,
+                                        int64_t ms);
 void broker_settings_set_max_message (broker_settings_t *self, uint64_t n);
 void broker_settings_set_default_queue_limit (broker_settings_t *self,
                                               size_t n);

@@ -20,6 +20,7 @@ const ferry_test_t broker_tests[] = {
     {"malformed", broker_malformed_test},
     {"worker_death", broker_worker_death_test},
     {"poison", broker_poison_test},
+    {"drain", broker_drain_test},
     {"overload", broker_overload_test},
     {"inflight_expiry", broker_inflight_expiry_test},
     {"late_reply", broker_late_reply_test},
