@@ -2454,6 +2454,19 @@ s_consumer (zsock_t *pipe, void *arg)
     log_info ("kafka consumer stopped pool=%s", cfg->pool);
 }
 
+/*  Messages librdkafka had already fetched when the consumer closes are
+    served to the close queue; without a consume callback
+    rd_kafka_queue_poll_callback asserts on them (rd_kafka_q_serve,
+    librdkafka 2.0).  The lanes have stopped by then and PostgreSQL holds
+    the offsets, so dropping them loses nothing: the partition's next owner
+    fetches them again.  rd_kafka_consumer_poll still returns messages.  */
+static void
+s_drop_fetched (rd_kafka_message_t *m, void *opaque)
+{
+    (void) m;
+    (void) opaque;
+}
+
 int
 worker_kafka_start (worker_kafka_t *self)
 {
@@ -2465,6 +2478,7 @@ worker_kafka_start (worker_kafka_t *self)
     rd_kafka_conf_set_opaque (self->conf, &self->consumer);
     rd_kafka_conf_set_rebalance_cb (self->conf, s_rebalance);
     rd_kafka_conf_set_offset_commit_cb (self->conf, s_committed);
+    rd_kafka_conf_set_consume_cb (self->conf, s_drop_fetched);
     rd_kafka_t *rk = rd_kafka_new (RD_KAFKA_CONSUMER, self->conf, err,
                                    sizeof err);
     if (!rk) {
