@@ -11,8 +11,11 @@
     Edge -> broker (frontend):
       REQ   service msg_id deadline_ms flags payload
       HB
+      BYE                       (answers the broker's BYE)
     Broker -> edge:
       REP   msg_id payload
+      BYE                       (the broker is stopping: send nothing until
+                                 a HB answer comes again)
       ACK   msg_id              (only for a REQ with flag "a": the broker
                                  holds the message; a refusal comes as a
                                  REP with a problem instead)
