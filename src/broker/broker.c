@@ -429,12 +429,22 @@ s_inflight_take (s_broker_t *self, broker_request_t *req)
     deadline).  Takes the request out, ends it, and gives the worker its
     credit back, or forgets a leaving worker that now holds nothing.  The
     caller has answered the edge and dispatches afterwards.  */
+static void s_worker_release (s_broker_t *self, s_worker_t *worker);
+
 static void
 s_inflight_done (s_broker_t *self, broker_request_t **req_p)
 {
     s_worker_t *worker = (s_worker_t *) (*req_p)->worker;
     s_inflight_take (self, *req_p);
     s_request_end (self, req_p);
+    s_worker_release (self, worker);
+}
+
+/*  The worker gave up one message it held: gives it its credit back, or
+    forgets a leaving worker that now holds nothing.  */
+static void
+s_worker_release (s_broker_t *self, s_worker_t *worker)
+{
     if (worker->leaving) {
         if (zlistx_size (worker->inflight) == 0) {
             log_info ("broker: worker left id=%s service=%s", worker->key,
@@ -840,6 +850,39 @@ s_worker_credit (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
     s_dispatch (self, worker->service);
 }
 
+/*  parts: identity, FRY1, BACK, msg_id, payload.  The worker hands back a
+    message it has not started (it is stopping, or it cannot do work now):
+    the request goes back to the head of its queue with the payload the
+    worker returns (a non-retryable request gave ours to libzmq), counts
+    no death (it never ran, so it needs no retryable flag), and the
+    worker gets its credit back unless it is leaving.  */
+static void
+s_worker_back (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
+{
+    char msg_id[BROKER_MSG_ID_MAX + 1];
+    if (s_part_text (&msg->part[3], msg_id, sizeof msg_id, false)) {
+        log_debug ("broker: malformed BACK from worker %s dropped",
+                   worker->key);
+        return;
+    }
+    broker_request_t *req
+        = (broker_request_t *) zhashx_lookup (self->requests, msg_id);
+    if (!req || req->worker != worker) {
+        s_trace (self, "broker: late BACK msg=%s dropped", msg_id);
+        return;
+    }
+    s_trace (self, "broker: handed back msg=%s worker=%s", msg_id,
+             worker->key);
+    broker_service_t *svc = worker->service; /* the worker may go */
+    s_inflight_take (self, req);
+    zmq_msg_close (&req->payload);
+    zmq_msg_init (&req->payload);
+    zmq_msg_move (&req->payload, &msg->part[4]);
+    broker_service_push_front (svc, &req);
+    s_worker_release (self, worker);
+    s_dispatch (self, svc);
+}
+
 static void
 s_worker_bye (s_broker_t *self, s_worker_t *worker)
 {
@@ -901,6 +944,8 @@ s_backend_message (s_broker_t *self, s_message_t *msg)
             ;
         else if (streq (command, FERRY_CMD_CREDIT) && rest == 1)
             s_worker_credit (self, worker, msg);
+        else if (streq (command, FERRY_CMD_BACK) && rest == 2)
+            s_worker_back (self, worker, msg);
         else if (streq (command, FERRY_CMD_BYE) && rest == 0)
             s_worker_bye (self, worker);
         else
@@ -2066,6 +2111,62 @@ broker_duplicate_id_test (bool verbose)
     FERRY_CHECK (broker_harness_silent (edge, 50));
     broker_harness_status_t status = broker_harness_status (&h);
     FERRY_CHECK (status.inflight == 0 && status.queued == 0);
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_back_test (bool verbose)
+{
+    /*  BACK requeues a message its worker has not started, without the
+        retryable flag and without counting a death, and returns the
+        credit; a leaving worker that hands back its last message is
+        forgotten and the message goes to another worker.  */
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, NULL, "app", "1", verbose,
+                                              &edge, &worker)
+                 == 0);
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    broker_harness_request (edge, "app", id, broker_harness_deadline (), "",
+                            "plain", 5);
+    FERRY_CHECK (broker_harness_got_work (worker, id));
+    /*  The credit comes back with the message: the same worker gets it
+        again, payload untouched.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_BACK, id, "plain", NULL);
+    zmsg_t *work = broker_harness_work (worker, id, S_WAIT);
+    FERRY_CHECK (work);
+    FERRY_CHECK (zframe_streq (zmsg_last (work), "plain"));
+    zmsg_destroy (&work);
+    FERRY_CHECK (broker_harness_silent (edge, 50));
+
+    /*  The worker leaves holding it; a second one comes.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_BYE, NULL);
+    zsock_t *second = broker_harness_worker (&h, "app", "1");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    FERRY_CHECK (broker_harness_silent (second, 50));
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_BACK, id, "plain", NULL);
+    work = broker_harness_work (second, id, S_WAIT);
+    FERRY_CHECK (work);
+    FERRY_CHECK (zframe_streq (zmsg_last (work), "plain"));
+    zmsg_destroy (&work);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 1 && status.queued == 0);
+    /*  The leaver is forgotten: its heartbeat is answered BYE, which
+        tells a stopping worker that nothing more is on its way.  */
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_HB, NULL);
+    zmsg_t *bye = broker_harness_recv (worker, FERRY_CMD_BYE, 0, 0);
+    FERRY_CHECK (bye);
+    zmsg_destroy (&bye);
+    /*  A BACK for a message the worker does not hold is dropped.  */
+    zstr_sendx (second, FERRY_PROTO, FERRY_CMD_BACK, "nope", "x", NULL);
+    broker_harness_reply (second, id, "ok", 2);
+    FERRY_CHECK (broker_harness_got_reply (edge, id, "ok"));
+    status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 0 && status.queued == 0
+                 && status.workers == 1);
     broker_harness_stop (&h);
     return 0;
 }

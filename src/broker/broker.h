@@ -42,5 +42,6 @@ int broker_overload_test (bool verbose);
 int broker_inflight_expiry_test (bool verbose);
 int broker_late_reply_test (bool verbose);
 int broker_duplicate_id_test (bool verbose);
+int broker_back_test (bool verbose);
 
 #endif

@@ -25,5 +25,6 @@ const ferry_test_t broker_tests[] = {
     {"inflight_expiry", broker_inflight_expiry_test},
     {"late_reply", broker_late_reply_test},
     {"duplicate_id", broker_duplicate_id_test},
+    {"back", broker_back_test},
     {NULL, NULL},
 };

@@ -24,8 +24,13 @@
       READY service credit      (first message; announces the service)
       REP   msg_id payload      (returns one credit)
       CREDIT n
+      BACK  msg_id payload      (hands back a message it has not started:
+                                 the broker queues it again at the head,
+                                 counts no death, returns one credit)
       HB
-      BYE                       (leaving; nothing of this worker is in flight)
+      BYE                       (leaving: send nothing more; the broker
+                                 waits for the REP or BACK of what it
+                                 holds, then forgets it)
     Broker -> worker:
       REQ   msg_id deadline_ms payload
       HB
@@ -49,6 +54,7 @@
 #define FERRY_CMD_CREDIT "CREDIT"
 #define FERRY_CMD_BYE "BYE"
 #define FERRY_CMD_ACK "ACK"
+#define FERRY_CMD_BACK "BACK"
 
 #define FERRY_FLAG_RETRYABLE 'r'
 #define FERRY_FLAG_ACK 'a'

@@ -5,9 +5,10 @@
     starts the selected ones, and tells systemd READY=1 once every actor
     has connected to PostgreSQL once.  Signal handlers only set a flag;
     this loop checks it a few times a second while it collects the
-    actors' connection events.  On SIGTERM every actor finishes the
-    message in hand, answers the ones it was still holding, sends BYE and
-    exits.  */
+    actors' connection events.  On SIGTERM every actor drains: it sends
+    BYE (no new work), hands the messages it has not started back to the
+    broker, finishes those in its pipeline (up to worker.drain_timeout)
+    and exits.  */
 
 #include "config.h"
 #include "daemon.h"
@@ -55,7 +56,7 @@ s_load (ferry_config_t *config, worker_settings_t *settings,
         worker_pool_t **pools, bool *run, size_t *count)
 {
     const char *selection, *database, *backend, *broker;
-    int64_t heartbeat, liveness;
+    int64_t heartbeat, liveness, drain;
     if (ferry_daemon_log_setup (config, "ferry-worker")
         || ferry_config_str (config, NULL, "worker.pool", "", &selection)
         || ferry_config_str (config, NULL, "worker.database", "", &database)
@@ -66,6 +67,8 @@ s_load (ferry_config_t *config, worker_settings_t *settings,
                                      60000, 1000, &heartbeat)
         || ferry_config_int (config, NULL, "broker.liveness", 1, 100, 3,
                              &liveness)
+        || ferry_config_duration_ms (config, NULL, "worker.drain_timeout", 0,
+                                     3600000, 5000, &drain)
         || worker_jobs_settings_load (config, &settings->jobs))
         return -1;
     /*  Test-only fault hook (docs/worker.md): never set in production.  */
@@ -79,6 +82,7 @@ s_load (ferry_config_t *config, worker_settings_t *settings,
     settings->database = database ? database : "";
     settings->heartbeat_ms = heartbeat;
     settings->liveness = (unsigned) liveness;
+    settings->drain_ms = drain;
 
     /*  A DEALER refuses a malformed endpoint at connect: find out here,
         where it can still be a config error.  */

@@ -5,10 +5,16 @@
     non-blocking pipeline mode, and polls the pipe, the socket and the
     PostgreSQL file descriptor in one zmq_poll, so it never blocks on the
     database.  It announces `READY service credit` only while PostgreSQL
-    is connected: when the connection goes away it answers what it holds
-    with 503, sends BYE (it no longer holds credit) and reconnects with
-    exponential backoff; once connected again it sends READY.  The broker
-    therefore never routes work to an actor that cannot do it.
+    is connected: when the connection goes away it answers what was in
+    its pipeline with 503, sends BYE (it no longer holds credit), hands the
+    messages it had not started back to the broker (BACK) and reconnects
+    with exponential backoff; once connected again it sends READY.  The
+    broker therefore never routes work to an actor that cannot do it.
+
+    On $TERM it drains the same way: BYE, BACK for everything not started
+    (and for each REQ that crossed the BYE), the pipeline finished, then a
+    HB until the broker's BYE says that nothing more is on its way, all
+    within the drain timeout.
 
     Every hop costs a thread wake-up, so the actor does as much as it can
     per wake-up: it reads every message the socket has, then sends all of
@@ -169,7 +175,14 @@ typedef struct {
     zsock_t *pipe;                   /* to the pool */
     const worker_actor_args_t *args; /* borrowed from the pool */
     char name[FERRY_NAME_MAX + 16];  /* "app/2", for logs */
-    bool terminating;                /* $TERM received */
+    bool terminating;                /* $TERM received: draining */
+    bool leaving;                    /* draining, and the broker may still
+                                        send us work it dispatched before
+                                        it read our BYE: wait for its BYE
+                                        (the answer to a HB once it has
+                                        forgotten us) */
+    bool idle_probed;                /* HB sent since we last had work */
+    int64_t drain_until;             /* mono ms the drain gives up */
     bool done;                       /* leave the loop */
     uint64_t rng;                    /* backoff jitter */
 
@@ -222,8 +235,10 @@ static void s_job_arrive (s_actor_t *self, const zmq_msg_t *id,
                           uint64_t deadline, zmq_msg_t *payload);
 static void s_reply_raw (s_actor_t *self, const char *msg_id,
                          unsigned status, const char *detail);
-static void s_fail_waiting (s_actor_t *self, unsigned status,
-                            const char *detail);
+static void s_hand_back (s_actor_t *self, const char *msg_id,
+                         const zmq_msg_t *payload);
+static void s_back_waiting (s_actor_t *self);
+static void s_drain (s_actor_t *self, int64_t now);
 static void s_pump (s_actor_t *self);
 static int s_job_prepare (s_actor_t *self, s_job_t *job);
 static int s_job_send (s_actor_t *self, s_job_t *job);
@@ -300,11 +315,8 @@ worker_actor (zsock_t *pipe, void *args)
         if (items[1].revents & ZMQ_POLLIN)
             s_broker_recv (self);
         s_pump (self);
-        if (self->terminating && self->sent.size == 0) {
-            s_fail_waiting (self, 503, "the worker is shutting down");
-            s_withdraw (self);
-            self->done = true;
-        }
+        if (self->terminating)
+            s_drain (self, ferry_mono_ms ());
     }
     s_actor_destroy (&self);
 }
@@ -382,12 +394,21 @@ s_pipe_command (s_actor_t *self)
     if (!msg)
         return;
     char *cmd = zmsg_popstr (msg);
-    if (cmd && strcmp (cmd, "$TERM") == 0) {
+    if (cmd && strcmp (cmd, "$TERM") == 0 && !self->terminating) {
         log_debug ("terminating actor=%s", self->name);
         self->terminating = true;
-        /*  Finish the messages in the pipeline; the waiting ones would
-            only delay shutdown, and the edge gets an answer for each.  */
-        s_fail_waiting (self, 503, "the worker is shutting down");
+        self->drain_until = ferry_mono_ms () + self->args->drain_ms;
+        /*  BYE first, so the broker sends nothing more and keeps what we
+            hand back for another worker; then the messages we have not
+            started go back.  The pipeline's finish here.  */
+        if (self->registered) {
+            s_withdraw (self);
+            self->leaving = true;
+        }
+        s_back_waiting (self);
+    }
+    else if (cmd && strcmp (cmd, "$TERM") == 0) {
+        /*  zactor_destroy repeats it: the drain is under way.  */
     }
     else
         log_warn ("unknown actor command=%s actor=%s",
@@ -426,6 +447,16 @@ s_timers (s_actor_t *self, int64_t now)
         else if (now - self->broker_sent >= a->heartbeat_ms)
             s_broker_send (self, FERRY_CMD_HB, NULL, NULL, NULL, 0);
     }
+    else if (self->leaving) {
+        /*  Draining: the broker still counts on our heartbeats while we
+            finish, and a broker that went silent sends nothing more.  */
+        if (now - self->broker_seen > a->heartbeat_ms * (int64_t) a->liveness) {
+            log_warn ("broker silent while draining actor=%s", self->name);
+            self->leaving = false;
+        }
+        else if (now - self->broker_sent >= a->heartbeat_ms)
+            s_broker_send (self, FERRY_CMD_HB, NULL, NULL, NULL, 0);
+    }
     if (self->pg == S_PG_DOWN && now >= self->pg_next_try
         && !self->terminating)
         s_pg_start (self);
@@ -439,7 +470,7 @@ s_poll_timeout (s_actor_t *self, int64_t now)
 {
     const worker_actor_args_t *a = self->args;
     int64_t next = now + 1000;
-    if (self->registered) {
+    if (self->registered || self->leaving) {
         int64_t hb = self->broker_sent + a->heartbeat_ms;
         int64_t dead
             = self->broker_seen + a->heartbeat_ms * (int64_t) a->liveness + 1;
@@ -451,6 +482,8 @@ s_poll_timeout (s_actor_t *self, int64_t now)
     if ((self->pg == S_PG_CONNECTING || self->pg == S_PG_SETUP)
         && self->pg_give_up < next)
         next = self->pg_give_up;
+    if (self->terminating && self->drain_until < next)
+        next = self->drain_until;
     /*  s_pump sends it only then; waking for it otherwise would spin.  */
     if (s_cleanup_due (self, INT64_MAX) && !self->exclusive
         && !self->terminating && self->cleanup_next < next)
@@ -583,8 +616,13 @@ s_broker_recv (s_actor_t *self)
             /*  Sign of life, already noted.  */
         }
         else if (s_frame_is (&frame[1], FERRY_CMD_BYE)) {
-            /*  The broker restarted or declared us dead.  */
-            if (self->registered) {
+            /*  The broker restarted or declared us dead; or, while we
+                drain, it has forgotten us: nothing more is on its way.  */
+            if (self->leaving) {
+                log_debug ("broker released us actor=%s", self->name);
+                self->leaving = false;
+            }
+            else if (self->registered) {
                 log_info ("broker forgot us, announcing again "
                           "actor=%s", self->name);
                 self->registered = false;
@@ -690,14 +728,17 @@ s_job_arrive (s_actor_t *self, const zmq_msg_t *id, uint64_t deadline,
     size_t len = zmq_msg_size ((zmq_msg_t *) id);
     memcpy (msg_id, zmq_msg_data ((zmq_msg_t *) id), len);
     msg_id[len] = '\0';
+    /*  A drain asks the broker again once this one is dealt with.  */
+    self->idle_probed = false;
     if (deadline && ferry_wall_ms () >= deadline) {
         s_reply_raw (self, msg_id, 504,
                      "the deadline passed before the worker started");
         return;
     }
     if (!self->registered || self->pg != S_PG_UP || self->terminating) {
-        /*  Sent before the broker saw our BYE.  */
-        s_reply_raw (self, msg_id, 503, "the worker cannot take work now");
+        /*  Sent before the broker saw our BYE: it never ran, so another
+            worker may run it.  */
+        s_hand_back (self, msg_id, payload);
         return;
     }
     /*  The broker keeps to our credit; a broker that does not is not
@@ -729,13 +770,54 @@ s_reply_raw (s_actor_t *self, const char *msg_id, unsigned status,
         log_error ("cannot encode problem msg=%s", msg_id);
 }
 
+/*  BACK msg_id payload: returns a message we have not started to the
+    broker, which queues it again for another worker.  The payload is the
+    envelope as it came (the broker gave a non-retryable one away).  */
 static void
-s_fail_waiting (s_actor_t *self, unsigned status, const char *detail)
+s_hand_back (s_actor_t *self, const char *msg_id, const zmq_msg_t *payload)
+{
+    log_debug ("handing back msg=%s actor=%s", msg_id, self->name);
+    s_broker_send (self, FERRY_CMD_BACK, msg_id, NULL,
+                   zmq_msg_data ((zmq_msg_t *) payload),
+                   zmq_msg_size ((zmq_msg_t *) payload));
+}
+
+static void
+s_back_waiting (s_actor_t *self)
 {
     s_job_t *job;
     while ((job = s_fifo_pop (&self->waiting))) {
-        s_reply_raw (self, job->msg_id, status, detail);
+        s_hand_back (self, job->msg_id, &job->payload);
         s_job_recycle (self, job);
+    }
+}
+
+/*  One step of a drain: done once the pipeline is empty and the broker
+    has confirmed (its BYE) that it sends us nothing more, or at the drain
+    timeout.  What is still in the pipeline then is the broker's to
+    handle when it finds us silent (its death rules).  */
+static void
+s_drain (s_actor_t *self, int64_t now)
+{
+    if (now >= self->drain_until) {
+        log_warn ("drain timed out actor=%s in_flight=%zu", self->name,
+                  self->sent.size);
+        self->done = true;
+        return;
+    }
+    if (self->sent.size || self->waiting.size)
+        return;
+    if (!self->leaving) {
+        self->done = true;
+        return;
+    }
+    /*  Idle, and everything we were given is answered or handed back.
+        The broker answers a HB from a worker it has forgotten with BYE;
+        a message it dispatched before it read our BYE reaches us first,
+        and we hand it back and ask again.  */
+    if (!self->idle_probed) {
+        s_broker_send (self, FERRY_CMD_HB, NULL, NULL, NULL, 0);
+        self->idle_probed = true;
     }
 }
 
@@ -747,6 +829,10 @@ static void
 s_pump (s_actor_t *self)
 {
     bool queued = false;
+    /*  A retried message comes back here: nothing new starts in a
+        drain.  */
+    if (self->terminating)
+        s_back_waiting (self);
     while (self->pg == S_PG_UP && !self->exclusive && self->waiting.head) {
         s_job_t *job = s_fifo_pop (&self->waiting);
         if (job->deadline && ferry_wall_ms () >= job->deadline) {
@@ -794,9 +880,9 @@ s_job_prepare (s_actor_t *self, s_job_t *job)
         s_job_recycle (self, job);
         return -1;
     }
-    /*  The envelope owns copies of what it needs.  */
-    zmq_msg_close (&job->payload);
-    zmq_msg_init (&job->payload);
+    /*  The envelope owns copies of what it needs; the payload stays
+        until the reply, so a message not started yet can be handed back
+        whole.  */
     job->op = worker_ops_find (self->args->ops,
                                ferry_envelope_operation (job->request));
     if (!job->op) {
@@ -1133,8 +1219,9 @@ s_pg_fail (s_actor_t *self, const char *what)
         self->pg_backoff = BACKOFF_MAX_MS;
 }
 
-/*  An established connection broke: answer everything we hold with 503,
-    leave the broker (we cannot do work, so we hold no credit), and
+/*  An established connection broke: answer what was in the pipeline with
+    503 (its outcome is unknown), leave the broker (we cannot do work, so
+    we hold no credit), hand back the messages not started, and
     reconnect.  */
 static void
 s_pg_lost (s_actor_t *self, const char *what)
@@ -1148,8 +1235,10 @@ s_pg_lost (s_actor_t *self, const char *what)
             s_job_problem (self, job, 503, "the database connection was lost",
                            NULL);
     self->exclusive = false;
-    s_fail_waiting (self, 503, "the database connection was lost");
+    /*  BYE before the hand-back, so the broker gives what we return to
+        another worker rather than to us.  */
     s_withdraw (self);
+    s_back_waiting (self);
     s_pg_fail (self, what);
     if (was_up)
         zstr_send (self->pipe, "DISCONNECTED");

@@ -25,6 +25,7 @@ typedef struct {
     const char *broker;       /* backend endpoint to connect to */
     int64_t heartbeat_ms;
     unsigned liveness;
+    int64_t drain_ms;         /* SIGTERM: longest wait for work in hand */
     unsigned index;           /* actor number in the pool; actor 0 also
                                  deletes expired jobs and keys */
     const worker_jobs_settings_t *jobs; /* retention, cleanup */

@@ -108,6 +108,7 @@ worker_pool_new (ferry_config_t *config, const ferry_cnode_t *node,
         a->broker = self->broker;
         a->heartbeat_ms = settings->heartbeat_ms;
         a->liveness = settings->liveness;
+        a->drain_ms = settings->drain_ms;
         a->index = (unsigned) i;
         a->jobs = &self->jobs;
         a->crash_after_commit = self->crash_after_commit;

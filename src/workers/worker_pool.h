@@ -20,6 +20,7 @@ typedef struct {
     const char *broker;      /* backend endpoint */
     int64_t heartbeat_ms;
     unsigned liveness;
+    int64_t drain_ms;        /* worker.drain_timeout */
     const char *database;    /* default conninfo; "" = PG* environment */
     worker_jobs_settings_t jobs;    /* jobs.* and idempotency.* */
     const char *crash_after_commit; /* test-only fault hook, or NULL */

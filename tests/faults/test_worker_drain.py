@@ -2,13 +2,12 @@
 
 Pool `slow` runs in two worker processes (2 actors, credit 8 each, so an
 actor holds messages it has not started).  Eight clients send GETs that
-sleep 0.2 s in PostgreSQL; one process gets SIGTERM.  Issue 5 asks a
-stopping worker to finish its in-flight messages and hand back the ones it
-has not started, so with the other process still serving every request
-should get a 200.  NOT in make check yet: the worker answers the messages
-it has not started 503 "the worker is shutting down" instead of handing
-them back to the broker (src/workers/worker_actor.c), and this test shows
-those 503s.  Prints TAP.
+sleep 0.2 s in PostgreSQL; one process gets SIGTERM.  A stopping worker
+sends BYE (no new work), hands the messages it has not started back to
+the broker (BACK, docs/protocol.md), which gives them to the other
+process, finishes those it started and exits 0, so every request gets a
+200.  Before BACK it answered them 503 "the worker is shutting down" /
+"the worker cannot take work now" (4 of 76 here).  Prints TAP.
 """
 
 import os
