@@ -46,7 +46,10 @@
     gets a reply envelope produced to the reply topic it names, through
     the lane's own producer, after COMMIT and before the offset is
     stored.  A request PostgreSQL already holds is skipped without a
-    reply: its first run replied.
+    reply: its first run replied.  The requests waiting in a partition run
+    as one transaction too (s_request_batch: one claim, one COMMIT, then
+    the replies in order), since a claim per request made each one pay a
+    WAL flush; whatever does not go as planned runs one by one instead.
 
     A request carrying a job id or an Idempotency-Key runs as on ZeroMQ
     (worker_jobs.c, docs/worker.md): job_start commits on its own, then
@@ -1772,6 +1775,164 @@ s_batch (s_lane_t *self, const s_topic_t *topic, rd_kafka_message_t **ms,
     return false;
 }
 
+/*  Whether m is a request that s_request_batch may run: a ferry request
+    envelope naming its reply topic, without a job id or an
+    Idempotency-Key (those keep the two-phase path, one per transaction).
+    Returns the decoded request (owned), or NULL.  */
+static ferry_envelope_t *
+s_batchable (const rd_kafka_message_t *m, const char **reply_to,
+             char *topic_buf, size_t buflen)
+{
+    char reason[128];
+    if (!m->payload || m->len == 0)
+        return NULL;
+    ferry_envelope_t *req = ferry_envelope_decode (m->payload, m->len, NULL,
+                                                   reason, sizeof reason);
+    if (!req || ferry_envelope_kind (req) != FERRY_KIND_REQUEST
+        || !ferry_envelope_id (req) || worker_jobs_wanted (req)
+        || !(*reply_to = s_reply_topic (m, req, topic_buf, buflen))) {
+        ferry_envelope_destroy (&req);
+        return NULL;
+    }
+    return req;
+}
+
+/*  Runs one request of a batch in the open transaction and leaves its
+    reply in *reply_p.  Returns false when the batch must be rolled back
+    (a statement failed, which aborts the transaction, or a request would
+    need part of its own effect undone): the caller then runs the batch
+    one by one, each with its own retry and answer.  */
+static bool
+s_batch_one (s_lane_t *self, const ferry_envelope_t *req,
+             ferry_envelope_t **reply_p)
+{
+    const worker_op_t *op
+        = worker_ops_find (self->cfg->ops, ferry_envelope_operation (req));
+    uint64_t deadline = ferry_envelope_deadline (req);
+    if (!op) {
+        *reply_p = worker_reply_problem (req, 404, "unknown operation", NULL);
+        return true;
+    }
+    if (deadline && ferry_wall_ms () >= deadline) {
+        *reply_p = worker_reply_problem (
+            req, 504, "the deadline passed before the worker started", NULL);
+        return true;
+    }
+    char sqlstate[6] = "";
+    if (!s_set_timeout (self->conn, deadline, sqlstate))
+        return false;
+    const msgpack_object *args = ferry_envelope_args (req);
+    const msgpack_object *body = ferry_envelope_body (req);
+    for (size_t s = 0; s < op->nsteps; s++) {
+        const worker_step_t *st = &op->steps[s];
+        char *values[st->nparams ? st->nparams : 1];
+        char err[512];
+        if (worker_step_bind (st, args, body, values, err, sizeof err)) {
+            /*  Nothing of this request ran yet only at its first step.  */
+            if (s > 0)
+                return false;
+            *reply_p = worker_reply_problem (req, 422, err, NULL);
+            return true;
+        }
+        PGresult *r = PQexecParams (self->conn, st->sql, (int) st->nparams,
+                                    st->oids, (const char *const *) values,
+                                    NULL, NULL, 0);
+        worker_step_values_free (st, values);
+        ExecStatusType rs = PQresultStatus (r);
+        if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
+            PQclear (r);
+            return false;
+        }
+        if (st->result == WORKER_RESULT_ONE && PQntuples (r) == 0) {
+            PQclear (r);
+            if (s > 0)
+                return false;
+            const char *detail = st->not_found_detail ? st->not_found_detail
+                                                      : "no such row";
+            *reply_p = worker_reply_problem (req, st->not_found_status,
+                                             detail, NULL);
+            return true;
+        }
+        if (s == op->nsteps - 1)
+            *reply_p = worker_reply_result (req, op, r, &self->body);
+        PQclear (r);
+    }
+    if (!*reply_p)
+        *reply_p = worker_reply_result (req, op, NULL, &self->body);
+    return true;
+}
+
+/*  Runs the requests at the start of ms (n of one ferry partition, offset
+    order) as one transaction: one claim covering them, each request's
+    statement timeout and steps, one COMMIT, then their replies in order.
+    A request answered over ZeroMQ commits nothing when it only reads, but
+    over Kafka each claims its offset: one claim and one COMMIT (one WAL
+    flush) for many requests is what lets a partition keep up.  Only
+    requests without job or idem, from the first on, take part (*tried
+    says how many).  Returns how many are done (0 or *tried): 0 when
+    fewer than two qualify, or when anything did not go as planned (the
+    caller then runs them one by one, which retries, answers or
+    dead-letters each as its own transaction would).  */
+static size_t
+s_request_batch (s_lane_t *self, rd_kafka_message_t **ms, size_t n,
+                 size_t *tried)
+{
+    ferry_envelope_t *reqs[S_BATCH], *replies[S_BATCH];
+    const char *reply_to[S_BATCH];
+    char topics[S_BATCH][256];
+    size_t k = 0;
+    *tried = 0;
+    while (k < n && k < S_BATCH
+           && (reqs[k] = s_batchable (ms[k], &reply_to[k], topics[k],
+                                      sizeof topics[k])))
+        k++;
+    memset (replies, 0, k * sizeof *replies);
+    bool ok = k > 1;
+    if (ok) {
+        *tried = k;
+        const rd_kafka_message_t *first = ms[0], *last = ms[k - 1];
+        char part[16], off0[24], off1[24];
+        snprintf (part, sizeof part, "%" PRId32, first->partition);
+        snprintf (off0, sizeof off0, "%" PRId64, first->offset);
+        snprintf (off1, sizeof off1, "%" PRId64, last->offset);
+        const char *values[5] = {self->cfg->group,
+                                 rd_kafka_topic_name (first->rkt), part,
+                                 off0, off1};
+        ok = s_exec (self->conn, "BEGIN");
+        if (ok) {
+            PGresult *r = PQexecParams (self->conn, s_claim_range_sql, 5,
+                                        NULL, values, NULL, NULL, 0);
+            ok = PQresultStatus (r) == PGRES_TUPLES_OK && PQntuples (r) > 0;
+            PQclear (r);
+        }
+        for (size_t i = 0; ok && i < k; i++)
+            ok = s_batch_one (self, reqs[i], &replies[i]);
+        if (ok) {
+            PGresult *r = PQexec (self->conn, "COMMIT");
+            ok = PQresultStatus (r) == PGRES_COMMAND_OK;
+            PQclear (r);
+        } else if (PQstatus (self->conn) == CONNECTION_OK
+                   && PQtransactionStatus (self->conn) != PQTRANS_IDLE)
+            (void) s_exec (self->conn, "ROLLBACK");
+        if (!ok)
+            log_debug ("kafka batch of %zu requests runs one by one pool=%s "
+                       "topic=%s partition=%d offset=%" PRId64,
+                       k, self->cfg->pool, rd_kafka_topic_name (first->rkt),
+                       first->partition, first->offset);
+    }
+    for (size_t i = 0; i < k; i++) {
+        if (ok && replies[i]) {
+            log_debug ("kafka request done pool=%s msg=%s status=%u",
+                       self->cfg->pool, ferry_envelope_id (reqs[i]),
+                       ferry_envelope_status (replies[i]));
+            s_reply (self, reqs[i], reply_to[i], &replies[i]);
+        }
+        ferry_envelope_destroy (&replies[i]);
+        ferry_envelope_destroy (&reqs[i]);
+    }
+    return ok ? k : 0;
+}
+
 /* ---- partitions in lanes ------------------------------------------------ */
 
 /*  Pauses or resumes p's partition for back-pressure.  A failure is
@@ -1987,7 +2148,22 @@ s_part_run (s_lane_t *self, s_part_t *p, rd_kafka_message_t **ms, size_t n)
         s_store (self, ms[n - 1]);
         return n;
     }
+    /*  Requests run in batches while they can, and one by one from the
+        first that cannot (job or idem, not a request) until the one after
+        it, or over the whole range of a batch that failed.  */
+    size_t single_until = 0;
     for (size_t i = 0; i < n; i++) {
+        if (topic->format == S_FORMAT_FERRY && p->state == S_HOLD_NONE
+            && i >= single_until && n - i > 1) {
+            size_t tried, done = s_request_batch (self, ms + i, n - i,
+                                                  &tried);
+            if (done) {
+                s_store (self, ms[i + done - 1]);
+                i += done - 1;
+                continue;
+            }
+            single_until = i + (tried ? tried : 1);
+        }
         s_fault_t fault = {.detail = ""};
         s_outcome_t o = s_handle (self, ms[i], topic, &fault);
         if (o == S_DONE) {
