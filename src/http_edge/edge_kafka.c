@@ -10,8 +10,8 @@
 
     Readiness is one atomic flag: set once the partitions are assigned and
     again after each probe (a metadata request about once a second) that
-    the cluster answers, cleared when a probe fails or librdkafka reports
-    every broker down.  Loops answer a Kafka route with 503 at once while
+    the cluster answers, cleared when two probes in a row fail or
+    librdkafka reports every broker down.  Loops answer a Kafka route with 503 at once while
     it is clear, so a client never waits until its deadline for a cluster
     that is known to be away; when it clears, the consumer tells every
     loop, which answers its parked Kafka requests 503 too (their replies
@@ -37,6 +37,12 @@
     request may take (this bounds how late $TERM is seen too).  */
 #define S_PROBE_MS 1000
 #define S_PROBE_TIMEOUT_MS 500
+/*  Failed probes in a row before the cluster counts as away: one metadata
+    answer later than S_PROBE_TIMEOUT_MS is what a busy cluster (or a
+    sanitizer build) gives now and then, and flipping to "not reachable"
+    answers every parked Kafka request 503.  librdkafka's own "all brokers
+    down" still clears the flag at once.  */
+#define S_PROBE_FAILURES 2
 #define S_REQUEST_MS 1500
 /*  Replies are useless after their request's deadline: an hour of
     retention is plenty and keeps the topic small.  */
@@ -342,6 +348,7 @@ s_consumer_actor (zsock_t *pipe, void *arg)
 
     bool assigned = false;
     int64_t next_probe = 0;
+    int failures = 0;
     for (;;) {
         if (zsock_events (pipe) & ZMQ_POLLIN) {
             char *cmd = zstr_recv (pipe);
@@ -361,7 +368,10 @@ s_consumer_actor (zsock_t *pipe, void *arg)
         else if (now >= next_probe) {
             if (!assigned)
                 assigned = s_assign (rk, st->reply_topic) == 0;
-            ok = assigned && s_probe (rk, st->reply_topic);
+            bool answered = assigned && s_probe (rk, st->reply_topic);
+            failures = answered ? 0 : failures + 1;
+            /*  Not assigned yet, or never reachable: no grace.  */
+            ok = answered || (ok && failures < S_PROBE_FAILURES);
             next_probe = ferry_mono_ms () + S_PROBE_MS;
         }
         if (ok != atomic_load (&self->ready)) {
