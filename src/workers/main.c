@@ -190,6 +190,7 @@ main (int argc, char **argv)
 
     bool ready = false;
     size_t last_up = (size_t) -1;
+    char last_breakers[256] = "";
     while (!status && !ferry_daemon_terminating ()) {
         size_t up = 0, ever = 0;
         for (size_t i = 0; i < count; i++)
@@ -198,13 +199,27 @@ main (int argc, char **argv)
                 up += worker_pool_poll (pools[i], &once);
                 ever += once;
             }
-        if (up != last_up) {
-            char state[96];
+        /*  Breakers that are not closed, for systemctl status.  */
+        char breakers[256] = "";
+        size_t len = 0;
+        for (size_t i = 0; i < count && len < sizeof breakers; i++) {
+            worker_breaker_state_t bs
+                = pools[i] ? worker_pool_breaker (pools[i])
+                           : WORKER_BREAKER_CLOSED;
+            if (bs != WORKER_BREAKER_CLOSED)
+                len += (size_t) snprintf (
+                    breakers + len, sizeof breakers - len,
+                    "; breaker %s %s", worker_pool_name (pools[i]),
+                    worker_breaker_state_name (bs));
+        }
+        if (up != last_up || strcmp (breakers, last_breakers) != 0) {
+            char state[384];
             snprintf (state, sizeof state,
-                      "STATUS=%zu of %zu actors connected to PostgreSQL", up,
-                      actors);
+                      "STATUS=%zu of %zu actors connected to PostgreSQL%s",
+                      up, actors, breakers);
             ferry_daemon_notify (state);
             last_up = up;
+            snprintf (last_breakers, sizeof last_breakers, "%s", breakers);
         }
         if (!ready && ever == actors) {
             ferry_daemon_notify ("READY=1");

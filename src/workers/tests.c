@@ -2,6 +2,7 @@
     (tests/unit/selftest.c).  Each module keeps its test at its bottom.  */
 
 #include "ferry.h"
+#include "worker_breaker.h"
 #include "worker_jobs.h"
 #include "worker_kafka.h"
 #include "worker_ops.h"
@@ -24,5 +25,7 @@ const ferry_test_t worker_tests[] = {
     {"jobs_capture", worker_jobs_capture_test},
     {"jobs_stored", worker_jobs_stored_test},
     {"jobs_config", worker_jobs_config_test},
+    {"breaker", worker_breaker_test},
+    {"breaker_config", worker_breaker_config_test},
     {NULL, NULL},
 };

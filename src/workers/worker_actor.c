@@ -60,6 +60,7 @@
 #include "log.h"
 #include "proto.h"
 #include "worker_actor.h"
+#include "worker_breaker.h"
 #include "worker_pgerror.h"
 #include "worker_reply.h"
 
@@ -93,6 +94,9 @@ static const char s_setup_sql[]
     runs it, and a prepared statement spares the server a parse and plan
     each time.  */
 static const char s_timeout_stmt[] = "ferry_timeout";
+/*  A broken invariant of ours, not PostgreSQL being unreachable: the one
+    reason to drop a connection that the breaker does not count.  */
+static const char s_bad_state[] = "unexpected transaction state";
 static const char s_timeout_sql[]
     = "SELECT set_config('statement_timeout', $1, true)";
 
@@ -184,6 +188,8 @@ typedef struct {
     bool idle_probed;                /* HB sent since we last had work */
     int64_t drain_until;             /* mono ms the drain gives up */
     bool done;                       /* leave the loop */
+    worker_breaker_state_t breaker;  /* the pool breaker's state when we
+                                        last looked */
     uint64_t rng;                    /* backoff jitter */
 
     zsock_t *broker;                 /* DEALER to the broker backend */
@@ -235,6 +241,11 @@ static void s_job_arrive (s_actor_t *self, const zmq_msg_t *id,
                           uint64_t deadline, zmq_msg_t *payload);
 static void s_reply_raw (s_actor_t *self, const char *msg_id,
                          unsigned status, const char *detail);
+static void s_reply_problem (s_actor_t *self, const char *msg_id,
+                             unsigned status, const char *detail,
+                             unsigned retry_after);
+static void s_reply_breaker (s_actor_t *self, const char *msg_id);
+static void s_breaker_follow (s_actor_t *self, int64_t now);
 static void s_hand_back (s_actor_t *self, const char *msg_id,
                          const zmq_msg_t *payload);
 static void s_back_waiting (s_actor_t *self);
@@ -457,12 +468,46 @@ s_timers (s_actor_t *self, int64_t now)
         else if (now - self->broker_sent >= a->heartbeat_ms)
             s_broker_send (self, FERRY_CMD_HB, NULL, NULL, NULL, 0);
     }
+    s_breaker_follow (self, now);
     if (self->pg == S_PG_DOWN && now >= self->pg_next_try
-        && !self->terminating)
-        s_pg_start (self);
+        && !self->terminating) {
+        if (self->breaker == WORKER_BREAKER_OPEN)
+            /*  No PostgreSQL calls while open, connects included; look
+                again soon for the end of the cool-down.  */
+            self->pg_next_try = now + BACKOFF_MIN_MS;
+        else
+            s_pg_start (self);
+    }
     else if ((self->pg == S_PG_CONNECTING || self->pg == S_PG_SETUP)
              && now >= self->pg_give_up)
         s_pg_fail (self, "connect timed out");
+}
+
+/*  Follows the pool's breaker.  While it is not closed every actor holds
+    credit, connected or not, so that the broker hands the pool's
+    messages to us and we answer them 503 at once (a pool without actors
+    would make them wait for the broker's no-worker grace); once it
+    closes, an actor without a connection withdraws again.  When it turns
+    half-open an actor without a connection tries one at once: that is a
+    probe too.  */
+static void
+s_breaker_follow (s_actor_t *self, int64_t now)
+{
+    worker_breaker_state_t bs = worker_breaker_state (self->args->breaker,
+                                                      now);
+    if (bs != self->breaker) {
+        if (bs == WORKER_BREAKER_HALF_OPEN && self->pg == S_PG_DOWN) {
+            self->pg_backoff = BACKOFF_MIN_MS;
+            self->pg_next_try = now + s_jitter (self, BACKOFF_MIN_MS);
+        }
+        self->breaker = bs;
+    }
+    if (self->terminating || self->leaving)
+        return;
+    if (bs != WORKER_BREAKER_CLOSED)
+        s_register (self);
+    else if (self->registered && self->pg != S_PG_UP)
+        s_withdraw (self);
 }
 
 static long
@@ -735,6 +780,17 @@ s_job_arrive (s_actor_t *self, const zmq_msg_t *id, uint64_t deadline,
                      "the deadline passed before the worker started");
         return;
     }
+    /*  One atomic load while the breaker is closed.  Half-open, an actor
+        with a connection may run a probe (s_pump decides).  */
+    if (!worker_breaker_closed (self->args->breaker) && !self->terminating) {
+        worker_breaker_state_t bs
+            = worker_breaker_state (self->args->breaker, ferry_mono_ms ());
+        if (bs == WORKER_BREAKER_OPEN
+            || (bs == WORKER_BREAKER_HALF_OPEN && self->pg != S_PG_UP)) {
+            s_reply_breaker (self, msg_id);
+            return;
+        }
+    }
     if (!self->registered || self->pg != S_PG_UP || self->terminating) {
         /*  Sent before the broker saw our BYE: it never ran, so another
             worker may run it.  */
@@ -760,9 +816,26 @@ static void
 s_reply_raw (s_actor_t *self, const char *msg_id, unsigned status,
              const char *detail)
 {
+    s_reply_problem (self, msg_id, status, detail, status == 503 ? 1 : 0);
+}
+
+/*  The open breaker's answer: 503, retry when the cool-down ends.  */
+static void
+s_reply_breaker (s_actor_t *self, const char *msg_id)
+{
+    s_reply_problem (
+        self, msg_id, 503,
+        "the database is unavailable (circuit breaker open)",
+        worker_breaker_retry_after (self->args->breaker, ferry_mono_ms ()));
+}
+
+static void
+s_reply_problem (s_actor_t *self, const char *msg_id, unsigned status,
+                 const char *detail, unsigned retry_after)
+{
     msgpack_sbuffer_clear (&self->out);
-    if (ferry_problem_reply_encode (msg_id, status, detail,
-                                    status == 503 ? 1 : 0, &self->out)
+    if (ferry_problem_reply_encode (msg_id, status, detail, retry_after,
+                                    &self->out)
         == 0)
         s_broker_send (self, FERRY_CMD_REP, msg_id, NULL, self->out.data,
                        self->out.size);
@@ -847,6 +920,14 @@ s_pump (s_actor_t *self)
         if (multi && self->sent.size) {
             s_fifo_push_front (&self->waiting, job);
             break;
+        }
+        /*  Open: no PostgreSQL calls.  Half-open: a few probes.  */
+        if (!worker_breaker_closed (self->args->breaker)
+            && !worker_breaker_admit (self->args->breaker,
+                                      ferry_mono_ms ())) {
+            s_reply_breaker (self, job->msg_id);
+            s_job_recycle (self, job);
+            continue;
         }
         if (s_job_send (self, job))
             continue;
@@ -1210,6 +1291,8 @@ s_pg_fail (s_actor_t *self, const char *what)
     assert (self->sent.size == 0);
     self->flush_pending = false;
     self->pg = S_PG_DOWN;
+    if (what != s_bad_state)
+        worker_breaker_failure (self->args->breaker, what, ferry_mono_ms ());
     int64_t delay = s_jitter (self, self->pg_backoff);
     log_warn ("postgres %s actor=%s retry_ms=%" PRId64 " error=%s",
               what, self->name, delay, msg);
@@ -1391,6 +1474,16 @@ s_slot_result (s_actor_t *self, s_job_t *job, const s_slot_t *slot,
 static void
 s_segment_done (s_actor_t *self, s_job_t *job)
 {
+    /*  PostgreSQL answered; a lost connection or a server going down
+        (08, 57P0x) is counted by s_pg_fail instead.  */
+    bool answered = !job->failed;
+    if (job->failed && !job->setup) {
+        worker_pgerror_t e;
+        worker_pgerror_classify (job->sqlstate, &e);
+        answered = !e.reconnect;
+    }
+    if (answered)
+        worker_breaker_success (self->args->breaker);
     if (job->setup) {
         if (job->failed) {
             s_pg_fail (self, "session setup failed");
@@ -1437,7 +1530,7 @@ s_segment_done (s_actor_t *self, s_job_t *job)
         self->exclusive = false;
         if (ts != PQTRANS_IDLE) {
             s_fifo_push (&self->sent, job); /* s_pg_lost answers it */
-            s_pg_lost (self, "unexpected transaction state");
+            s_pg_lost (self, s_bad_state);
             return;
         }
     }
@@ -1454,7 +1547,7 @@ s_check_idle (s_actor_t *self)
 {
     if (self->conn && self->sent.size == 0
         && PQtransactionStatus (self->conn) != PQTRANS_IDLE)
-        s_pg_lost (self, "unexpected transaction state");
+        s_pg_lost (self, s_bad_state);
 }
 
 

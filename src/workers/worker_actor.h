@@ -9,6 +9,7 @@
 #ifndef WORKER_ACTOR_H_INCLUDED
 #define WORKER_ACTOR_H_INCLUDED
 
+#include "worker_breaker.h"
 #include "worker_jobs.h"
 #include "worker_ops.h"
 
@@ -29,6 +30,7 @@ typedef struct {
     unsigned index;           /* actor number in the pool; actor 0 also
                                  deletes expired jobs and keys */
     const worker_jobs_settings_t *jobs; /* retention, cleanup */
+    worker_breaker_t *breaker; /* the pool's, shared by its actors */
     /*  Test only (FERRY_TEST_CRASH_AFTER_COMMIT): the operation after
         whose COMMIT the process kills itself before replying; NULL.  */
     const char *crash_after_commit;

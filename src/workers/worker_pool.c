@@ -27,6 +27,7 @@ struct _worker_pool_t {
     worker_actor_args_t *args;   /* one per actor, alive while it runs */
     worker_kafka_t *kafka;       /* the pool's Kafka consumer, or NULL */
     worker_jobs_settings_t jobs; /* the actors point here */
+    worker_breaker_t *breaker;   /* shared by the actors */
     char *crash_after_commit;    /* test-only fault hook, or NULL */
     zactor_t **actors;
     bool *up;                    /* actor connected now */
@@ -94,6 +95,12 @@ worker_pool_new (ferry_config_t *config, const ferry_cnode_t *node,
         if (!self->kafka)
             goto fail;
     }
+    worker_breaker_settings_t breaker;
+    if (worker_breaker_settings_load (config, node, &breaker))
+        goto fail;
+    self->breaker = worker_breaker_new (self->name, &breaker);
+    if (!self->breaker)
+        goto fail;
     self->jobs = settings->jobs;
     if (settings->crash_after_commit)
         self->crash_after_commit = ferry_strdup (settings->crash_after_commit);
@@ -109,6 +116,7 @@ worker_pool_new (ferry_config_t *config, const ferry_cnode_t *node,
         a->heartbeat_ms = settings->heartbeat_ms;
         a->liveness = settings->liveness;
         a->drain_ms = settings->drain_ms;
+        a->breaker = self->breaker;
         a->index = (unsigned) i;
         a->jobs = &self->jobs;
         a->crash_after_commit = self->crash_after_commit;
@@ -132,6 +140,8 @@ worker_pool_destroy (worker_pool_t **self_p)
         for (size_t i = 0; i < self->size; i++)
             zactor_destroy (&self->actors[i]);
     worker_kafka_destroy (&self->kafka);
+    /*  After the actors: they use it to the end.  */
+    worker_breaker_destroy (&self->breaker);
     free (self->actors);
     free (self->args);
     free (self->up);
@@ -185,6 +195,12 @@ worker_pool_stop (worker_pool_t *self)
     for (size_t i = 0; i < self->size; i++)
         if (self->actors[i])
             zstr_send (self->actors[i], "$TERM");
+}
+
+worker_breaker_state_t
+worker_pool_breaker (worker_pool_t *self)
+{
+    return worker_breaker_state (self->breaker, ferry_mono_ms ());
 }
 
 size_t

@@ -6,6 +6,7 @@
 #define WORKER_POOL_H_INCLUDED
 
 #include "config.h"
+#include "worker_breaker.h"
 #include "worker_jobs.h"
 
 #include <stdbool.h>
@@ -43,6 +44,8 @@ size_t worker_pool_size (const worker_pool_t *self);
     section); they connect in the background.  Returns 0, or -1 (logged)
     when librdkafka refuses the consumer's configuration.  */
 int worker_pool_start (worker_pool_t *self);
+/*  The state of the pool's circuit breaker now.  */
+worker_breaker_state_t worker_pool_breaker (worker_pool_t *self);
 /*  Asks every actor to stop without waiting, so that pools drain in
     parallel; destroy waits.  */
 void worker_pool_stop (worker_pool_t *self);
