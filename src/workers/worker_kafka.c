@@ -937,6 +937,7 @@ s_record (s_lane_t *self, const rd_kafka_message_t *m, s_result_t *res,
     return S_DONE;
 }
 
+static s_outcome_t s_pg_commit (s_lane_t *self, char *err, size_t errlen);
 static s_outcome_t s_dead_job (s_lane_t *self, const rd_kafka_message_t *m,
                                const s_fault_t *fault, int64_t attempts,
                                char *err, size_t errlen);
@@ -950,16 +951,10 @@ s_dead_letter (s_lane_t *self, const rd_kafka_message_t *m,
                size_t errlen)
 {
     const char *operation = fault->operation, *reason = fault->detail;
-    char sqlstate[6] = "";
-    if (!s_exec (self->conn, "BEGIN"))
-        return s_failed (self, "", err, errlen, "BEGIN");
-    int claimed = s_claim (self, m, sqlstate);
-    if (claimed < 0)
-        return s_failed (self, sqlstate, err, errlen, "offset claim");
-    if (claimed == 0) {
-        (void) s_exec (self->conn, "ROLLBACK");
-        return S_DONE;
-    }
+    s_result_t res = {0};
+    s_outcome_t begun = s_begin_claim (self, m, &res, err, errlen);
+    if (begun != S_DONE || res.skipped)
+        return begun;
     s_outcome_t jo = s_dead_job (self, m, fault, attempts, err, errlen);
     if (jo != S_DONE)
         return jo;
@@ -986,18 +981,15 @@ s_dead_letter (s_lane_t *self, const rd_kafka_message_t *m,
                                 lengths, formats, 0);
     free (error_text);
     bool ok = PQresultStatus (r) == PGRES_COMMAND_OK;
+    char sqlstate[6];
     const char *code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
     snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
     PQclear (r);
     if (!ok)
         return s_failed (self, sqlstate, err, errlen, "dead letter");
-    r = PQexec (self->conn, "COMMIT");
-    ok = PQresultStatus (r) == PGRES_COMMAND_OK;
-    code = PQresultErrorField (r, PG_DIAG_SQLSTATE);
-    snprintf (sqlstate, sizeof sqlstate, "%s", code ? code : "");
-    PQclear (r);
-    if (!ok)
-        return s_failed (self, sqlstate, err, errlen, "COMMIT");
+    s_outcome_t committed = s_pg_commit (self, err, errlen);
+    if (committed != S_DONE)
+        return committed;
     log_warn ("kafka message dead-lettered pool=%s topic=%s partition=%d "
               "offset=%" PRId64 " attempts=%" PRId64 ": %s",
               self->cfg->pool, tname, m->partition, m->offset, attempts,
