@@ -19,6 +19,7 @@ when the contract does not hold.
 """
 
 import json
+import os
 import re
 import threading
 import time
@@ -26,6 +27,31 @@ import traceback
 
 import harness
 from harness import check, check_eq, TestFailure
+
+def start_kafka(tap, topics):
+    """A real Kafka broker (tests/kafka/kafka_broker.py, which the caller
+    has on sys.path) with topics [(name, partitions)], its log shown when
+    a case fails.  Returns {"broker", "skip", "error"}: broker None and a
+    reason under "skip" (none can be had here) or "error" (it failed)."""
+    import kafka_broker
+    state = {"broker": None, "skip": None, "error": None}
+    try:
+        kafka_broker.fetch()
+        b = kafka_broker.Broker()
+        harness._register_cleanup(b.close)
+        tap.log_sources.append(lambda: [("kafka", b.log_path())]
+                               if b.dir and os.path.exists(b.log_path())
+                               else [])
+        b.start()
+        for name, partitions in topics:
+            b.create_topic(name, partitions)
+        state["broker"] = b
+    except kafka_broker.Unavailable as e:
+        state["skip"] = "no Kafka broker here: %s" % e
+    except kafka_broker.BrokerError as e:
+        state["error"] = str(e)
+    return state
+
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
                   r"[0-9a-f]{12}$")

@@ -30,7 +30,6 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "kafka"))
 import harness  # noqa: E402
 import jobs_common as jc  # noqa: E402
-import kafka_broker  # noqa: E402
 from harness import check, check_eq, check_problem, TestFailure  # noqa: E402
 
 N_JOBS = int(os.environ.get("FERRY_TEST_JOBS", "1000"))
@@ -60,20 +59,7 @@ kafka = {"broker": None, "skip": None, "error": None}
 
 def setup():
     """Kafka first (when it can be had), then the stack."""
-    try:
-        kafka_broker.fetch()
-        b = kafka_broker.Broker()
-        harness._register_cleanup(b.close)
-        tap.log_sources.append(lambda: [("kafka", b.log_path())]
-                               if b.dir and os.path.exists(b.log_path())
-                               else [])
-        b.start()
-        b.create_topic(REQUESTS, 2)
-        kafka["broker"] = b
-    except kafka_broker.Unavailable as e:
-        kafka["skip"] = "no Kafka broker here: %s" % e
-    except kafka_broker.BrokerError as e:
-        kafka["error"] = str(e)
+    kafka.update(jc.start_kafka(tap, [(REQUESTS, 2)]))
     if kafka["broker"]:
         bootstrap = kafka["broker"].bootstrap
         return jc.bring_up(tap, stack,

@@ -32,7 +32,6 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "kafka"))
 import harness  # noqa: E402
 import jobs_common as jc  # noqa: E402
-import kafka_broker  # noqa: E402
 from harness import check, check_eq, check_problem, TestFailure  # noqa: E402
 
 REQUESTS = "ferry.t4.requests"
@@ -65,22 +64,8 @@ kafka = {"broker": None, "skip": None, "error": None}
 
 
 def setup():
-    try:
-        kafka_broker.fetch()
-        b = kafka_broker.Broker()
-        harness._register_cleanup(b.close)
-        tap.log_sources.append(lambda: [("kafka", b.log_path())]
-                               if b.dir and os.path.exists(b.log_path())
-                               else [])
-        b.start()
-        b.create_topic(REQUESTS, 2)
-        b.create_topic(REQUESTS + ".dlq", 1)
-        kafka["broker"] = b
-    except kafka_broker.Unavailable as e:
-        kafka["skip"] = "no Kafka broker here: %s" % e
-        return None
-    except kafka_broker.BrokerError as e:
-        kafka["error"] = str(e)
+    kafka.update(jc.start_kafka(tap, [(REQUESTS, 2), (REQUESTS + ".dlq", 1)]))
+    if not kafka["broker"]:
         return None
     bootstrap = kafka["broker"].bootstrap
     return jc.bring_up(tap, stack,
