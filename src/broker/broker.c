@@ -797,25 +797,38 @@ s_worker_ready (s_broker_t *self, s_message_t *msg, const char *key)
     s_dispatch (self, svc);
 }
 
+/*  The request named by msg->part[3] that worker holds, or NULL (said in
+    the trace) when the frame is malformed or the request is not this
+    worker's: a queued one, one another worker holds, or one that expired
+    (it is gone, and so is the credit it held, which the expiry gave
+    back).  what names the command for the log.  */
+static broker_request_t *
+s_held_request (s_broker_t *self, s_worker_t *worker, s_message_t *msg,
+                const char *what)
+{
+    char msg_id[BROKER_MSG_ID_MAX + 1];
+    if (s_part_text (&msg->part[3], msg_id, sizeof msg_id, false)) {
+        log_debug ("broker: malformed %s from worker %s dropped", what,
+                   worker->key);
+        return NULL;
+    }
+    broker_request_t *req
+        = (broker_request_t *) zhashx_lookup (self->requests, msg_id);
+    if (!req || req->worker != worker) {
+        s_trace (self, "broker: late %s msg=%s dropped", what, msg_id);
+        return NULL;
+    }
+    return req;
+}
+
 /*  parts: identity, FRY1, REP, msg_id, payload.  */
 static void
 s_worker_reply (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
 {
-    char msg_id[BROKER_MSG_ID_MAX + 1];
-    if (s_part_text (&msg->part[3], msg_id, sizeof msg_id, false)) {
-        log_debug ("broker: malformed REP from worker %s dropped",
-                   worker->key);
+    broker_request_t *req = s_held_request (self, worker, msg, "REP");
+    if (!req)
         return;
-    }
-    /*  A queued request (no worker) or one another worker holds is not
-        this worker's to answer; nor is one that expired (it is gone, and
-        so is the credit it held, which the expiry gave back).  */
-    broker_request_t *req
-        = (broker_request_t *) zhashx_lookup (self->requests, msg_id);
-    if (!req || req->worker != worker) {
-        s_trace (self, "broker: late reply msg=%s dropped", msg_id);
-        return;
-    }
+    const char *msg_id = req->msg_id;
     s_trace (self, "broker: reply msg=%s worker=%s", msg_id, worker->key);
     s_send_reply (self, req->edge, req->edge_size, msg_id, &msg->part[4]);
     /*  Only a full in-flight table holds back other services.  */
@@ -859,19 +872,10 @@ s_worker_credit (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
 static void
 s_worker_back (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
 {
-    char msg_id[BROKER_MSG_ID_MAX + 1];
-    if (s_part_text (&msg->part[3], msg_id, sizeof msg_id, false)) {
-        log_debug ("broker: malformed BACK from worker %s dropped",
-                   worker->key);
+    broker_request_t *req = s_held_request (self, worker, msg, "BACK");
+    if (!req)
         return;
-    }
-    broker_request_t *req
-        = (broker_request_t *) zhashx_lookup (self->requests, msg_id);
-    if (!req || req->worker != worker) {
-        s_trace (self, "broker: late BACK msg=%s dropped", msg_id);
-        return;
-    }
-    s_trace (self, "broker: handed back msg=%s worker=%s", msg_id,
+    s_trace (self, "broker: handed back msg=%s worker=%s", req->msg_id,
              worker->key);
     broker_service_t *svc = worker->service; /* the worker may go */
     s_inflight_take (self, req);
