@@ -21,21 +21,43 @@
                                  REP with a problem instead)
       HB    services            (space-separated services that have workers)
     Worker -> broker (backend):
-      READY service credit      (first message; announces the service)
+      READY service credit [process]
+                                (first message; announces the service;
+                                 process = "<hostname>:<pid>" of the
+                                 worker process, the same for all its
+                                 actors, optional)
       REP   msg_id payload      (returns one credit)
       CREDIT n
       BACK  msg_id payload      (hands back a message it has not started:
                                  the broker queues it again at the head,
                                  counts no death, returns one credit)
-      HB
+      HB    [breaker]           (optional: the actor's pool breaker,
+                                 "closed", "open" or "half-open"; the
+                                 broker keeps the last one, for status)
       BYE                       (leaving: send nothing more; the broker
                                  waits for the REP or BACK of what it
                                  holds, then forgets it)
+    Any peer -> broker (backend):
+      DIED  process signal      (a worker supervisor: its child died by
+                                 signal, e.g. "SIGABRT"; every worker whose
+                                 READY named process is dead at once; never
+                                 answered)
     Broker -> worker:
-      REQ   msg_id deadline_ms payload
+      REQ   msg_id deadline_ms attempt payload
+                                (attempt: 1 on first delivery, +1 on each
+                                 redelivery after a worker death, not after
+                                 a BACK; workers also accept the old form
+                                 without attempt, as attempt 1)
+      DEAD  msg_id info payload (a poison message's dead letter: info is a
+                                 JSON object text; uses no credit, gets no
+                                 answer)
       HB
       BYE                       (broker does not know this worker: reconnect
                                  and send READY again)
+    Client -> broker (control, broker.control, a ROUTER):
+      STATUS                    (a DEALER asks for the broker's state)
+    Broker -> client:
+      STATUS json               (services, workers, edges, in-flight)
 
     deadline_ms is the absolute deadline, decimal milliseconds since the
     Unix epoch.  flags is a string of single-letter flags: "r" marks the
@@ -55,6 +77,9 @@
 #define FERRY_CMD_BYE "BYE"
 #define FERRY_CMD_ACK "ACK"
 #define FERRY_CMD_BACK "BACK"
+#define FERRY_CMD_DIED "DIED"
+#define FERRY_CMD_DEAD "DEAD"
+#define FERRY_CMD_STATUS "STATUS"
 
 #define FERRY_FLAG_RETRYABLE 'r'
 #define FERRY_FLAG_ACK 'a'
