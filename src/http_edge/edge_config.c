@@ -8,6 +8,7 @@
 #include "ferry.h"
 #include "edge_config.h"
 #include "kafka.h"
+#include "log.h"
 
 #include <ctype.h>
 #include <netdb.h>
@@ -290,10 +291,71 @@ s_load_routes (ferry_config_t *config, edge_settings_t *self,
     return 0;
 }
 
+/*  Reads `edge.client_limits` (edge_clients.h): absent means no
+    per-client limits.  Returns 0 or -1 (message set).  */
+static int
+s_load_client_limits (ferry_config_t *config, edge_settings_t *self)
+{
+    const ferry_cnode_t *section = ferry_config_node (config, NULL,
+                                                      "edge.client_limits");
+    if (!section)
+        return 0;
+    if (ferry_cnode_type (section) != FERRY_CNODE_MAP)
+        return ferry_config_fail (config, section, "expected a map");
+    edge_clients_conf_t *c = &self->client_limits;
+    const char *key, *rate_text;
+    int64_t burst, inflight, clients, idle;
+    if (ferry_config_str (config, section, "key", "address", &key) != 0
+        || ferry_config_str (config, section, "rate", "0", &rate_text) != 0
+        || ferry_config_int (config, section, "burst", 0, 100000000, 0,
+                             &burst)
+               != 0
+        || ferry_config_int (config, section, "inflight", 0, 1000000, 0,
+                             &inflight)
+               != 0
+        || ferry_config_int (config, section, "clients", 16, 10000000,
+                             100000, &clients)
+               != 0
+        || ferry_config_duration_ms (config, section, "idle", 1000,
+                                     86400000, 60000, &idle)
+               != 0)
+        return -1;
+    if (strcmp (key, "address") != 0) {
+        const char *name = strncmp (key, "header:", 7) == 0 ? key + 7 : "";
+        size_t len = strlen (name);
+        if (len == 0 || len > 64
+            || strspn (name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"
+                             "RSTUVWXYZ0123456789-_")
+                   != len)
+            return ferry_config_fail (
+                config, ferry_config_node (config, section, "key"),
+                "expected 'address' or 'header:NAME', not '%s'", key);
+        c->header = ferry_strdup (name);
+    }
+    if (edge_clients_parse_rate (rate_text, &c->rate) != 0)
+        return ferry_config_fail (
+            config, ferry_config_node (config, section, "rate"),
+            "expected requests per second: N, N/s or N/m, not '%s'",
+            rate_text);
+    if (c->rate == 0 && inflight == 0)
+        return ferry_config_fail (config, section,
+                                  "sets neither rate nor inflight");
+    if (burst == 0)
+        burst = c->rate < 1 ? 1 : (int64_t) c->rate;
+    c->burst = (double) burst;
+    c->inflight = (size_t) inflight;
+    c->clients = (size_t) clients;
+    c->idle_ms = idle;
+    c->enabled = true;
+    self->clients = edge_clients_new (c);
+    return 0;
+}
+
 edge_settings_t *
 edge_settings_load (ferry_config_t *config)
 {
     edge_settings_t *self = ferry_calloc (1, sizeof *self);
+    atomic_init (&self->refs, 1);
     self->routes = edge_routes_new ();
     const char *listen, *broker;
     int64_t loops, max_conn, max_inflight, conn_timeout, max_count;
@@ -380,7 +442,8 @@ edge_settings_load (ferry_config_t *config)
     self->database = ferry_strdup (database ? database : "");
     self->jobs = database && *database;
     if (s_load_routes (config, self, default_timeout, default_max_body) != 0
-        || s_load_kafka (config, self) != 0)
+        || s_load_kafka (config, self) != 0
+        || s_load_client_limits (config, self) != 0)
         goto fail;
     return self;
 fail:
@@ -404,8 +467,105 @@ edge_settings_destroy (edge_settings_t **self_p)
     if (self->kafka_conf)
         rd_kafka_conf_destroy (self->kafka_conf);
     free (self->reply_topic);
+    free (self->client_limits.header);
+    edge_clients_destroy (&self->clients);
     free (self);
     *self_p = NULL;
+}
+
+edge_settings_t *
+edge_settings_ref (edge_settings_t *self)
+{
+    atomic_fetch_add_explicit (&self->refs, 1, memory_order_relaxed);
+    return self;
+}
+
+void
+edge_settings_unref (edge_settings_t **self_p)
+{
+    edge_settings_t *self = *self_p;
+    *self_p = NULL;
+    if (!self)
+        return;
+    /*  Release: our reads of the record happen before its destruction on
+        another thread, which acquires.  */
+    if (atomic_fetch_sub_explicit (&self->refs, 1, memory_order_acq_rel)
+        == 1)
+        edge_settings_destroy (&self);
+}
+
+static void
+s_keep_str (char **fresh, const char *running, const char *key)
+{
+    if (strcmp (*fresh, running) == 0)
+        return;
+    log_warn ("reload: %s changed (%s -> %s): needs a restart, keeping %s",
+              key, running, *fresh, running);
+    free (*fresh);
+    *fresh = ferry_strdup (running);
+}
+
+static void
+s_keep_int (int64_t *fresh, int64_t running, const char *key)
+{
+    if (*fresh == running)
+        return;
+    log_warn ("reload: %s changed (%lld -> %lld): needs a restart, keeping "
+              "%lld", key, (long long) running, (long long) *fresh,
+              (long long) running);
+    *fresh = running;
+}
+
+int
+edge_settings_adopt (edge_settings_t *fresh, const edge_settings_t *running,
+                     char *err, size_t errlen)
+{
+    if (fresh->kafka && !running->kafka) {
+        snprintf (err, errlen, "a route now uses transport: kafka, which the "
+                               "running edge has not started: restart it");
+        return -1;
+    }
+    if (fresh->jobs != running->jobs
+        || (fresh->jobs && strcmp (fresh->database, running->database))) {
+        snprintf (err, errlen, "the job store (async routes, "
+                               "edge.database) changed: restart the edge");
+        return -1;
+    }
+    if (fresh->kafka && fresh->max_timeout_ms > running->max_timeout_ms) {
+        snprintf (err, errlen, "a Kafka route's timeout (%lld ms) is longer "
+                               "than the running producer allows (%lld ms): "
+                               "restart the edge",
+                  (long long) fresh->max_timeout_ms,
+                  (long long) running->max_timeout_ms);
+        return -1;
+    }
+    s_keep_str (&fresh->listen, running->listen, "edge.listen");
+    memcpy (&fresh->address, &running->address, sizeof fresh->address);
+    fresh->address_len = running->address_len;
+    s_keep_str (&fresh->broker, running->broker, "edge.broker");
+    /*  The default reply topic follows the port: without Kafka it is
+        unused, and with it the change was logged for edge.listen.  */
+    free (fresh->reply_topic);
+    fresh->reply_topic = ferry_strdup (running->reply_topic);
+    int64_t v;
+#define S_KEEP(field, type, key)                                            \
+    v = (int64_t) fresh->field;                                              \
+    s_keep_int (&v, (int64_t) running->field, key);                          \
+    fresh->field = (type) v;
+    S_KEEP (loops, size_t, "edge.loops");
+    S_KEEP (max_connections, unsigned, "edge.max_connections");
+    S_KEEP (max_inflight, size_t, "edge.max_inflight");
+    S_KEEP (connection_timeout_s, unsigned, "edge.connection_timeout (s)");
+    S_KEEP (max_header_line, size_t, "edge.max_header_line");
+    S_KEEP (max_header_total, size_t, "edge.max_header_total");
+    S_KEEP (max_header_count, size_t, "edge.max_header_count");
+    S_KEEP (heartbeat_ms, int64_t, "broker.heartbeat (ms)");
+    S_KEEP (liveness, int64_t, "broker.liveness");
+    S_KEEP (job_retention_ms, int64_t, "jobs.retention (ms)");
+#undef S_KEEP
+    fresh->kafka = running->kafka;
+    fresh->max_timeout_ms = running->max_timeout_ms;
+    return 0;
 }
 
 /* ---- tests --------------------------------------------------------------- */
@@ -541,6 +701,48 @@ edge_config_test (bool verbose)
     FERRY_CHECK (!edge_route_key (r));
     edge_settings_destroy (&s);
 
+    /*  Per-client limits: off by default; a header key; defaults.  */
+    s = s_load_text ("edge:\n  listen: 127.0.0.1:1\n", err, sizeof err);
+    FERRY_CHECK (s && !s->clients && !s->client_limits.enabled);
+    edge_settings_destroy (&s);
+    s = s_load_text ("edge:\n  client_limits:\n    key: header:X-Client-Id\n"
+                     "    rate: 120/m\n    inflight: 8\n",
+                     err, sizeof err);
+    if (!s)
+        fprintf (stderr, "# %s\n", err);
+    FERRY_CHECK (s && s->clients && s->client_limits.enabled);
+    FERRY_CHECK (strcmp (s->client_limits.header, "X-Client-Id") == 0);
+    FERRY_CHECK (s->client_limits.rate == 2 && s->client_limits.burst == 2);
+    FERRY_CHECK (s->client_limits.inflight == 8);
+    FERRY_CHECK (s->client_limits.clients == 100000);
+    FERRY_CHECK (s->client_limits.idle_ms == 60000);
+    /*  Reference counts: the last unref frees (ASan checks).  */
+    edge_settings_t *extra = edge_settings_ref (s);
+    edge_settings_unref (&extra);
+    FERRY_CHECK (!extra && s->clients);
+
+    /*  A reload keeps what needs a restart and refuses what the running
+        edge cannot serve.  */
+    edge_settings_t *fresh = s_load_text (
+        "edge:\n  listen: 127.0.0.1:2\n  max_inflight: 7\n  routes:\n"
+        "    - route: GET /x\n      service: a\n      operation: b\n",
+        err, sizeof err);
+    FERRY_CHECK (fresh);
+    FERRY_CHECK (edge_settings_adopt (fresh, s, err, sizeof err) == 0);
+    FERRY_CHECK (strcmp (fresh->listen, s->listen) == 0);
+    FERRY_CHECK (fresh->max_inflight == s->max_inflight);
+    FERRY_CHECK (edge_routes_size (fresh->routes) == 1 && !fresh->clients);
+    edge_settings_unref (&fresh);
+    fresh = s_load_text ("edge:\n  routes:\n    - route: POST /x\n"
+                         "      service: a\n      operation: b\n"
+                         "      mode: async\n",
+                         err, sizeof err);
+    FERRY_CHECK (fresh);
+    FERRY_CHECK (edge_settings_adopt (fresh, s, err, sizeof err) != 0);
+    FERRY_CHECK (strstr (err, "job store"));
+    edge_settings_unref (&fresh);
+    edge_settings_unref (&s);
+
     /*  Errors name the line and the key.  */
     struct {
         const char *text;
@@ -599,6 +801,18 @@ edge_config_test (bool verbose)
          "test.yaml:6: edge.routes[0].async_after"},
         {"edge:\n  database: [a]\n", "test.yaml:2: edge.database"},
         {"jobs:\n  retention: forever\n", "test.yaml:2: jobs.retention"},
+        {"edge:\n  client_limits:\n    key: cookie\n    rate: 1\n",
+         "test.yaml:3: edge.client_limits.key: expected 'address' or "
+         "'header:NAME'"},
+        {"edge:\n  client_limits:\n    key: \"header:X Y\"\n    rate: 1\n",
+         "edge.client_limits.key"},
+        {"edge:\n  client_limits:\n    rate: 5/h\n",
+         "test.yaml:3: edge.client_limits.rate: expected requests per second"},
+        {"edge:\n  client_limits:\n    burst: 5\n",
+         "sets neither rate nor inflight"},
+        {"edge:\n  client_limits:\n    rate: 5\n    inflite: 2\n",
+         "inflite"},
+        {"edge:\n  client_limits: 5\n", "edge.client_limits: expected a map"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';

@@ -4,7 +4,14 @@
     external mode: we wait on its epoll fd, then call MHD_run), the DEALER
     socket to the broker, the pending table (msg_id -> parked request) and
     a deadline heap.  Nothing is locked because nothing is shared except
-    the read-only settings.
+    the read-only settings and the per-client limits table (which locks
+    itself, edge_clients.h).
+
+    SIGHUP: main sends RELOAD with new settings.  The loop swaps its
+    pointer; every request holds a reference to the settings it began
+    under (its route points into their table), so the old ones are freed
+    when the last request under them ends, and a keep-alive connection's
+    next request sees the new routes.
 
     A request goes through libmicrohttpd's access handler several times:
       1st call   headers only: limits, request id, trace, route, query
@@ -30,6 +37,7 @@
 #include "edge_loop.h"
 #include "kafka.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
@@ -112,6 +120,7 @@ typedef struct s_conn_t {
     callback.  */
 typedef struct s_req_t {
     edge_loop_t *loop;
+    edge_settings_t *settings;   /* referenced: req->route lives in it */
     struct MHD_Connection *conn;
     s_stage_t stage;
     const edge_route_t *route;   /* NULL for /healthz, /readyz and errors */
@@ -145,6 +154,9 @@ typedef struct s_req_t {
     char *envelope;              /* async: the REQ payload to publish */
     size_t envelope_len;
     int64_t route_deadline;      /* monotonic: the route's own deadline */
+    /*  Per-client limits: the client's key and ticket, 0 when none.  */
+    uint64_t client_ticket;
+    char client_key[EDGE_CLIENT_KEY_SIZE];
 } s_req_t;
 
 /*  A job answered 202 whose reply may still come (see S_ACCEPTED_GRACE).  */
@@ -155,7 +167,8 @@ typedef struct {
 
 struct _edge_loop_t {
     zsock_t *pipe;                   /* to the parent (main) */
-    const edge_settings_t *settings; /* shared, read-only */
+    edge_settings_t *settings;       /* shared, read-only, referenced;
+                                        replaced on RELOAD */
     size_t index;                    /* for logs */
     struct MHD_Daemon *daemon;       /* NULL until START */
     zsock_t *dealer;                 /* to the broker frontend */
@@ -335,6 +348,7 @@ s_req_new (edge_loop_t *self, struct MHD_Connection *conn)
         msgpack_sbuffer_init (&req->args);
     }
     req->loop = self;
+    req->settings = edge_settings_ref (self->settings);
     req->conn = conn;
     req->heap_index = SIZE_MAX;
     req->started = ferry_mono_ms ();
@@ -360,6 +374,10 @@ s_req_destroy (s_req_t **req_p)
     free (req->kafka_key);
     free (req->body);
     edge_output_clear (&req->out);
+    if (req->client_ticket)
+        edge_clients_release (req->settings->clients, req->client_key,
+                              req->client_ticket, ferry_mono_ms ());
+    edge_settings_unref (&req->settings);
     if (self->nspare < S_SPARE_MAX) {
         msgpack_sbuffer args = req->args;
         s_buffer_reuse (&args);
@@ -534,11 +552,62 @@ s_healthz (s_req_t *req)
 
 /*  The first handler call: everything the head decides.  Leaves req in
     S_BODY (go on) or S_ANSWER (out holds an error or a health answer).  */
+/*  The key of req's client (edge_clients.h): "h:" and the configured
+    header's value, or "a:" and the remote address.  */
+static void
+s_client_key (s_req_t *req, const edge_clients_conf_t *conf)
+{
+    const char *value = conf->header ? s_header (req, conf->header) : NULL;
+    if (value && *value) {
+        snprintf (req->client_key, sizeof req->client_key, "h:%.*s",
+                  EDGE_CLIENT_KEY_MAX, value);
+        return;
+    }
+    char host[INET6_ADDRSTRLEN] = "?";
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info (
+        req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = info ? info->client_addr : NULL;
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop (AF_INET, &((const struct sockaddr_in *) sa)->sin_addr,
+                   host, sizeof host);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop (AF_INET6, &((const struct sockaddr_in6 *) sa)->sin6_addr,
+                   host, sizeof host);
+    snprintf (req->client_key, sizeof req->client_key, "a:%s", host);
+}
+
+/*  Per-client limits: admits req, or answers it 429 with Retry-After.
+    Returns true when admitted (or no limits are set).  */
+static bool
+s_client_admit (s_req_t *req)
+{
+    edge_clients_t *clients = req->settings->clients;
+    if (!clients)
+        return true;
+    s_client_key (req, &req->settings->client_limits);
+    unsigned retry = 1;
+    edge_client_verdict_t v = edge_clients_admit (
+        clients, req->client_key, ferry_mono_ms (), &req->client_ticket,
+        &retry);
+    if (v == EDGE_CLIENT_OK)
+        return true;
+    req->client_ticket = 0;
+    log_debug ("client over its limit id=%s client=%s limit=%s",
+               req->request_id, req->client_key,
+               v == EDGE_CLIENT_RATE ? "rate" : "inflight");
+    s_fail (req, 429, v == EDGE_CLIENT_RATE
+                          ? "this client sends more requests than its rate"
+                          : "this client has too many requests in flight");
+    snprintf (req->out.retry_after, sizeof req->out.retry_after, "%u",
+              retry);
+    return false;
+}
+
 static void
 s_begin (edge_loop_t *self, s_req_t *req, const char *url,
          const char *method, const char *version)
 {
-    const edge_settings_t *st = self->settings;
+    const edge_settings_t *st = req->settings;
     const char *rid = s_header (req, "X-Request-Id");
     if (rid && ferry_request_id_valid (rid))
         snprintf (req->request_id, sizeof req->request_id, "%s", rid);
@@ -567,6 +636,9 @@ s_begin (edge_loop_t *self, s_req_t *req, const char *url,
         s_readyz (self, req);
         return;
     }
+    /*  Health checks are never limited; everything else is.  */
+    if (!s_client_admit (req))
+        return;
     char err[256];
     /*  GET /jobs/{id} is the edge's own, ahead of the configured routes.  */
     if (get && st->jobs && strncmp (url, "/jobs/", 6) == 0) {
@@ -1783,7 +1855,7 @@ s_loop_new (zsock_t *pipe, const edge_loop_args_t *args)
 {
     edge_loop_t *self = ferry_calloc (1, sizeof *self);
     self->pipe = pipe;
-    self->settings = args->settings;
+    self->settings = edge_settings_ref (args->settings);
     self->index = args->index;
     self->kafka = args->kafka;
     self->epoll_fd = -1;
@@ -1836,6 +1908,7 @@ s_loop_destroy (edge_loop_t **self_p)
     msgpack_sbuffer_destroy (&self->payload);
     free (self->heap);
     free (self->services);
+    edge_settings_unref (&self->settings);
     free (self);
     *self_p = NULL;
 }
@@ -2013,6 +2086,21 @@ s_pipe_command (edge_loop_t *self)
         else if (cmd && streq (cmd, "START")) {
             int rc = self->daemon ? -1 : s_start (self);
             zsock_signal (self->pipe, rc == 0 ? 0 : 1);
+        }
+        else if (cmd && streq (cmd, "RELOAD")) {
+            /*  The reference main took for us comes with the pointer;
+                ours on the old settings goes, requests keep theirs.  */
+            zframe_t *frame = zmsg_pop (msg);
+            edge_settings_t *fresh = NULL;
+            if (frame && zframe_size (frame) == sizeof fresh)
+                memcpy (&fresh, zframe_data (frame), sizeof fresh);
+            zframe_destroy (&frame);
+            if (fresh) {
+                edge_settings_unref (&self->settings);
+                self->settings = fresh;
+            }
+            zsock_signal (self->pipe, fresh ? 0 : 1);
+            self->pipe_sent = true;
         }
         else if (cmd && streq (cmd, "DRAIN") && self->daemon
                  && !self->draining) {
@@ -2335,6 +2423,8 @@ edge_loop_test (bool verbose)
     FERRY_CHECK (port > 0);
 
     edge_settings_t st = {0};
+    /*  The test's own reference: the loop's never free this record.  */
+    atomic_init (&st.refs, 1);
     char listen[32];
     snprintf (listen, sizeof listen, "127.0.0.1:%d", port);
     st.listen = listen;

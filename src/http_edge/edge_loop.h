@@ -8,6 +8,9 @@
 
     Commands on the pipe:
       START    binds and connects; answers with a signal, 0 on success
+      RELOAD   [pointer] new settings (edge_settings_adopt done), with a
+               reference for the loop: new requests use them, requests
+               under way keep theirs; answers with a signal 0
       DRAIN    stops accepting, answers what is pending (at most 5 s), then
                sends "DRAINED"
       $TERM    stops the loop (what is still pending gets a 503 first)  */
@@ -21,7 +24,8 @@
 #include <czmq.h>
 
 typedef struct {
-    const edge_settings_t *settings; /* shared, read-only */
+    edge_settings_t *settings;       /* shared, read-only; the loop takes
+                                        its own reference */
     size_t index;                    /* 0-based, for logs */
     edge_kafka_t *kafka;             /* NULL without Kafka routes */
 } edge_loop_args_t;

@@ -4,8 +4,11 @@
     edge_loop.c) per configured loop or per core, tells systemd it is ready
     once every loop listens, and on SIGTERM or SIGINT stops accepting,
     lets the loops answer what is pending (at most 5 s) and exits 0.
-    The main thread does nothing else: all HTTP and ZeroMQ work happens in
-    the loops.  */
+    On SIGHUP it reads the configuration again (same file, same command
+    line) and hands the new routes and client limits to every loop; an
+    invalid configuration is logged and the running one kept.  The main
+    thread does nothing else: all HTTP and ZeroMQ work happens in the
+    loops.  */
 
 #include "ferry.h"
 #include "config.h"
@@ -23,6 +26,55 @@ static const ferry_flag_t s_flags[] = {
     {"loops", "edge.loops", "event loops (0 = one per core)"},
     {NULL, NULL, NULL},
 };
+
+/*  SIGHUP: loads the configuration again and, if it is valid and fits
+    the running edge, gives every loop the new settings.  *current is the
+    settings main holds a reference to; it becomes the new ones.  */
+static void
+s_reload (int argc, char **argv, zactor_t **loops, size_t count,
+          edge_settings_t **current)
+{
+    ferry_daemon_notify ("RELOADING=1");
+    log_info ("reload: reading the configuration again");
+    ferry_config_t *config = NULL;
+    edge_settings_t *fresh = NULL;
+    char err[512] = "";
+    int rc = ferry_cli_load (argc, argv, "ferry-edge", "", s_flags, &config);
+    if (rc != 0)
+        snprintf (err, sizeof err, "cannot read the configuration (see "
+                                   "stderr)");
+    else if (!(fresh = edge_settings_load (config))
+             || ferry_config_check_unused (config, "edge") != 0)
+        snprintf (err, sizeof err, "%s", ferry_config_error (config));
+    else if (edge_settings_adopt (fresh, *current, err, sizeof err) != 0)
+        ;
+    else {
+        size_t failed = 0;
+        for (size_t i = 0; i < count; i++) {
+            edge_settings_t *ref = edge_settings_ref (fresh);
+            zmsg_t *msg = zmsg_new ();
+            zmsg_addstr (msg, "RELOAD");
+            zmsg_addmem (msg, &ref, sizeof ref);
+            if (zmsg_send (&msg, loops[i]) != 0 || zsock_wait (loops[i]) != 0)
+                failed++;
+        }
+        if (failed)
+            log_error ("reload: %zu loops did not take the new settings",
+                       failed);
+        log_info ("reloaded routes=%zu client_limits=%s",
+                  edge_routes_size (fresh->routes),
+                  fresh->clients ? "on" : "off");
+        edge_settings_unref (current);
+        *current = fresh;
+        fresh = NULL;
+    }
+    if (err[0])
+        log_error ("reload failed, keeping the running configuration: %s",
+                   err);
+    edge_settings_unref (&fresh);
+    ferry_config_destroy (&config);
+    ferry_daemon_notify ("READY=1");
+}
 
 /*  Waits for "DRAINED" from every loop, at most wait_ms in all.  */
 static void
@@ -112,8 +164,16 @@ main (int argc, char **argv)
                   settings->listen, count, edge_routes_size (settings->routes),
                   settings->broker);
         ferry_daemon_notify ("READY=1");
-        while (!ferry_daemon_terminating ())
-            zclock_sleep (100);
+        /*  main's reference to the settings the loops serve now; the
+            first ones stay referenced by `settings` for edge_kafka.  */
+        edge_settings_t *current = edge_settings_ref (settings);
+        while (!ferry_daemon_terminating ()) {
+            if (ferry_daemon_reload_requested ())
+                s_reload (argc, argv, loops, count, &current);
+            else
+                zclock_sleep (100);
+        }
+        edge_settings_unref (&current);
         log_info ("stopping: draining requests in flight");
         ferry_daemon_notify ("STOPPING=1");
         s_drain (loops, count, 6000);
@@ -127,7 +187,7 @@ main (int argc, char **argv)
         log_info ("stopped");
     else
         log_error ("start failed");
-    edge_settings_destroy (&settings);
+    edge_settings_unref (&settings);
     ferry_config_destroy (&config);
     return status;
 }

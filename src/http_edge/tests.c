@@ -2,6 +2,7 @@
     (tests/unit/selftest.c).  Each module keeps its test at its bottom.  */
 
 #include "ferry.h"
+#include "edge_clients.h"
 #include "edge_config.h"
 #include "edge_http.h"
 #include "edge_jobs.h"
@@ -25,6 +26,7 @@ const ferry_test_t edge_tests[] = {
     {"http_idempotency", edge_http_idempotency_test},
     {"http_job_id", edge_http_job_id_test},
     {"edge_config", edge_config_test},
+    {"edge_clients", edge_clients_test},
     {"edge_kafka", edge_kafka_test},
     {"edge_jobs", edge_jobs_test},
     {"edge_loop", edge_loop_test},
