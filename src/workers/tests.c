@@ -3,6 +3,7 @@
 
 #include "ferry.h"
 #include "worker_breaker.h"
+#include "worker_dead.h"
 #include "worker_jobs.h"
 #include "worker_kafka.h"
 #include "worker_ops.h"
@@ -27,5 +28,7 @@ const ferry_test_t worker_tests[] = {
     {"jobs_config", worker_jobs_config_test},
     {"breaker", worker_breaker_test},
     {"breaker_config", worker_breaker_config_test},
+    {"dead_req", worker_dead_req_test},
+    {"dead_row", worker_dead_row_test},
     {NULL, NULL},
 };

@@ -61,6 +61,7 @@
 #include "proto.h"
 #include "worker_actor.h"
 #include "worker_breaker.h"
+#include "worker_dead.h"
 #include "worker_pgerror.h"
 #include "worker_reply.h"
 
@@ -77,8 +78,13 @@
 /*  The broker refuses longer message ids (BROKER_MSG_ID_MAX), so a
     fixed buffer per message is enough.  */
 #define MSG_ID_MAX 64
-/*  FRY1 REQ msg_id deadline payload: the longest broker message.  */
-#define FRAMES_MAX 5
+/*  FRY1 REQ msg_id deadline attempt payload: the longest broker
+    message.  */
+#define FRAMES_MAX 6
+/*  Dead letters waiting for the connection; the broker sends one per
+    poison message, so more than this at one actor means something else
+    is wrong.  */
+#define DEAD_MAX 64
 
 /*  Session settings every connection gets first, so result text has one
     known shape (worker_values.c relies on ISO dates in UTC and hex
@@ -147,9 +153,13 @@ struct _s_job_t {
     zmq_msg_t payload;             /* the envelope, until decoded */
     ferry_envelope_t *request;     /* decoded before it is first sent */
     const worker_op_t *op;
+    unsigned delivery;             /* the broker's attempt, 1 = first */
     unsigned attempts;             /* runs so far */
     bool setup;                    /* the session setup, not a message */
     bool cleanup;                  /* the cleanup call, not a message */
+    bool dead;                     /* a dead letter's INSERT, not a
+                                      message: in no credit */
+    char *info;                    /* a dead letter's info (JSON text) */
     bool finishing;                /* COMMIT/ROLLBACK round trip */
     bool tracked;                  /* has a job id or Idempotency-Key */
     s_phase_t phase;               /* of a tracked message */
@@ -208,6 +218,8 @@ typedef struct {
 
     s_fifo_t waiting;                /* received, not sent yet */
     s_fifo_t sent;                   /* in the pipeline, in order */
+    s_fifo_t dead;                   /* dead letters not written yet */
+    size_t dead_sent;                /* dead letters in `sent` */
     bool exclusive;                  /* a multi-step job is in `sent` */
     s_job_t *spare;                  /* recycled jobs */
     s_job_t setup;                   /* the session setup segment */
@@ -238,7 +250,13 @@ static s_job_t *s_fifo_pop (s_fifo_t *fifo);
 static s_job_t *s_job_new (s_actor_t *self);
 static void s_job_recycle (s_actor_t *self, s_job_t *job);
 static void s_job_arrive (s_actor_t *self, const zmq_msg_t *id,
-                          uint64_t deadline, zmq_msg_t *payload);
+                          uint64_t deadline, unsigned attempt,
+                          zmq_msg_t *payload);
+static void s_dead_arrive (s_actor_t *self, const zmq_msg_t *id,
+                           const zmq_msg_t *info, zmq_msg_t *payload);
+static bool s_dead_send (s_actor_t *self);
+static void s_dead_done (s_actor_t *self, s_job_t *job);
+static void s_heartbeat (s_actor_t *self);
 static void s_reply_raw (s_actor_t *self, const char *msg_id,
                          unsigned status, const char *detail);
 static void s_reply_problem (s_actor_t *self, const char *msg_id,
@@ -370,8 +388,16 @@ s_actor_destroy (s_actor_t **self_p)
     while ((job = s_fifo_pop (&self->waiting)))
         s_job_recycle (self, job);
     while ((job = s_fifo_pop (&self->sent)))
-        if (!job->setup && !job->cleanup)
+        if (job->dead)
+            s_fifo_push (&self->dead, job);
+        else if (!job->setup && !job->cleanup)
             s_job_recycle (self, job);
+    while ((job = s_fifo_pop (&self->dead))) {
+        log_error ("dead letter not written msg=%s actor=%s "
+                   "reason=worker stopping",
+                   job->msg_id, self->name);
+        s_job_recycle (self, job);
+    }
     while ((job = self->spare)) {
         self->spare = job->next;
         zmq_msg_close (&job->payload);
@@ -456,7 +482,7 @@ s_timers (s_actor_t *self, int64_t now)
             s_register (self);
         }
         else if (now - self->broker_sent >= a->heartbeat_ms)
-            s_broker_send (self, FERRY_CMD_HB, NULL, NULL, NULL, 0);
+            s_heartbeat (self);
     }
     else if (self->leaving) {
         /*  Draining: the broker still counts on our heartbeats while we
@@ -466,7 +492,7 @@ s_timers (s_actor_t *self, int64_t now)
             self->leaving = false;
         }
         else if (now - self->broker_sent >= a->heartbeat_ms)
-            s_broker_send (self, FERRY_CMD_HB, NULL, NULL, NULL, 0);
+            s_heartbeat (self);
     }
     s_breaker_follow (self, now);
     if (self->pg == S_PG_DOWN && now >= self->pg_next_try
@@ -579,6 +605,24 @@ s_broker_send (s_actor_t *self, const char *cmd, const char *a1,
     self->broker_sent = ferry_mono_ms ();
 }
 
+/*  READY service credit process: three text arguments, which
+    s_broker_send (two and a payload) has no room for.  */
+static void
+s_broker_send3 (s_actor_t *self, const char *cmd, const char *a1,
+                const char *a2, const char *a3)
+{
+    s_broker_send (self, cmd, a1, a2, a3, strlen (a3));
+}
+
+/*  HB breaker: the pool breaker's state as the actor last saw it, which
+    the broker shows in its status.  */
+static void
+s_heartbeat (s_actor_t *self)
+{
+    s_broker_send (self, FERRY_CMD_HB,
+                   worker_breaker_state_name (self->breaker), NULL, NULL, 0);
+}
+
 static void
 s_register (s_actor_t *self)
 {
@@ -586,8 +630,12 @@ s_register (s_actor_t *self)
         return;
     char credit[16];
     snprintf (credit, sizeof credit, "%u", self->args->credit);
-    s_broker_send (self, FERRY_CMD_READY, self->args->service, credit, NULL,
-                   0);
+    if (self->args->process)
+        s_broker_send3 (self, FERRY_CMD_READY, self->args->service, credit,
+                        self->args->process);
+    else
+        s_broker_send (self, FERRY_CMD_READY, self->args->service, credit,
+                       NULL, 0);
     self->registered = true;
     self->broker_seen = ferry_mono_ms ();
 }
@@ -642,20 +690,30 @@ s_broker_recv (s_actor_t *self)
         self->broker_seen = ferry_mono_ms ();
         if (oversized || more || n < 2 || !s_frame_is (&frame[0], FERRY_PROTO))
             log_warn ("malformed broker message actor=%s", self->name);
-        else if (s_frame_is (&frame[1], FERRY_CMD_REQ) && n == 5) {
-            char text[24];
-            size_t len = zmq_msg_size (&frame[3]);
+        else if (s_frame_is (&frame[1], FERRY_CMD_REQ)
+                 && (n == 5 || n == 6)) {
+            /*  REQ msg_id deadline [attempt] payload: a broker from before
+                attempts sends no attempt, which is the first.  */
             uint64_t deadline;
-            if (len >= sizeof text || zmq_msg_size (&frame[2]) > MSG_ID_MAX)
+            unsigned attempt;
+            if (zmq_msg_size (&frame[2]) > MSG_ID_MAX)
                 log_warn ("malformed broker message actor=%s", self->name);
-            else {
-                memcpy (text, zmq_msg_data (&frame[3]), len);
-                text[len] = '\0';
-                if (ferry_parse_uint64 (text, &deadline))
-                    log_warn ("bad deadline actor=%s", self->name);
-                else
-                    s_job_arrive (self, &frame[2], deadline, &frame[4]);
-            }
+            else if (worker_req_fields (
+                         zmq_msg_data (&frame[3]), zmq_msg_size (&frame[3]),
+                         n == 6 ? zmq_msg_data (&frame[4]) : NULL,
+                         n == 6 ? zmq_msg_size (&frame[4]) : 0, &deadline,
+                         &attempt))
+                log_warn ("bad deadline or attempt actor=%s", self->name);
+            else
+                s_job_arrive (self, &frame[2], deadline, attempt,
+                              &frame[n - 1]);
+        }
+        else if (s_frame_is (&frame[1], FERRY_CMD_DEAD) && n == 5) {
+            if (zmq_msg_size (&frame[2]) == 0
+                || zmq_msg_size (&frame[2]) > MSG_ID_MAX)
+                log_warn ("malformed broker message actor=%s", self->name);
+            else
+                s_dead_arrive (self, &frame[2], &frame[3], &frame[4]);
         }
         else if (s_frame_is (&frame[1], FERRY_CMD_HB)) {
             /*  Sign of life, already noted.  */
@@ -732,7 +790,9 @@ s_job_new (s_actor_t *self)
         worker_jobs_ctx_init (&job->jobs);
     }
     job->next = NULL;
+    job->delivery = 1;
     job->attempts = 0;
+    job->dead = false;
     job->finishing = false;
     job->tracked = false;
     job->phase = PH_RUN;
@@ -758,6 +818,8 @@ s_job_recycle (s_actor_t *self, s_job_t *job)
         worker_jobs_ctx_clear (&job->jobs);
     }
     ferry_envelope_destroy (&job->request);
+    free (job->info);
+    job->info = NULL;
     s_outcome_reset (job);
     job->next = self->spare;
     self->spare = job;
@@ -767,7 +829,7 @@ s_job_recycle (s_actor_t *self, s_job_t *job)
     message for the caller to close).  */
 static void
 s_job_arrive (s_actor_t *self, const zmq_msg_t *id, uint64_t deadline,
-              zmq_msg_t *payload)
+              unsigned attempt, zmq_msg_t *payload)
 {
     char msg_id[MSG_ID_MAX + 1];
     size_t len = zmq_msg_size ((zmq_msg_t *) id);
@@ -800,13 +862,15 @@ s_job_arrive (s_actor_t *self, const zmq_msg_t *id, uint64_t deadline,
     /*  The broker keeps to our credit; a broker that does not is not
         allowed to grow our memory.  One spare for a READY repeated after
         a broker reconnect while messages were in hand.  */
-    if (self->waiting.size + self->sent.size >= self->args->credit + 1) {
+    if (self->waiting.size + self->sent.size - self->dead_sent
+        >= self->args->credit + 1) {
         s_reply_raw (self, msg_id, 503, "the worker is over its credit");
         return;
     }
     s_job_t *job = s_job_new (self);
     memcpy (job->msg_id, msg_id, len + 1);
     job->deadline = deadline;
+    job->delivery = attempt;
     zmq_msg_move (&job->payload, payload);
     s_fifo_push (&self->waiting, job);
 }
@@ -878,7 +942,8 @@ s_drain (s_actor_t *self, int64_t now)
         self->done = true;
         return;
     }
-    if (self->sent.size || self->waiting.size)
+    if (self->sent.size || self->waiting.size
+        || (self->dead.size && self->pg == S_PG_UP))
         return;
     if (!self->leaving) {
         self->done = true;
@@ -889,7 +954,7 @@ s_drain (s_actor_t *self, int64_t now)
         a message it dispatched before it read our BYE reaches us first,
         and we hand it back and ask again.  */
     if (!self->idle_probed) {
-        s_broker_send (self, FERRY_CMD_HB, NULL, NULL, NULL, 0);
+        s_heartbeat (self);
         self->idle_probed = true;
     }
 }
@@ -940,6 +1005,14 @@ s_pump (s_actor_t *self)
     if (self->pg == S_PG_UP && !self->exclusive && !self->terminating
         && s_cleanup_due (self, ferry_mono_ms ()))
         queued = s_cleanup_send (self) || queued;
+    /*  Dead letters: their own segment each, so they never share a
+        transaction with a message; not behind an exclusive message for
+        the same reason as the cleanup.  */
+    while (self->pg == S_PG_UP && !self->exclusive && self->dead.head)
+        if (s_dead_send (self))
+            queued = true;
+        else
+            break;
     if (queued && self->conn)
         s_pg_flush (self);
 }
@@ -961,6 +1034,9 @@ s_job_prepare (s_actor_t *self, s_job_t *job)
         s_job_recycle (self, job);
         return -1;
     }
+    /*  The broker's count of deliveries is the one that matters (the
+        edge sends 1): handlers, logs and dead letters see it.  */
+    ferry_envelope_set_attempt (job->request, job->delivery);
     /*  The envelope owns copies of what it needs; the payload stays
         until the reply, so a message not started yet can be handed back
         whole.  */
@@ -969,6 +1045,15 @@ s_job_prepare (s_actor_t *self, s_job_t *job)
     if (!job->op) {
         s_job_problem (self, job, 404, "unknown operation", NULL);
         return -1;
+    }
+    const char *poison = self->args->abort_operation;
+    if (poison && strcmp (poison, job->op->name) == 0) {
+        /*  Test only: a message that crashes its worker process every
+            time, with whatever the other actors hold in flight.  */
+        log_warn ("FERRY_TEST_ABORT_OPERATION: aborting msg=%s op=%s "
+                  "attempt=%u actor=%s",
+                  job->msg_id, poison, job->delivery, self->name);
+        abort ();
     }
     job->tracked = worker_jobs_wanted (job->request);
     if (job->tracked && (!self->args->jobs
@@ -979,11 +1064,11 @@ s_job_prepare (s_actor_t *self, s_job_t *job)
                        NULL);
         return -1;
     }
-    log_debug ("start msg=%s cid=%s op=%s actor=%s", job->msg_id,
+    log_debug ("start msg=%s cid=%s op=%s attempt=%u actor=%s", job->msg_id,
                ferry_envelope_cid (job->request)
                    ? ferry_envelope_cid (job->request)
                    : "-",
-               job->op->name, self->name);
+               job->op->name, job->delivery, self->name);
     return 0;
 }
 
@@ -1314,6 +1399,11 @@ s_pg_lost (s_actor_t *self, const char *what)
     while ((job = s_fifo_pop (&self->sent)))
         if (job->cleanup)
             self->cleanup_busy = false;
+        else if (job->dead) {
+            /*  Written once we are connected again.  */
+            self->dead_sent--;
+            s_fifo_push (&self->dead, job);
+        }
         else if (!job->setup)
             s_job_problem (self, job, 503, "the database connection was lost",
                            NULL);
@@ -1498,6 +1588,10 @@ s_segment_done (s_actor_t *self, s_job_t *job)
     }
     if (job->cleanup) {
         s_cleanup_done (self, job);
+        return;
+    }
+    if (job->dead) {
+        s_dead_done (self, job);
         return;
     }
     if (job->tracked) {
@@ -1831,5 +1925,98 @@ s_cleanup_done (s_actor_t *self, s_job_t *job)
     self->cleanup_next
         = deleted >= js->cleanup_batch ? now : now + js->cleanup_interval_ms;
     s_outcome_reset (job);
+    s_check_idle (self);
+}
+
+
+/* ---- dead letters ------------------------------------------------------- */
+
+/*  DEAD msg_id info payload: a poison message's dead letter, which the
+    broker sends to one actor of the service between messages, without
+    credit and expecting no answer.  It waits in `dead` for the
+    connection; s_pump writes it in a segment of its own.  */
+static void
+s_dead_arrive (s_actor_t *self, const zmq_msg_t *id, const zmq_msg_t *info,
+               zmq_msg_t *payload)
+{
+    char msg_id[MSG_ID_MAX + 1];
+    size_t len = zmq_msg_size ((zmq_msg_t *) id);
+    memcpy (msg_id, zmq_msg_data ((zmq_msg_t *) id), len);
+    msg_id[len] = '\0';
+    if (self->dead.size + self->dead_sent >= DEAD_MAX) {
+        log_error ("dead letter not written msg=%s actor=%s "
+                   "reason=too many waiting",
+                   msg_id, self->name);
+        return;
+    }
+    s_job_t *job = s_job_new (self);
+    job->dead = true;
+    memcpy (job->msg_id, msg_id, len + 1);
+    size_t ilen = zmq_msg_size ((zmq_msg_t *) info);
+    job->info = ferry_malloc (ilen + 1);
+    memcpy (job->info, zmq_msg_data ((zmq_msg_t *) info), ilen);
+    job->info[ilen] = '\0';
+    zmq_msg_move (&job->payload, payload);
+    log_info ("dead letter received msg=%s actor=%s", msg_id, self->name);
+    s_fifo_push (&self->dead, job);
+}
+
+/*  Queues the INSERT of the first waiting dead letter.  Returns true
+    when it is in the pipeline.  */
+static bool
+s_dead_send (s_actor_t *self)
+{
+    s_job_t *job = s_fifo_pop (&self->dead);
+    worker_dead_row_t row;
+    if (worker_dead_row_build (&row, job->msg_id, job->info,
+                               strlen (job->info),
+                               zmq_msg_data (&job->payload),
+                               zmq_msg_size (&job->payload),
+                               self->args->service)) {
+        log_error ("dead letter not written msg=%s actor=%s "
+                   "reason=no message id",
+                   job->msg_id, self->name);
+        s_job_recycle (self, job);
+        return false;
+    }
+    const char *values[7] = {row.message_id, row.correlation_id, row.service,
+                             row.operation,
+                             (const char *) zmq_msg_data (&job->payload),
+                             row.error, row.attempts};
+    int lengths[7] = {0, 0, 0, 0, (int) zmq_msg_size (&job->payload), 0, 0};
+    int formats[7] = {0, 0, 0, 0, 1, 0, 0};
+    s_outcome_reset (job);
+    job->plan_len = job->plan_pos = 0;
+    job->slot_done = false;
+    s_fifo_push (&self->sent, job);
+    self->dead_sent++;
+    s_plan (job, SLOT_JOB, 0);
+    bool ok = PQsendQueryParams (self->conn, worker_dead_insert_sql, 7, NULL,
+                                 values, lengths, formats, 0)
+              == 1;
+    worker_dead_row_free (&row);
+    ok = ok && PQpipelineSync (self->conn) == 1;
+    s_plan (job, SLOT_SYNC, 0);
+    if (!ok) {
+        /*  s_pg_lost puts it back in `dead`.  */
+        s_pg_lost (self, "send failed");
+        return false;
+    }
+    return true;
+}
+
+/*  The INSERT's Sync came back: the row is there, or it never will be
+    (nothing else to do than to say so, with the message id).  */
+static void
+s_dead_done (s_actor_t *self, s_job_t *job)
+{
+    self->dead_sent--;
+    if (job->failed)
+        log_error ("dead letter not written msg=%s actor=%s sqlstate=%s",
+                   job->msg_id, self->name, job->sqlstate);
+    else
+        log_info ("dead letter written msg=%s actor=%s", job->msg_id,
+                  self->name);
+    s_job_recycle (self, job);
     s_check_idle (self);
 }

@@ -4,7 +4,8 @@
 
     Events the actor sends to its parent on the pipe, as single strings:
     "CONNECTED" when its PostgreSQL connection is up and it has announced
-    itself to the broker, "DISCONNECTED" when it lost it and withdrew.  */
+    itself to the broker, "DISCONNECTED" when it lost it and withdrew.
+    It exits (and zactor_destroy returns) once a $TERM drain is over.  */
 
 #ifndef WORKER_ACTOR_H_INCLUDED
 #define WORKER_ACTOR_H_INCLUDED
@@ -34,6 +35,11 @@ typedef struct {
     /*  Test only (FERRY_TEST_CRASH_AFTER_COMMIT): the operation after
         whose COMMIT the process kills itself before replying; NULL.  */
     const char *crash_after_commit;
+    /*  Test only (FERRY_TEST_ABORT_OPERATION): the operation whose
+        message makes the process abort () when the actor starts it, a
+        poison message; NULL.  */
+    const char *abort_operation;
+    const char *process;      /* "<hostname>:<pid>", sent with READY */
 } worker_actor_args_t;
 
 void worker_actor (zsock_t *pipe, void *args);

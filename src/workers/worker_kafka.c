@@ -64,6 +64,7 @@
 #include "json.h"
 #include "kafka.h"
 #include "log.h"
+#include "worker_breaker.h"
 #include "worker_kafka.h"
 #include "worker_jobs.h"
 #include "worker_pgerror.h"
@@ -127,6 +128,8 @@ typedef struct {
     int64_t due;             /* ferry_mono_ms of its next step */
     s_hold_state_t state;
     s_fault_t fault;
+    bool stuck;              /* its first message cannot be answered
+                                without PostgreSQL (s_part_shed) */
 } s_part_t;
 
 /*  A lane: one thread with its own PostgreSQL connection and producer
@@ -179,6 +182,7 @@ struct _worker_kafka_t {
     s_topic_t *topics;
     size_t nlanes;           /* the pool's actors */
     const worker_ops_t *ops;
+    worker_breaker_t *breaker;     /* the pool's, or NULL */
     worker_jobs_settings_t jobs;   /* jobs.* and idempotency.* */
     char *crash_after_commit;      /* test-only fault hook, or NULL */
     rd_kafka_conf_t *conf;   /* until start */
@@ -203,6 +207,8 @@ struct _worker_kafka_t {
 #define S_DESTROY_MS 1500    /* librdkafka's destroy at stop, at most */
 #define S_FLUSH_MS 2000      /* a lane's producer flush at stop, at most */
 #define S_COMMIT_MS 5000     /* stored offsets committed to Kafka this often */
+#define S_BREAKER_LOOK_MS 100 /* a lane looks at a breaker not closed this
+                                 often (for the end of its cool-down) */
 
 static const char s_claim_sql[]
     = "INSERT INTO ferry.kafka_offsets (group_id, topic, partition,"
@@ -230,7 +236,7 @@ static const char s_dead_sql[]
 worker_kafka_t *
 worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
                   const char *pool, const worker_ops_t *ops,
-                  const char *conninfo)
+                  const char *conninfo, worker_breaker_t *breaker)
 {
     if (ferry_cnode_type (node) != FERRY_CNODE_MAP) {
         ferry_config_fail (config, node, "expected a map");
@@ -240,6 +246,7 @@ worker_kafka_new (ferry_config_t *config, const ferry_cnode_t *node,
     self->pool = ferry_strdup (pool);
     self->conninfo = conninfo;
     self->ops = ops;
+    self->breaker = breaker;
     char dflt[128];
     snprintf (dflt, sizeof dflt, "ferry.%s", pool);
     const char *group;
@@ -468,15 +475,38 @@ s_next_backoff (int64_t *step)
     return ms;
 }
 
-/*  Connects *conn when not connected.  Returns 0 when a connection is
-    up.  */
+/*  PostgreSQL could not be reached (the pool's breaker counts it).  */
+static void
+s_pg_failure (const worker_kafka_t *cfg, const char *reason)
+{
+    if (cfg->breaker)
+        worker_breaker_failure (cfg->breaker, reason, ferry_mono_ms ());
+}
+
+/*  PostgreSQL answered.  */
+static void
+s_pg_success (const worker_kafka_t *cfg)
+{
+    if (cfg->breaker)
+        worker_breaker_success (cfg->breaker);
+}
+
+/*  Connects *conn when not connected.  A connection the server closed
+    meanwhile (a restart, a fast shutdown: its last words wait in the
+    socket) is found without a round trip and counts as lost.  Returns 0
+    when a connection is up.  */
 static int
 s_pg_connect (const worker_kafka_t *cfg, PGconn **conn, const char *who)
 {
-    if (*conn && PQstatus (*conn) == CONNECTION_OK)
+    if (*conn && PQstatus (*conn) == CONNECTION_OK
+        && PQconsumeInput (*conn) && PQstatus (*conn) == CONNECTION_OK)
         return 0;
-    if (*conn)
+    if (*conn) {
+        log_warn ("kafka %s lost its PostgreSQL connection pool=%s", who,
+                  cfg->pool);
+        s_pg_failure (cfg, "connection lost");
         PQfinish (*conn);
+    }
     *conn = PQconnectdb (cfg->conninfo);
     if (PQstatus (*conn) == CONNECTION_OK) {
         PGresult *r = PQexec (*conn, s_setup_sql);
@@ -485,6 +515,7 @@ s_pg_connect (const worker_kafka_t *cfg, PGconn **conn, const char *who)
         if (ok) {
             log_info ("kafka %s connected to PostgreSQL pool=%s", who,
                       cfg->pool);
+            s_pg_success (cfg);
             return 0;
         }
     }
@@ -493,6 +524,7 @@ s_pg_connect (const worker_kafka_t *cfg, PGconn **conn, const char *who)
     msg[strcspn (msg, "\n")] = '\0';
     log_warn ("kafka %s cannot connect to PostgreSQL pool=%s: %s", who,
               cfg->pool, msg);
+    s_pg_failure (cfg, "connect failed");
     PQfinish (*conn);
     *conn = NULL;
     return -1;
@@ -526,6 +558,14 @@ static void
 s_resume_offsets (s_consumer_t *self,
                   rd_kafka_topic_partition_list_t *parts)
 {
+    /*  No PostgreSQL calls while the pool's breaker is not closed: the
+        claims skip whatever PostgreSQL already holds.  */
+    if (self->cfg->breaker && !worker_breaker_closed (self->cfg->breaker)) {
+        log_info ("kafka consumer starts from Kafka's offsets pool=%s: "
+                  "circuit breaker not closed",
+                  self->cfg->pool);
+        return;
+    }
     if (s_pg_connect (self->cfg, &self->conn, "consumer"))
         return;
     const char *values[1] = {self->cfg->group};
@@ -744,6 +784,7 @@ s_failed (s_lane_t *self, const char *sqlstate, char *err, size_t errlen,
     snprintf (self->sqlstate, sizeof self->sqlstate, "%s", sqlstate);
     if (e.reconnect || PQstatus (self->conn) != CONNECTION_OK) {
         snprintf (err, errlen, "%s: connection lost", what);
+        s_pg_failure (self->cfg, "connection lost");
         PQfinish (self->conn);
         self->conn = NULL;
         return S_RETRY;
@@ -1767,13 +1808,12 @@ s_batch (s_lane_t *self, const s_topic_t *topic, rd_kafka_message_t **ms,
     return false;
 }
 
-/*  Whether m is a request that s_request_batch may run: a ferry request
-    envelope naming its reply topic, without a job id or an
-    Idempotency-Key (those keep the two-phase path, one per transaction).
-    Returns the decoded request (owned), or NULL.  */
+/*  Whether m is a request that can be answered: a ferry request
+    envelope naming its reply topic.  Returns the decoded request (owned),
+    or NULL.  */
 static ferry_envelope_t *
-s_batchable (const rd_kafka_message_t *m, const char **reply_to,
-             char *topic_buf, size_t buflen)
+s_answerable (const rd_kafka_message_t *m, const char **reply_to,
+              char *topic_buf, size_t buflen)
 {
     char reason[128];
     if (!m->payload || m->len == 0)
@@ -1781,11 +1821,25 @@ s_batchable (const rd_kafka_message_t *m, const char **reply_to,
     ferry_envelope_t *req = ferry_envelope_decode (m->payload, m->len, NULL,
                                                    reason, sizeof reason);
     if (!req || ferry_envelope_kind (req) != FERRY_KIND_REQUEST
-        || !ferry_envelope_id (req) || worker_jobs_wanted (req)
+        || !ferry_envelope_id (req)
         || !(*reply_to = s_reply_topic (m, req, topic_buf, buflen))) {
         ferry_envelope_destroy (&req);
         return NULL;
     }
+    return req;
+}
+
+/*  Whether m is a request that s_request_batch may run: an answerable
+    one without a job id or an Idempotency-Key (those keep the two-phase
+    path, one per transaction).  Returns the decoded request (owned), or
+    NULL.  */
+static ferry_envelope_t *
+s_batchable (const rd_kafka_message_t *m, const char **reply_to,
+             char *topic_buf, size_t buflen)
+{
+    ferry_envelope_t *req = s_answerable (m, reply_to, topic_buf, buflen);
+    if (req && worker_jobs_wanted (req))
+        ferry_envelope_destroy (&req);
     return req;
 }
 
@@ -2172,6 +2226,63 @@ s_part_run (s_lane_t *self, s_part_t *p, rd_kafka_message_t **ms, size_t n)
     return n;
 }
 
+/*  The pool's breaker is open (or half-open with no probe left): answers
+    p's first messages (ms, not popped yet), requests whose client waits,
+    at once without PostgreSQL, as the ZeroMQ actors do: 503 with
+    retry-after (504 past the deadline), and stores their offsets, since
+    they were answered.  Stops at the first message that is not a request
+    it can answer: that one waits for PostgreSQL like an event.  Returns
+    how many are done.  */
+static size_t
+s_part_shed (s_lane_t *self, s_part_t *p, rd_kafka_message_t **ms, size_t n)
+{
+    worker_breaker_t *breaker = self->cfg->breaker;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        char topic_buf[256];
+        const char *reply_to = NULL;
+        ferry_envelope_t *req
+            = s_answerable (ms[i], &reply_to, topic_buf, sizeof topic_buf);
+        if (!req)
+            break;
+        uint64_t deadline = ferry_envelope_deadline (req);
+        ferry_envelope_t *reply;
+        if (deadline && ferry_wall_ms () >= deadline)
+            reply = worker_reply_problem (
+                req, 504, "the deadline passed before the worker started",
+                NULL);
+        else {
+            reply = worker_reply_problem (
+                req, 503, "the database is unavailable (circuit breaker open)",
+                NULL);
+            char after[16];
+            snprintf (after, sizeof after, "%u",
+                      worker_breaker_retry_after (breaker, ferry_mono_ms ()));
+            ferry_envelope_set_header (reply, "retry-after", after);
+        }
+        log_debug ("kafka request refused pool=%s msg=%s status=%u: "
+                   "circuit breaker open",
+                   self->cfg->pool, ferry_envelope_id (req),
+                   ferry_envelope_status (reply));
+        s_reply (self, req, reply_to, &reply);
+        ferry_envelope_destroy (&req);
+        s_store (self, ms[i]);
+    }
+    if (i)
+        s_part_clear (p);
+    return i;
+}
+
+/*  Whether p's first messages may be answered by s_part_shed: requests
+    of a ferry topic, not held for a dead letter, not found unanswerable
+    already.  */
+static bool
+s_part_sheddable (const s_part_t *p)
+{
+    return p->topic->format == S_FORMAT_FERRY && !p->stuck
+           && (p->state == S_HOLD_NONE || p->state == S_HOLD_BACKOFF);
+}
+
 /*  Waits on cond for at most ms (mutex held).  */
 static void
 s_cond_wait (pthread_cond_t *cond, pthread_mutex_t *mutex, int64_t ms)
@@ -2187,14 +2298,31 @@ s_cond_wait (pthread_cond_t *cond, pthread_mutex_t *mutex, int64_t ms)
     pthread_cond_timedwait (cond, mutex, &ts);
 }
 
+/*  How a lane takes a partition's first messages.  */
+typedef enum {
+    S_TAKE_NONE,   /* not now */
+    S_TAKE_RUN,    /* run them in PostgreSQL */
+    S_TAKE_SHED    /* answer them without (s_part_shed) */
+} s_take_t;
+
 /*  A lane's thread: picks its partitions in turn (round robin among those
     whose first message can run), runs up to S_BATCH waiting messages of
     one, pops what is done.  The mutex is released while it runs them, so
-    the consumer thread keeps appending.  */
+    the consumer thread keeps appending.
+
+    The pool's breaker decides what can run.  Closed: everything, unless
+    the lane waits to reconnect.  Open: nothing reaches PostgreSQL (the
+    lane drops its connection, so that its first probe is a fresh
+    connection rather than one the server closed meanwhile); requests are
+    answered 503 at once, events wait in their partitions, which pause
+    when enough wait, their offsets unstored, nothing dead-lettered.
+    Half-open: each run the breaker admits is a probe (connecting
+    included); the others are treated as while open.  */
 static void *
 s_lane_main (void *arg)
 {
     s_lane_t *self = arg;
+    worker_breaker_t *breaker = self->cfg->breaker;
     rd_kafka_message_t *ms[S_BATCH];
     int64_t pg_due = 0;
     pthread_mutex_lock (&self->mutex);
@@ -2202,18 +2330,44 @@ s_lane_main (void *arg)
         int64_t now = ferry_mono_ms ();
         int64_t next = now + 1000;
         s_part_t *p = NULL;
-        if (pg_due > now)
-            next = pg_due;
-        else
-            for (size_t k = 0; k < self->nparts && !p; k++) {
-                s_part_t *c = self->parts[(self->rr + k) % self->nparts];
-                if (s_part_ready (c, now)) {
-                    p = c;
-                    self->rr = (self->rr + k + 1) % self->nparts;
-                } else if (c->count && !c->busy
-                           && c->state != S_HOLD_SENDING && c->due < next)
-                    next = c->due;
+        s_take_t take = S_TAKE_NONE;
+        /*  One atomic load while closed.  */
+        worker_breaker_state_t bs
+            = !breaker || worker_breaker_closed (breaker)
+                  ? WORKER_BREAKER_CLOSED
+                  : worker_breaker_state (breaker, now);
+        if (bs != WORKER_BREAKER_CLOSED) {
+            next = now + S_BREAKER_LOOK_MS;
+            if (bs == WORKER_BREAKER_OPEN && self->conn) {
+                PQfinish (self->conn);
+                self->conn = NULL;
             }
+            /*  Probes are admitted by the breaker, not by our backoff.  */
+            pg_due = 0;
+            self->backoff_ms = S_BACKOFF_MIN;
+        }
+        if (pg_due > now && pg_due < next)
+            next = pg_due;
+        for (size_t k = 0; k < self->nparts && !p; k++) {
+            s_part_t *c = self->parts[(self->rr + k) % self->nparts];
+            if (!s_part_ready (c, now)) {
+                if (c->count && !c->busy && c->state != S_HOLD_SENDING
+                    && c->due < next)
+                    next = c->due;
+                continue;
+            }
+            if (bs == WORKER_BREAKER_CLOSED)
+                take = pg_due > now ? S_TAKE_NONE : S_TAKE_RUN;
+            else if (bs == WORKER_BREAKER_HALF_OPEN
+                     && worker_breaker_admit (breaker, now))
+                take = S_TAKE_RUN;
+            else
+                take = s_part_sheddable (c) ? S_TAKE_SHED : S_TAKE_NONE;
+            if (take != S_TAKE_NONE) {
+                p = c;
+                self->rr = (self->rr + k + 1) % self->nparts;
+            }
+        }
         bool outstanding
             = self->producer
               && ferry_kafka_producer_outstanding (self->producer) > 0;
@@ -2236,16 +2390,33 @@ s_lane_main (void *arg)
         p->busy = true;
         pthread_mutex_unlock (&self->mutex);
         size_t done = 0;
-        if (s_pg_ensure (self) == 0) {
-            self->backoff_ms = S_BACKOFF_MIN;
-            done = s_part_run (self, p, ms, n);
+        if (take == S_TAKE_SHED)
+            done = s_part_shed (self, p, ms, n);
+        else {
+            /*  Re-producing a dead letter asks nothing of PostgreSQL.  */
+            bool asks = p->state != S_HOLD_UNSENT;
+            if (s_pg_ensure (self) == 0) {
+                self->backoff_ms = S_BACKOFF_MIN;
+                done = s_part_run (self, p, ms, n);
+                /*  Still connected: PostgreSQL answered (a lost
+                    connection was counted as it was found).  */
+                if (self->conn && asks)
+                    s_pg_success (self->cfg);
+            }
+            if (!self->conn)
+                pg_due = ferry_mono_ms ()
+                         + s_next_backoff (&self->backoff_ms);
         }
-        if (!self->conn)
-            pg_due = ferry_mono_ms () + s_next_backoff (&self->backoff_ms);
         if (self->producer)
             ferry_kafka_producer_poll (self->producer);
         pthread_mutex_lock (&self->mutex);
         s_part_pop (self, p, done);
+        /*  A message answered moves the partition on; one that could not
+            be holds it until PostgreSQL can be asked.  */
+        if (done || take == S_TAKE_RUN)
+            p->stuck = false;
+        else
+            p->stuck = true;
         p->busy = false;
         pthread_cond_broadcast (&self->idle);
     }
@@ -2732,7 +2903,7 @@ worker_kafka_config_test (bool verbose)
 
     worker_kafka_t *k = worker_kafka_new (
         config, ferry_config_node (config, NULL, "pools.ev.kafka"), "ev", ops,
-        "");
+        "", NULL);
     FERRY_CHECK (k);
     FERRY_CHECK (strcmp (k->group, "ferry.ev") == 0);
     FERRY_CHECK (k->ntopics == 2);
@@ -2763,7 +2934,7 @@ worker_kafka_config_test (bool verbose)
 
     k = worker_kafka_new (config,
                           ferry_config_node (config, NULL, "pools.g.kafka"),
-                          "g", ops, "");
+                          "g", ops, "", NULL);
     FERRY_CHECK (k);
     FERRY_CHECK (strcmp (k->group, "mine") == 0);
     vlen = sizeof v;
@@ -2774,7 +2945,7 @@ worker_kafka_config_test (bool verbose)
 
     k = worker_kafka_new (config,
                           ferry_config_node (config, NULL, "pools.dlq.kafka"),
-                          "dlq", ops, "");
+                          "dlq", ops, "", NULL);
     FERRY_CHECK (k);
     FERRY_CHECK (strcmp (k->topics[0].dlq, "t.dead") == 0);
     FERRY_CHECK (k->topics[0].retries == 0);
@@ -2783,7 +2954,7 @@ worker_kafka_config_test (bool verbose)
     /*  A request topic: the operation comes from each envelope.  */
     k = worker_kafka_new (config,
                           ferry_config_node (config, NULL, "pools.req.kafka"),
-                          "req", ops, "");
+                          "req", ops, "", NULL);
     FERRY_CHECK (k);
     FERRY_CHECK (k->topics[0].format == S_FORMAT_FERRY && !k->topics[0].op);
     FERRY_CHECK (k->pconf);
@@ -2804,7 +2975,7 @@ worker_kafka_config_test (bool verbose)
         char path[64];
         snprintf (path, sizeof path, "pools.%s.kafka", bad[i].pool);
         k = worker_kafka_new (config, ferry_config_node (config, NULL, path),
-                              bad[i].pool, ops, "");
+                              bad[i].pool, ops, "", NULL);
         FERRY_CHECK (!k);
         if (verbose)
             printf ("# %s\n", ferry_config_error (config));

@@ -11,6 +11,7 @@
 #define WORKER_KAFKA_H_INCLUDED
 
 #include "config.h"
+#include "worker_breaker.h"
 #include "worker_ops.h"
 
 #include <stdbool.h>
@@ -20,12 +21,16 @@ typedef struct _worker_kafka_t worker_kafka_t;
 /*  Reads node (the pool's `kafka:` map).  pool names the pool (default
     group "ferry.<pool>" and logs); ops and conninfo belong to the pool and
     must outlive the consumer.  Every topic's operation must exist in ops.
-    Returns a consumer that is not running yet, or NULL with the error in
+    breaker is the pool's circuit breaker, shared with its actors (NULL:
+    none); the lanes report PostgreSQL's reachability to it and hold their
+    work while it is open.  It must outlive the consumer.  Returns a
+    consumer that is not running yet, or NULL with the error in
     ferry_config_error (config).  */
 worker_kafka_t *worker_kafka_new (ferry_config_t *config,
                                   const ferry_cnode_t *node, const char *pool,
                                   const worker_ops_t *ops,
-                                  const char *conninfo);
+                                  const char *conninfo,
+                                  worker_breaker_t *breaker);
 /*  Stops the consumer (it finishes the message in hand) and frees it.  */
 void worker_kafka_destroy (worker_kafka_t **self_p);
 

@@ -24,14 +24,22 @@ struct _worker_pool_t {
     size_t size;                 /* actors */
     unsigned credit;             /* per actor */
     worker_ops_t *ops;           /* shared by the actors, read-only */
-    worker_actor_args_t *args;   /* one per actor, alive while it runs */
     worker_kafka_t *kafka;       /* the pool's Kafka consumer, or NULL */
     worker_jobs_settings_t jobs; /* the actors point here */
     worker_breaker_t *breaker;   /* shared by the actors */
     char *crash_after_commit;    /* test-only fault hook, or NULL */
+    char *abort_operation;       /* test-only fault hook, or NULL */
+    char *process;               /* "<hostname>:<pid>", or NULL */
+    worker_actor_args_t base;    /* what every actor's args start from */
+    /*  Per actor, `cap` slots of which `size` are used.  Each args is
+        its own allocation: a running actor keeps a pointer to it, so
+        growing the arrays must not move it.  */
+    size_t cap;
+    worker_actor_args_t **args;
     zactor_t **actors;
     bool *up;                    /* actor connected now */
     bool *ever;                  /* actor connected at least once */
+    bool started;
     bool stopping;
 };
 
@@ -46,6 +54,39 @@ s_name_ok (const char *s)
               || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9')))
             return false;
     return true;
+}
+
+/*  Makes room for n actors in the per-actor arrays; new slots are
+    empty (no args, no actor).  */
+static void
+s_reserve (worker_pool_t *self, size_t n)
+{
+    if (n <= self->cap)
+        return;
+    self->args = ferry_realloc (self->args, n * sizeof *self->args);
+    self->actors = ferry_realloc (self->actors, n * sizeof *self->actors);
+    self->up = ferry_realloc (self->up, n * sizeof *self->up);
+    self->ever = ferry_realloc (self->ever, n * sizeof *self->ever);
+    for (size_t i = self->cap; i < n; i++) {
+        self->args[i] = NULL;
+        self->actors[i] = NULL;
+        self->up[i] = self->ever[i] = false;
+    }
+    self->cap = n;
+}
+
+/*  Starts actor i, whose slot is reserved and empty.  */
+static void
+s_actor_start (worker_pool_t *self, size_t i)
+{
+    if (!self->args[i]) {
+        self->args[i] = ferry_malloc (sizeof *self->args[i]);
+        *self->args[i] = self->base;
+        self->args[i]->index = (unsigned) i;
+    }
+    self->up[i] = self->ever[i] = false;
+    self->actors[i] = zactor_new (worker_actor, self->args[i]);
+    assert (self->actors[i]);
 }
 
 worker_pool_t *
@@ -88,42 +129,42 @@ worker_pool_new (ferry_config_t *config, const ferry_cnode_t *node,
             ferry_config_fail (config, node, "missing operations");
         goto fail;
     }
-    const ferry_cnode_t *kafka = ferry_config_node (config, node, "kafka");
-    if (kafka) {
-        self->kafka = worker_kafka_new (config, kafka, self->name, self->ops,
-                                        self->conninfo);
-        if (!self->kafka)
-            goto fail;
-    }
     worker_breaker_settings_t breaker;
     if (worker_breaker_settings_load (config, node, &breaker))
         goto fail;
     self->breaker = worker_breaker_new (self->name, &breaker);
     if (!self->breaker)
         goto fail;
+    const ferry_cnode_t *kafka = ferry_config_node (config, node, "kafka");
+    if (kafka) {
+        self->kafka = worker_kafka_new (config, kafka, self->name, self->ops,
+                                        self->conninfo, self->breaker);
+        if (!self->kafka)
+            goto fail;
+    }
     self->jobs = settings->jobs;
     if (settings->crash_after_commit)
         self->crash_after_commit = ferry_strdup (settings->crash_after_commit);
-    self->args = ferry_calloc (self->size, sizeof *self->args);
-    for (size_t i = 0; i < self->size; i++) {
-        worker_actor_args_t *a = &self->args[i];
-        a->pool = self->name;
-        a->service = self->service;
-        a->credit = self->credit;
-        a->ops = self->ops;
-        a->conninfo = self->conninfo;
-        a->broker = self->broker;
-        a->heartbeat_ms = settings->heartbeat_ms;
-        a->liveness = settings->liveness;
-        a->drain_ms = settings->drain_ms;
-        a->breaker = self->breaker;
-        a->index = (unsigned) i;
-        a->jobs = &self->jobs;
-        a->crash_after_commit = self->crash_after_commit;
-    }
-    self->actors = ferry_calloc (self->size, sizeof *self->actors);
-    self->up = ferry_calloc (self->size, sizeof *self->up);
-    self->ever = ferry_calloc (self->size, sizeof *self->ever);
+    if (settings->abort_operation)
+        self->abort_operation = ferry_strdup (settings->abort_operation);
+    if (settings->process)
+        self->process = ferry_strdup (settings->process);
+    worker_actor_args_t *a = &self->base;
+    a->pool = self->name;
+    a->service = self->service;
+    a->credit = self->credit;
+    a->ops = self->ops;
+    a->conninfo = self->conninfo;
+    a->broker = self->broker;
+    a->heartbeat_ms = settings->heartbeat_ms;
+    a->liveness = settings->liveness;
+    a->drain_ms = settings->drain_ms;
+    a->breaker = self->breaker;
+    a->jobs = &self->jobs;
+    a->crash_after_commit = self->crash_after_commit;
+    a->abort_operation = self->abort_operation;
+    a->process = self->process;
+    s_reserve (self, self->size);
     return self;
 fail:
     worker_pool_destroy (&self);
@@ -136,12 +177,13 @@ worker_pool_destroy (worker_pool_t **self_p)
     if (!self_p || !*self_p)
         return;
     worker_pool_t *self = *self_p;
-    if (self->actors)
-        for (size_t i = 0; i < self->size; i++)
-            zactor_destroy (&self->actors[i]);
+    for (size_t i = 0; i < self->cap; i++)
+        zactor_destroy (&self->actors[i]);
     worker_kafka_destroy (&self->kafka);
     /*  After the actors: they use it to the end.  */
     worker_breaker_destroy (&self->breaker);
+    for (size_t i = 0; i < self->cap; i++)
+        free (self->args[i]);
     free (self->actors);
     free (self->args);
     free (self->up);
@@ -152,6 +194,8 @@ worker_pool_destroy (worker_pool_t **self_p)
     free (self->conninfo);
     free (self->broker);
     free (self->crash_after_commit);
+    free (self->abort_operation);
+    free (self->process);
     free (self);
     *self_p = NULL;
 }
@@ -173,10 +217,9 @@ worker_pool_start (worker_pool_t *self)
 {
     if (self->kafka && worker_kafka_start (self->kafka))
         return -1;
-    for (size_t i = 0; i < self->size; i++) {
-        self->actors[i] = zactor_new (worker_actor, &self->args[i]);
-        assert (self->actors[i]);
-    }
+    for (size_t i = 0; i < self->size; i++)
+        s_actor_start (self, i);
+    self->started = true;
     log_info ("pool started pool=%s service=%s actors=%zu credit=%u",
               self->name, self->service, self->size, self->credit);
     return 0;
@@ -192,9 +235,39 @@ worker_pool_stop (worker_pool_t *self)
         worker_kafka_stop (self->kafka);
     /*  zactor_destroy sends $TERM again and waits for the actor's exit
         signal, which it finds already queued.  */
-    for (size_t i = 0; i < self->size; i++)
+    for (size_t i = 0; i < self->cap; i++)
         if (self->actors[i])
             zstr_send (self->actors[i], "$TERM");
+}
+
+void
+worker_pool_resize (worker_pool_t *self, size_t size)
+{
+    assert (size >= 1);
+    if (!self->started || self->stopping || size == self->size)
+        return;
+    size_t old = self->size;
+    if (size > old) {
+        s_reserve (self, size);
+        for (size_t i = old; i < size; i++)
+            s_actor_start (self, i);
+        self->size = size;
+        log_info ("pool grown pool=%s actors=%zu was=%zu", self->name, size,
+                  old);
+        return;
+    }
+    /*  The last ones go (actor 0, which runs the cleanup, stays).  All
+        are told first so that they drain in parallel; zactor_destroy
+        then waits for each drain, as at SIGTERM.  */
+    self->size = size;
+    for (size_t i = size; i < old; i++)
+        zstr_send (self->actors[i], "$TERM");
+    for (size_t i = size; i < old; i++) {
+        zactor_destroy (&self->actors[i]);
+        self->up[i] = self->ever[i] = false;
+    }
+    log_info ("pool shrunk pool=%s actors=%zu was=%zu", self->name, size,
+              old);
 }
 
 worker_breaker_state_t

@@ -25,6 +25,8 @@ typedef struct {
     const char *database;    /* default conninfo; "" = PG* environment */
     worker_jobs_settings_t jobs;    /* jobs.* and idempotency.* */
     const char *crash_after_commit; /* test-only fault hook, or NULL */
+    const char *abort_operation;    /* test-only fault hook, or NULL */
+    const char *process;     /* "<hostname>:<pid>" for READY, or NULL */
 } worker_settings_t;
 
 /*  Reads and validates pools.NAME (node is that map entry).  Returns a
@@ -38,12 +40,18 @@ worker_pool_t *worker_pool_new (ferry_config_t *config,
 void worker_pool_destroy (worker_pool_t **self_p);
 
 const char *worker_pool_name (const worker_pool_t *self);
+/*  The number of actors running (or to run, before start).  */
 size_t worker_pool_size (const worker_pool_t *self);
 
 /*  Starts the actors (and the pool's Kafka consumer, if it has a `kafka:`
     section); they connect in the background.  Returns 0, or -1 (logged)
     when librdkafka refuses the consumer's configuration.  */
 int worker_pool_start (worker_pool_t *self);
+/*  Changes the number of running actors to size (1..1024): starts new
+    actors, or drains the last ones the way SIGTERM drains (each finishes
+    what it holds, hands the rest back, says BYE) and waits for them.
+    The other actors and their connections are untouched.  */
+void worker_pool_resize (worker_pool_t *self, size_t size);
 /*  The state of the pool's circuit breaker now.  */
 worker_breaker_state_t worker_pool_breaker (worker_pool_t *self);
 /*  Asks every actor to stop without waiting, so that pools drain in
