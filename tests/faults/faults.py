@@ -182,31 +182,49 @@ def summary(records):
                      sorted(counts.items(), key=lambda kv: str(kv[0])))
 
 
+def family(pid):
+    """pid and its descendants: ferry-worker is a supervisor process with
+    the real worker as its child."""
+    pids = [pid]
+    for p in pids:
+        try:
+            with open("/proc/%d/task/%d/children" % (p, p)) as f:
+                pids.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return pids
+
+
 def rss_kb(pid):
-    """VmRSS of pid in KiB (None when the process is gone)."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    """VmRSS of pid and its descendants in KiB (None when pid is gone)."""
+    total = None
+    for p in family(pid):
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total = (total or 0) + int(line.split()[1])
+        except OSError:
+            if p == pid:
+                return None
+    return total
 
 
 def _socket_inodes(pid):
+    """Socket inodes of pid and its descendants."""
     inodes = set()
-    fd_dir = "/proc/%d/fd" % pid
-    try:
-        for fd in os.listdir(fd_dir):
-            try:
-                target = os.readlink(os.path.join(fd_dir, fd))
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except OSError:
-        pass
+    for p in family(pid):
+        fd_dir = "/proc/%d/fd" % p
+        try:
+            for fd in os.listdir(fd_dir):
+                try:
+                    target = os.readlink(os.path.join(fd_dir, fd))
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            pass
     return inodes
 
 
