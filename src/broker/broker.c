@@ -45,6 +45,7 @@
 #include "service.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <poll.h>
 #include <string.h>
 
@@ -60,6 +61,12 @@
 /*  The longest message of the protocol: identity, FRY1, REQ, service,
     msg_id, deadline, flags, payload.  */
 #define BROKER_PARTS_MAX 8
+/*  A worker process as READY and DIED name it: "<hostname>:<pid>".  */
+#define BROKER_PROCESS_MAX 300
+/*  Dead letters kept for services that have no worker to write them.  */
+#define BROKER_DEAD_PENDING_MAX 256
+/*  Largest control request accepted (a STATUS is a few bytes).  */
+#define BROKER_CONTROL_MAX 4096
 
 
 typedef struct {
@@ -74,7 +81,25 @@ typedef struct {
     zlistx_t *inflight;         /* broker_request_t it holds, oldest first,
                                    not owned (the in-flight table owns) */
     bool leaving;               /* sent BYE; removed when inflight empties */
+    bool dead;                  /* being removed as lost: takes nothing,
+                                   not even a dead letter */
+    bool isolating;             /* holds a suspect (a message that was in
+                                   flight at a worker death): it gets no
+                                   other message until that one is done */
+    char process[BROKER_PROCESS_MAX + 1]; /* READY's process, "" if none:
+                                   DIED names it */
+    char breaker[16];           /* last HB breaker state, "" if none */
+    int64_t idle_since;         /* monotonic ms it last held nothing */
 } s_worker_t;
+
+/*  A poison message's dead letter waiting for a worker of its service
+    (none was there to write it).  */
+typedef struct {
+    char service[FERRY_NAME_MAX + 1];
+    char msg_id[BROKER_MSG_ID_MAX + 1];
+    char *info;                 /* JSON object text */
+    zmq_msg_t payload;          /* the envelope */
+} s_dead_letter_t;
 
 /*  An edge, known from its heartbeats, so that a stopping broker can tell
     it to send nothing more.  */
@@ -110,6 +135,8 @@ typedef struct {
     zsock_t *pipe;              /* to the actor's owner */
     s_router_t frontend;        /* ROUTER for edges */
     s_router_t backend;         /* ROUTER for workers */
+    zsock_t *control;           /* ROUTER for ferryctl, NULL when off */
+    zlistx_t *dead_letters;     /* s_dead_letter_t waiting, oldest first */
     broker_settings_t *settings; /* private copy */
     zhashx_t *services;         /* name -> broker_service_t, owned */
     zhashx_t *workers;          /* key -> s_worker_t, owned */
@@ -381,11 +408,11 @@ s_worker_refresh (s_broker_t *self, s_worker_t *worker)
 }
 
 /*  Keeps the worker in its service's ready ring exactly while it may be
-    sent work.  */
+    sent work: it has credit, is not leaving, and holds no suspect.  */
 static void
 s_worker_update_ready (s_worker_t *worker)
 {
-    bool ready = worker->credit > 0 && !worker->leaving;
+    bool ready = worker->credit > 0 && !worker->leaving && !worker->isolating;
     if (ready && !worker->ready)
         worker->ready = broker_service_ready_add (worker->service, worker);
     else if (!ready && worker->ready)
@@ -418,6 +445,12 @@ s_inflight_take (s_broker_t *self, broker_request_t *req)
     s_worker_t *worker = (s_worker_t *) req->worker;
     zlistx_detach (worker->inflight, req->handle);
     req->worker = req->handle = NULL;
+    /*  An isolating worker held the suspect alone: with it gone the
+        worker may take any work again.  */
+    if (zlistx_size (worker->inflight) == 0) {
+        worker->isolating = false;
+        worker->idle_since = ferry_mono_ms ();
+    }
     assert (self->inflight > 0);
     if (--self->inflight == 0)
         self->inflight_deadline = UINT64_MAX;
@@ -458,21 +491,164 @@ s_worker_release (s_broker_t *self, s_worker_t *worker)
     s_worker_update_ready (worker);
 }
 
-/*  A worker died (silent, unreachable, or it registered again): what it
-    held has an unknown outcome.  Retryable requests go back to the head of
-    their queue, in their original order; the others are answered 502.
-    The caller dispatches afterwards.  */
+/* ---- dead letters -------------------------------------------------------- */
+
 static void
-s_worker_lost (s_broker_t *self, s_worker_t *worker, const char *reason)
+s_dead_letter_destroy (s_dead_letter_t **self_p)
+{
+    s_dead_letter_t *self = *self_p;
+    if (self) {
+        zmq_msg_close (&self->payload);
+        free (self->info);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+static void
+s_dead_letter_destructor (void **item_p)
+{
+    s_dead_letter_destroy ((s_dead_letter_t **) item_p);
+}
+
+/*  The dead letter's info: what the broker knows of the deaths, as a JSON
+    object text (caller frees), or NULL when it cannot be built.  Built with
+    jansson so that no string needs escaping by hand.  */
+static char *
+s_dead_info (const broker_request_t *req, const char *service)
+{
+    json_t *root = json_object ();
+    json_t *workers = json_array (), *signals = json_array ();
+    char *text = NULL;
+    if (root && workers && signals) {
+        const broker_deaths_t *history = req->history;
+        for (size_t i = 0; history && i < history->worker_count; i++)
+            json_array_append_new (workers,
+                                   json_string (history->workers[i]));
+        for (size_t i = 0; history && i < history->signal_count; i++)
+            json_array_append_new (signals,
+                                   json_string (history->signals[i]));
+        /*  Every delivery but a BACK ended in a death: the attempts are
+            the deaths.  */
+        if (json_object_set_new (root, "reason",
+                                 json_string ("worker deaths"))
+                == 0
+            && json_object_set_new (root, "deaths",
+                                    json_integer (req->deaths))
+                   == 0
+            && json_object_set_new (root, "attempts",
+                                    json_integer (req->deaths))
+                   == 0
+            && json_object_set_new (root, "service", json_string (service))
+                   == 0
+            && json_object_set (root, "workers", workers) == 0
+            && json_object_set (root, "signals", signals) == 0)
+            text = json_dumps (root, JSON_COMPACT);
+    }
+    json_decref (workers);
+    json_decref (signals);
+    json_decref (root);
+    return text;
+}
+
+/*  Sends DEAD msg_id info payload to a live worker of the letter's
+    service, without using its credit.  Returns 0, or -1 when the service
+    has no worker that can be reached now.  */
+static int
+s_dead_letter_send (s_broker_t *self, s_dead_letter_t *letter,
+                    s_worker_t *only)
+{
+    const char *parts[] = {FERRY_CMD_DEAD, letter->msg_id, letter->info};
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers)) {
+        if ((only && worker != only) || worker->leaving || worker->dead
+            || !streq (broker_service_name (worker->service),
+                       letter->service))
+            continue;
+        if (s_send (&self->backend, worker->identity, worker->identity_size,
+                    parts, 3, &letter->payload, true)
+            == 0) {
+            log_info ("broker: dead letter sent msg=%s service=%s worker=%s",
+                      letter->msg_id, letter->service, worker->key);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/*  A poison message is given up: its dead letter goes to a worker of its
+    service to be written to ferry.dead_letters, or waits (bounded) for
+    one to come.  req keeps its payload.  */
+static void
+s_dead_letter (s_broker_t *self, broker_request_t *req, const char *service)
+{
+    s_dead_letter_t *letter = ferry_calloc (1, sizeof *letter);
+    snprintf (letter->service, sizeof letter->service, "%s", service);
+    snprintf (letter->msg_id, sizeof letter->msg_id, "%s", req->msg_id);
+    letter->info = s_dead_info (req, service);
+    zmq_msg_init (&letter->payload);
+    if (!letter->info
+        || zmq_msg_copy (&letter->payload, &req->payload) == -1) {
+        log_error ("broker: cannot build dead letter msg=%s", req->msg_id);
+        s_dead_letter_destroy (&letter);
+        return;
+    }
+    if (s_dead_letter_send (self, letter, NULL) == 0) {
+        s_dead_letter_destroy (&letter);
+        return;
+    }
+    if (zlistx_size (self->dead_letters) >= BROKER_DEAD_PENDING_MAX) {
+        s_dead_letter_t *oldest
+            = (s_dead_letter_t *) zlistx_first (self->dead_letters);
+        log_warn ("broker: dead letter dropped msg=%s service=%s "
+                  "reason=\"too many waiting for a worker\"",
+                  oldest->msg_id, oldest->service);
+        zlistx_delete (self->dead_letters, zlistx_cursor (self->dead_letters));
+    }
+    log_info ("broker: dead letter waits for a worker msg=%s service=%s",
+              letter->msg_id, letter->service);
+    zlistx_add_end (self->dead_letters, letter);
+}
+
+/*  A worker of service registered: it writes the dead letters that
+    waited for one.  */
+static void
+s_dead_letters_flush (s_broker_t *self, s_worker_t *worker)
+{
+    const char *service = broker_service_name (worker->service);
+    s_dead_letter_t *letter
+        = (s_dead_letter_t *) zlistx_first (self->dead_letters);
+    while (letter) {
+        void *cursor = zlistx_cursor (self->dead_letters);
+        s_dead_letter_t *next
+            = (s_dead_letter_t *) zlistx_next (self->dead_letters);
+        if (streq (letter->service, service)
+            && s_dead_letter_send (self, letter, worker) == 0)
+            zlistx_delete (self->dead_letters, cursor);
+        letter = next;
+    }
+}
+
+/* ---- worker deaths -------------------------------------------------------- */
+
+/*  A worker died (silent, unreachable, killed, or it registered again):
+    what it held has an unknown outcome.  Retryable requests go back to the
+    head of their queue, in their original order, as suspects; the others
+    are answered 502.  signal is the signal that killed its process when
+    known (DIED), else NULL.  The caller dispatches afterwards.  */
+static void
+s_worker_lost (s_broker_t *self, s_worker_t *worker, const char *reason,
+               const char *signal)
 {
     log_info ("broker: worker lost id=%s service=%s inflight=%zu reason=%s",
               worker->key, broker_service_name (worker->service),
               zlistx_size (worker->inflight), reason);
+    worker->dead = true;
     broker_request_t *req;
     /*  Newest first, each to the head: the queue keeps their order.  */
     while ((req = (broker_request_t *) zlistx_last (worker->inflight))) {
         s_inflight_take (self, req);
-        req->deaths++;
+        broker_request_died (req, worker->key, signal);
         if (!broker_request_retryable (req))
             s_fail_request (self, &req, 502, "worker died, outcome unknown",
                             0);
@@ -484,6 +660,7 @@ s_worker_lost (s_broker_t *self, s_worker_t *worker, const char *reason)
                       "last_worker=%s reason=%s",
                       req->msg_id, broker_service_name (worker->service),
                       req->deaths, worker->key, reason);
+            s_dead_letter (self, req, broker_service_name (worker->service));
             char detail[128];
             snprintf (detail, sizeof detail,
                       "%u workers died while holding this request; it is "
@@ -504,14 +681,18 @@ static int
 s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
 {
     broker_request_t *req = *req_p;
-    char deadline[24];
+    char deadline[24], attempt[16];
     snprintf (deadline, sizeof deadline, "%" PRIu64, req->deadline);
-    const char *parts[] = {FERRY_CMD_REQ, req->msg_id, deadline};
+    /*  Only deaths count: a BACK hands back a message that never ran.  */
+    snprintf (attempt, sizeof attempt, "%u", req->deaths + 1);
+    const char *parts[] = {FERRY_CMD_REQ, req->msg_id, deadline, attempt};
     /*  A retryable request keeps its payload so it can be sent again if
         the worker dies; the others give it to libzmq.  */
     if (s_send (&self->backend, worker->identity, worker->identity_size,
-                parts, 3, &req->payload, broker_request_retryable (req)))
+                parts, 4, &req->payload, broker_request_retryable (req)))
         return -1;
+    if (req->deaths > 0)
+        worker->isolating = true;
     req->worker = worker;
     req->handle = zlistx_add_end (worker->inflight, req);
     self->inflight++;
@@ -524,6 +705,13 @@ s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
              req->msg_id, broker_service_name (worker->service),
              worker->key);
     return 0;
+}
+
+/*  True for a worker that holds nothing: it may take a suspect.  */
+static bool
+s_worker_idle (void *worker)
+{
+    return zlistx_size (((s_worker_t *) worker)->inflight) == 0;
 }
 
 /*  Moves queued requests of svc to its workers while someone has credit
@@ -540,16 +728,28 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
     }
     while (broker_service_queued (svc) > 0 && broker_service_ready (svc) > 0
            && !s_inflight_full (self)) {
-        broker_request_t *req = broker_service_pop (svc);
+        broker_request_t *req = broker_service_peek (svc);
         if (req->deadline && req->deadline <= ferry_wall_ms ()) {
+            req = broker_service_pop (svc);
             s_fail_request (self, &req, 504,
                             "deadline passed before dispatch", 0);
             continue;
         }
-        s_worker_t *worker = (s_worker_t *) broker_service_ready_next (svc);
+        /*  A suspect goes only to a worker holding nothing, so that no
+            innocent message shares its next death; it waits at the head
+            until one is idle (workers finish what they hold, and get
+            nothing new meanwhile) or its deadline passes.  */
+        s_worker_t *worker
+            = (s_worker_t *) (req->deaths > 0
+                                  ? broker_service_ready_find (svc,
+                                                               s_worker_idle)
+                                  : broker_service_ready_next (svc));
+        if (!worker)
+            break;
+        req = broker_service_pop (svc);
         if (s_send_work (self, worker, &req)) {
             broker_service_push_front (svc, &req);
-            s_worker_lost (self, worker, "unreachable");
+            s_worker_lost (self, worker, "unreachable", NULL);
         }
     }
 }
@@ -748,11 +948,12 @@ s_send_bye (s_broker_t *self, zmq_msg_t *identity)
             parts, 1, NULL, false);
 }
 
-/*  parts: identity, FRY1, READY, service, credit.  */
+/*  parts: identity, FRY1, READY, service, credit [, process].  */
 static void
 s_worker_ready (s_broker_t *self, s_message_t *msg, const char *key)
 {
     char service[FERRY_NAME_MAX + 1], credit_text[24];
+    char process[BROKER_PROCESS_MAX + 1] = "";
     int64_t credit;
     bool valid
         = s_part_text (&msg->part[3], service, sizeof service, false) == 0
@@ -761,7 +962,10 @@ s_worker_ready (s_broker_t *self, s_message_t *msg, const char *key)
                           false)
                  == 0
           && ferry_parse_int64 (credit_text, &credit) == 0 && credit >= 0
-          && credit <= BROKER_CREDIT_MAX;
+          && credit <= BROKER_CREDIT_MAX
+          && (msg->count < 6
+              || s_part_text (&msg->part[5], process, sizeof process, true)
+                     == 0);
     if (!valid) {
         log_debug ("broker: malformed READY from worker %s dropped", key);
         return;
@@ -771,7 +975,7 @@ s_worker_ready (s_broker_t *self, s_message_t *msg, const char *key)
     s_worker_t *old = (s_worker_t *) zhashx_lookup (self->workers, key);
     if (old) {
         broker_service_t *old_svc = old->service;
-        s_worker_lost (self, old, "registered again");
+        s_worker_lost (self, old, "registered again", NULL);
         s_dispatch (self, old_svc);
     }
     broker_service_t *svc = s_service_require (self, service);
@@ -788,12 +992,16 @@ s_worker_ready (s_broker_t *self, s_message_t *msg, const char *key)
     worker->credit = credit;
     worker->inflight = zlistx_new ();
     assert (worker->inflight);
+    snprintf (worker->process, sizeof worker->process, "%s", process);
+    worker->idle_since = ferry_mono_ms ();
     s_worker_refresh (self, worker);
     zhashx_insert (self->workers, worker->key, worker);
     broker_service_worker_joined (svc);
     s_worker_update_ready (worker);
-    log_info ("broker: worker ready id=%s service=%s credit=%" PRId64, key,
-              service, credit);
+    log_info ("broker: worker ready id=%s service=%s credit=%" PRId64
+              " process=%s",
+              key, service, credit, *process ? process : "-");
+    s_dead_letters_flush (self, worker);
     s_dispatch (self, svc);
 }
 
@@ -887,6 +1095,59 @@ s_worker_back (s_broker_t *self, s_worker_t *worker, s_message_t *msg)
     s_dispatch (self, svc);
 }
 
+/*  parts: identity, FRY1, HB [, breaker].  Keeps the pool's breaker
+    state the worker reports, for STATUS.  */
+static void
+s_worker_heartbeat (s_worker_t *worker, s_message_t *msg)
+{
+    char state[sizeof worker->breaker];
+    if (msg->count < 4)
+        return;
+    if (s_part_text (&msg->part[3], state, sizeof state, false) == 0
+        && (streq (state, "closed") || streq (state, "open")
+            || streq (state, "half-open")))
+        memcpy (worker->breaker, state, sizeof state);
+    else
+        log_debug ("broker: unknown breaker state from worker %s ignored",
+                   worker->key);
+}
+
+/*  parts: identity, FRY1, DIED, process, signal.  A worker process died by
+    a signal (its supervisor tells us): every worker it ran is lost now,
+    without waiting for their heartbeats to stop, and what they held
+    remembers the signal for its dead letter.  Never answered.  */
+static void
+s_process_died (s_broker_t *self, s_message_t *msg)
+{
+    char process[BROKER_PROCESS_MAX + 1], signal[BROKER_SIGNAL_MAX + 1];
+    if (s_part_text (&msg->part[3], process, sizeof process, false)
+        || s_part_text (&msg->part[4], signal, sizeof signal, false)) {
+        log_debug ("broker: malformed DIED dropped");
+        return;
+    }
+    zlistx_t *dead = zlistx_new ();
+    assert (dead);
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers))
+        if (streq (worker->process, process)) {
+            worker->dead = true;
+            zlistx_add_end (dead, worker);
+        }
+    log_info ("broker: process died process=%s signal=%s workers=%zu",
+              process, signal, zlistx_size (dead));
+    char reason[sizeof signal + 16];
+    snprintf (reason, sizeof reason, "killed by %s", signal);
+    /*  All of them first, then dispatch: what they held must not go to
+        another worker of the same dead process.  */
+    for (s_worker_t *worker = (s_worker_t *) zlistx_first (dead); worker;
+         worker = (s_worker_t *) zlistx_next (dead))
+        s_worker_lost (self, worker, reason, signal);
+    bool lost = zlistx_size (dead) > 0;
+    zlistx_destroy (&dead);
+    if (lost)
+        s_dispatch_all (self);
+}
+
 static void
 s_worker_bye (s_broker_t *self, s_worker_t *worker)
 {
@@ -930,7 +1191,14 @@ s_backend_message (s_broker_t *self, s_message_t *msg)
     char key[2 * BROKER_IDENTITY_MAX + 1];
     s_identity_key (&msg->part[0], key);
     s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, key);
-    if (streq (command, FERRY_CMD_READY) && rest == 2)
+    if (streq (command, FERRY_CMD_DIED)) {
+        /*  From any peer (a supervisor is no worker), never answered.  */
+        if (rest == 2)
+            s_process_died (self, msg);
+        else
+            log_debug ("broker: malformed DIED dropped");
+    }
+    else if (streq (command, FERRY_CMD_READY) && (rest == 2 || rest == 3))
         s_worker_ready (self, msg, key);
     else if (!worker) {
         /*  We declared it dead, or we restarted: it must say READY again. */
@@ -944,8 +1212,8 @@ s_backend_message (s_broker_t *self, s_message_t *msg)
         s_worker_refresh (self, worker);
         if (streq (command, FERRY_CMD_REP) && rest == 2)
             s_worker_reply (self, worker, msg);
-        else if (streq (command, FERRY_CMD_HB) && rest == 0)
-            ;
+        else if (streq (command, FERRY_CMD_HB) && rest <= 1)
+            s_worker_heartbeat (worker, msg);
         else if (streq (command, FERRY_CMD_CREDIT) && rest == 1)
             s_worker_credit (self, worker, msg);
         else if (streq (command, FERRY_CMD_BACK) && rest == 2)
@@ -997,7 +1265,8 @@ s_heartbeat (s_broker_t *self, int64_t now)
     for (s_worker_t *worker = (s_worker_t *) zlistx_first (dead); worker;
          worker = (s_worker_t *) zlistx_next (dead))
         s_worker_lost (self, worker,
-                       now >= worker->expiry ? "silent" : "unreachable");
+                       now >= worker->expiry ? "silent" : "unreachable",
+                       NULL);
     zlistx_destroy (&dead);
     if (lost)
         s_dispatch_all (self);
@@ -1146,11 +1415,13 @@ s_broker_destroy (s_broker_t **self_p)
                 if (req->worker)
                     broker_request_destroy (&req);
         zhashx_destroy (&self->requests);
+        zlistx_destroy (&self->dead_letters);
         zhashx_destroy (&self->workers);
         zhashx_destroy (&self->edges);
         zhashx_destroy (&self->services);
         zsock_destroy (&self->frontend.sock);
         zsock_destroy (&self->backend.sock);
+        zsock_destroy (&self->control);
         broker_settings_destroy (&self->settings);
         free (self);
         *self_p = NULL;
@@ -1167,10 +1438,12 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     self->workers = zhashx_new ();
     self->edges = zhashx_new ();
     self->requests = zhashx_new ();
+    self->dead_letters = zlistx_new ();
     self->inflight_deadline = UINT64_MAX;
     if (s_router_init (&self->frontend, settings)
         || s_router_init (&self->backend, settings) || !self->services
-        || !self->workers || !self->edges || !self->requests) {
+        || !self->workers || !self->edges || !self->requests
+        || !self->dead_letters) {
         s_broker_destroy (&self);
         return NULL;
     }
@@ -1179,6 +1452,7 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     zhashx_set_destructor (self->services, s_service_destructor);
     zhashx_set_destructor (self->workers, s_worker_destructor);
     zhashx_set_destructor (self->edges, s_edge_destructor);
+    zlistx_set_destructor (self->dead_letters, s_dead_letter_destructor);
     /*  The key is the request's own msg_id: no copy per request.  */
     zhashx_set_key_duplicator (self->requests, NULL);
     zhashx_set_key_destructor (self->requests, NULL);
@@ -1197,6 +1471,146 @@ s_bind (zsock_t *sock, const char *endpoint, char **bound)
     }
     *bound = zsock_last_endpoint (sock);
     return *bound ? 0 : -1;
+}
+
+/* ---- control socket ------------------------------------------------------ */
+
+/*  The state of the broker for `ferryctl status` as a JSON object text
+    (caller frees), or NULL when it cannot be built.  A service's breaker
+    is the common state of its workers' last reported breakers, "mixed"
+    when they differ, "closed" when none reported one.  */
+static char *
+s_status_json (s_broker_t *self)
+{
+    int64_t now = ferry_mono_ms ();
+    json_t *root = json_object ();
+    json_t *services = json_array (), *workers = json_array ();
+    bool ok = root && services && workers;
+    for (broker_service_t *svc = (broker_service_t *) zhashx_first (
+             self->services);
+         ok && svc; svc = (broker_service_t *) zhashx_next (self->services)) {
+        size_t inflight = 0;
+        const char *breaker = NULL;
+        for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+             worker; worker = (s_worker_t *) zhashx_next (self->workers)) {
+            if (worker->service != svc)
+                continue;
+            inflight += zlistx_size (worker->inflight);
+            if (!*worker->breaker)
+                continue;
+            if (!breaker)
+                breaker = worker->breaker;
+            else if (!streq (breaker, worker->breaker))
+                breaker = "mixed";
+        }
+        json_t *item = json_pack (
+            "{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "name",
+            broker_service_name (svc), "queued",
+            (json_int_t) broker_service_queued (svc), "queue_max",
+            (json_int_t) broker_service_limit (svc), "workers",
+            (json_int_t) broker_service_workers (svc), "ready",
+            (json_int_t) broker_service_ready (svc), "inflight",
+            (json_int_t) inflight, "breaker", breaker ? breaker : "closed");
+        ok = item && json_array_append_new (services, item) == 0;
+    }
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         ok && worker; worker = (s_worker_t *) zhashx_next (self->workers)) {
+        size_t inflight = zlistx_size (worker->inflight);
+        int64_t idle = inflight ? 0 : now - worker->idle_since;
+        json_t *item = json_pack (
+            "{s:s, s:s, s:s, s:I, s:I, s:s, s:I}", "id", worker->key,
+            "service", broker_service_name (worker->service), "process",
+            worker->process, "credit", (json_int_t) worker->credit,
+            "inflight", (json_int_t) inflight, "breaker",
+            *worker->breaker ? worker->breaker : "closed", "idle_ms",
+            (json_int_t) (idle > 0 ? idle : 0));
+        ok = item && json_array_append_new (workers, item) == 0;
+    }
+    char *text = NULL;
+    if (ok && json_object_set (root, "services", services) == 0
+        && json_object_set (root, "workers", workers) == 0
+        && json_object_set_new (root, "edges",
+                                json_integer ((json_int_t) zhashx_size (
+                                    self->edges)))
+               == 0
+        && json_object_set_new (root, "inflight",
+                                json_integer ((json_int_t) self->inflight))
+               == 0
+        && json_object_set_new (
+               root, "inflight_max",
+               json_integer ((json_int_t) broker_settings_max_inflight (
+                   self->settings)))
+               == 0
+        && json_object_set_new (root, "draining",
+                                json_boolean (self->draining))
+               == 0)
+        text = json_dumps (root, JSON_COMPACT);
+    json_decref (services);
+    json_decref (workers);
+    json_decref (root);
+    return text;
+}
+
+/*  Binds the control ROUTER.  Returns 0 with *bound set, or -1.  */
+static int
+s_control_bind (s_broker_t *self, const char *endpoint, char **bound)
+{
+    zsock_destroy (&self->control);
+    self->control = zsock_new (ZMQ_ROUTER);
+    if (!self->control)
+        return -1;
+    int64_t max = BROKER_CONTROL_MAX;
+    zmq_setsockopt (zsock_resolve (self->control), ZMQ_MAXMSGSIZE, &max,
+                    sizeof max);
+    zsock_set_linger (self->control, 0);
+    zsock_set_sndtimeo (self->control, 0);
+    zsock_set_rcvtimeo (self->control, 0);
+    if (zsock_bind (self->control, "%s", endpoint) == -1) {
+        log_error ("broker: cannot bind control endpoint=%s error=\"%s\"",
+                   endpoint, zmq_strerror (errno));
+        zsock_destroy (&self->control);
+        return -1;
+    }
+    *bound = zsock_last_endpoint (self->control);
+    return *bound ? 0 : -1;
+}
+
+/*  Answers every control request waiting: [identity, FRY1, STATUS] gets
+    [identity, FRY1, STATUS, json]; anything else is dropped.  Reads until
+    empty, so the fd (edge-triggered) signals the next one.  */
+static void
+s_control_recv (s_broker_t *self)
+{
+    while (self->control && (zsock_events (self->control) & ZMQ_POLLIN)) {
+        zmsg_t *msg = zmsg_recv (self->control);
+        if (!msg)
+            break;
+        zframe_t *identity = zmsg_pop (msg);
+        char *proto = zmsg_popstr (msg), *command = zmsg_popstr (msg);
+        if (identity && proto && command && zmsg_size (msg) == 0
+            && streq (proto, FERRY_PROTO)
+            && streq (command, FERRY_CMD_STATUS)) {
+            char *json = s_status_json (self);
+            if (json) {
+                zmsg_t *reply = zmsg_new ();
+                zmsg_append (reply, &identity);
+                zmsg_addstr (reply, FERRY_PROTO);
+                zmsg_addstr (reply, FERRY_CMD_STATUS);
+                zmsg_addstr (reply, json);
+                if (zmsg_send (&reply, self->control))
+                    zmsg_destroy (&reply);
+                free (json);
+            }
+            else
+                log_warn ("broker: cannot build the status");
+        }
+        else
+            log_debug ("broker: malformed control request dropped");
+        zframe_destroy (&identity);
+        free (proto);
+        free (command);
+        zmsg_destroy (&msg);
+    }
 }
 
 /* ---- graceful stop ------------------------------------------------------- */
@@ -1308,6 +1722,13 @@ s_pipe_recv (s_broker_t *self)
         free (fe_bound);
         free (be_bound);
     }
+    else if (streq (command, "CONTROL")) {
+        char *endpoint = zmsg_popstr (msg), *bound = NULL;
+        int rc = endpoint ? s_control_bind (self, endpoint, &bound) : -1;
+        zsock_send (self->pipe, "is", rc, bound ? bound : "");
+        free (endpoint);
+        free (bound);
+    }
     else if (streq (command, "STATUS")) {
         size_t queued = 0;
         for (broker_service_t *svc = (broker_service_t *) zhashx_first (
@@ -1371,6 +1792,8 @@ s_broker_failed (zsock_t *pipe)
         bool term = !command || streq (command, "$TERM");
         if (command && streq (command, "BIND"))
             zsock_send (pipe, "iss", -1, "", "");
+        else if (command && streq (command, "CONTROL"))
+            zsock_send (pipe, "is", -1, "");
         else if (command && streq (command, "STATUS"))
             zsock_send (pipe, "iiii", 0, 0, 0, 0);
         free (command);
@@ -1401,6 +1824,7 @@ broker_actor (zsock_t *pipe, void *args)
                && (zsock_events (self->pipe) & ZMQ_POLLIN))
             s_pipe_recv (self);
         s_drain (self);
+        s_control_recv (self);
         s_timers (self);
         if (self->draining && !self->drained
             && ((self->inflight == 0 && s_edges_stopped (self))
@@ -1413,11 +1837,12 @@ broker_actor (zsock_t *pipe, void *args)
             {pipe_fd, POLLIN, 0},
             {self->frontend.fd, POLLIN, 0},
             {self->backend.fd, POLLIN, 0},
+            {self->control ? zsock_fd (self->control) : -1, POLLIN, 0},
         };
         int timeout = settled ? s_timeout (self) : 0;
         if (self->draining && !self->drained && timeout > 20)
             timeout = 20;
-        if (poll (fds, 3, timeout) == -1) {
+        if (poll (fds, 4, timeout) == -1) {
             if (errno == EINTR)
                 continue;
             log_error ("broker: poll failed error=\"%s\"", strerror (errno));
@@ -1466,8 +1891,11 @@ broker_dispatch_test (bool verbose)
     zmsg_t *work = broker_harness_work (worker, id, S_WAIT);
     FERRY_CHECK (work);
     char *got_id = zmsg_popstr (work), *got_deadline = zmsg_popstr (work);
+    char *got_attempt = zmsg_popstr (work);
     zframe_t *got = zmsg_pop (work);
     FERRY_CHECK (streq (got_id, id));
+    FERRY_CHECK (got_attempt && streq (got_attempt, "1"));
+    free (got_attempt);
     uint64_t parsed;
     FERRY_CHECK (ferry_parse_uint64 (got_deadline, &parsed) == 0
                  && parsed == deadline);
@@ -2171,6 +2599,364 @@ broker_back_test (bool verbose)
     status = broker_harness_status (&h);
     FERRY_CHECK (status.inflight == 0 && status.queued == 0
                  && status.workers == 1);
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_attempt_test (bool verbose)
+{
+    /*  REQ carries the attempt: 1 first, the same after a BACK (the
+        message never ran), +1 after the worker holding it died.  */
+    broker_settings_t *settings = broker_harness_settings (true);
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, &settings, "app", "1",
+                                              verbose, &edge, &worker)
+                 == 0);
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    broker_harness_request (edge, "app", id, broker_harness_deadline (), "r",
+                            "again", 5);
+    FERRY_CHECK (broker_harness_got_attempt (worker, id, "1"));
+    zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_BACK, id, "again", NULL);
+    FERRY_CHECK (broker_harness_got_attempt (worker, id, "1"));
+    zsock_t *second = broker_harness_worker (&h, "app", "1");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    FERRY_CHECK (broker_harness_wait_silent (&h, second, 1).workers == 1);
+    FERRY_CHECK (broker_harness_got_attempt (second, id, "2"));
+    broker_harness_reply (second, id, "ok", 2);
+    FERRY_CHECK (broker_harness_got_reply (edge, id, "ok"));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+/*  Parses a DEAD's info and checks the deaths, the service and the
+    signals it lists (in order).  */
+static bool
+s_test_dead_info (zmsg_t *dead, const char *msg_id, int deaths,
+                  const char *payload, const char **signals, size_t count)
+{
+    zframe_t *id = zmsg_first (dead), *info = zmsg_next (dead);
+    zframe_t *body = zmsg_next (dead);
+    if (!id || !info || !body || !zframe_streq (id, msg_id)
+        || !zframe_streq (body, payload))
+        return false;
+    json_error_t error;
+    json_t *root = json_loadb ((const char *) zframe_data (info),
+                               zframe_size (info), 0, &error);
+    json_t *workers = json_object_get (root, "workers");
+    json_t *sigs = json_object_get (root, "signals");
+    bool ok = root
+              && streq (json_string_value (json_object_get (root, "reason"))
+                            ? json_string_value (
+                                json_object_get (root, "reason"))
+                            : "",
+                        "worker deaths")
+              && json_integer_value (json_object_get (root, "deaths"))
+                     == deaths
+              && json_integer_value (json_object_get (root, "attempts"))
+                     == deaths
+              && json_is_string (json_object_get (root, "service"))
+              && streq (json_string_value (json_object_get (root, "service")),
+                        "app")
+              && json_array_size (workers) == (size_t) deaths
+              && json_array_size (sigs) == count;
+    for (size_t i = 0; ok && i < count; i++)
+        ok = json_is_string (json_array_get (sigs, i))
+             && streq (json_string_value (json_array_get (sigs, i)),
+                       signals[i]);
+    /*  Each death was a different worker.  */
+    for (size_t i = 0; ok && i < json_array_size (workers); i++)
+        for (size_t j = i + 1; ok && j < json_array_size (workers); j++)
+            ok = !json_equal (json_array_get (workers, i),
+                              json_array_get (workers, j));
+    json_decref (root);
+    return ok;
+}
+
+int
+broker_died_test (bool verbose)
+{
+    /*  Heartbeats of 1 s x 3: only DIED can make these workers lost in
+        time.  Two workers of process h:1, one of h:2; a supervisor DEALER
+        that is no worker reports the deaths and gets no answer.  */
+    broker_settings_t *settings = broker_harness_settings (false);
+    broker_settings_set_max_deaths (settings, 2);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, &settings, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *first = broker_harness_worker_at (&h, "app", "2", "h:1");
+    zsock_t *sibling = broker_harness_worker_at (&h, "app", "0", "h:1");
+    zsock_t *other = broker_harness_worker_at (&h, "app", "0", "h:2");
+    zsock_t *writer = broker_harness_worker_at (&h, "app", "0", "h:3");
+    zsock_t *supervisor = broker_harness_worker (&h, NULL, NULL);
+    FERRY_CHECK (edge && first && sibling && other && writer && supervisor);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 4));
+    char retry[FERRY_ID_LEN + 1], plain[FERRY_ID_LEN + 1];
+    ferry_id_generate (retry);
+    ferry_id_generate (plain);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", retry, deadline, "r", "poison", 6);
+    broker_harness_request (edge, "app", plain, deadline, "", "plain", 5);
+    FERRY_CHECK (broker_harness_got_work (first, retry));
+    FERRY_CHECK (broker_harness_got_work (first, plain));
+
+    int64_t start = ferry_mono_ms ();
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:1", "SIGABRT",
+                NULL);
+    FERRY_CHECK (broker_harness_got_problem (edge, plain, 502, false));
+    FERRY_CHECK (ferry_mono_ms () - start < 1000);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    FERRY_CHECK (broker_harness_silent (supervisor, 50));
+    /*  Both workers of h:1 are gone: they are told BYE when they speak.  */
+    zstr_sendx (sibling, FERRY_PROTO, FERRY_CMD_HB, NULL);
+    zmsg_t *bye = broker_harness_recv (sibling, FERRY_CMD_BYE, 0, 0);
+    FERRY_CHECK (bye);
+    zmsg_destroy (&bye);
+
+    /*  The retryable one goes on, attempt 2; its second death, of h:2 by
+        SIGSEGV, makes it a dead letter, which the live worker gets with
+        both signals.  */
+    zstr_sendx (other, FERRY_PROTO, FERRY_CMD_CREDIT, "1", NULL);
+    FERRY_CHECK (broker_harness_got_attempt (other, retry, "2"));
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:2", "SIGSEGV",
+                NULL);
+    FERRY_CHECK (broker_harness_got_problem (edge, retry, 502, false));
+    zmsg_t *dead = broker_harness_dead (writer);
+    const char *signals[] = {"SIGABRT", "SIGSEGV"};
+    FERRY_CHECK (dead
+                 && s_test_dead_info (dead, retry, 2, "poison", signals, 2));
+    zmsg_destroy (&dead);
+    /*  DEAD uses no credit: the writer (credit 0) got no REQ.  */
+    FERRY_CHECK (broker_harness_work (writer, NULL, 50) == NULL);
+    /*  DIED for a process nobody runs, or malformed: nothing happens.  */
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:9", "SIGKILL",
+                NULL);
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:3", NULL);
+    FERRY_CHECK (broker_harness_silent (supervisor, 50));
+    FERRY_CHECK (broker_harness_status (&h).workers == 1);
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_isolation_test (bool verbose)
+{
+    /*  An innocent message in flight at the first death of a poison one
+        (credit 2) is a suspect too, but from then on each goes alone to
+        an idle worker: the poison's later deaths are its own, and the
+        innocent message is served, not dead-lettered.  */
+    broker_settings_t *settings = broker_harness_settings (false);
+    broker_settings_set_max_deaths (settings, 3);
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start (&h, &settings, false, verbose) == 0);
+    edge = broker_harness_edge (&h);
+    zsock_t *supervisor = broker_harness_worker (&h, NULL, NULL);
+    worker = broker_harness_worker_at (&h, "app", "2", "h:1");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
+    char poison[FERRY_ID_LEN + 1], innocent[FERRY_ID_LEN + 1];
+    ferry_id_generate (poison);
+    ferry_id_generate (innocent);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", poison, deadline, "r", "poison", 6);
+    broker_harness_request (edge, "app", innocent, deadline, "r", "fine", 4);
+    FERRY_CHECK (broker_harness_got_attempt (worker, poison, "1"));
+    FERRY_CHECK (broker_harness_got_attempt (worker, innocent, "1"));
+    const char *signals[] = {"SIGABRT", "SIGKILL", "SIGSEGV"};
+    char process[16];
+    for (int death = 1; death <= 3; death++) {
+        snprintf (process, sizeof process, "h:%d", death);
+        zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, process,
+                    signals[death - 1], NULL);
+        FERRY_CHECK (broker_harness_wait_workers (&h, 0));
+        if (death == 3)
+            break;
+        /*  The next worker has credit 2 but gets the poison alone.  */
+        snprintf (process, sizeof process, "h:%d", death + 1);
+        broker_harness_drop (&h, &worker);
+        worker = broker_harness_worker_at (&h, "app", "2", process);
+        char attempt[8];
+        snprintf (attempt, sizeof attempt, "%d", death + 1);
+        FERRY_CHECK (broker_harness_got_attempt (worker, poison, attempt));
+        FERRY_CHECK (broker_harness_work (worker, NULL, 100) == NULL);
+        broker_harness_status_t status = broker_harness_status (&h);
+        FERRY_CHECK (status.inflight == 1 && status.queued == 1);
+    }
+    /*  Three deaths: the poison is answered 502 and its dead letter
+        waits, as no worker is left to write it.  */
+    FERRY_CHECK (broker_harness_got_problem (edge, poison, 502, false));
+    FERRY_CHECK (broker_harness_status (&h).queued == 1);
+    broker_harness_drop (&h, &worker);
+    worker = broker_harness_worker_at (&h, "app", "2", "h:4");
+    zmsg_t *dead = broker_harness_dead (worker);
+    FERRY_CHECK (dead
+                 && s_test_dead_info (dead, poison, 3, "poison", signals, 3));
+    zmsg_destroy (&dead);
+    /*  The innocent one: second attempt (one death only), answered.  */
+    FERRY_CHECK (broker_harness_got_attempt (worker, innocent, "2"));
+    /*  While it holds the suspect the worker gets nothing else; once
+        answered, it takes any work again.  */
+    char next[FERRY_ID_LEN + 1];
+    ferry_id_generate (next);
+    broker_harness_request (edge, "app", next, deadline, "", "n", 1);
+    FERRY_CHECK (broker_harness_work (worker, NULL, 100) == NULL);
+    broker_harness_reply (worker, innocent, "ok", 2);
+    FERRY_CHECK (broker_harness_got_reply (edge, innocent, "ok"));
+    FERRY_CHECK (broker_harness_got_attempt (worker, next, "1"));
+    broker_harness_reply (worker, next, "n", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, next, "n"));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_suspect_deadline_test (bool verbose)
+{
+    /*  A suspect waiting for an idle worker (the only one is busy with a
+        message that is never answered) gets 504 at its deadline, and the
+        requests behind it are not lost.  */
+    broker_settings_t *settings = broker_harness_settings (false);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, &settings, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *supervisor = broker_harness_worker (&h, NULL, NULL);
+    zsock_t *dying = broker_harness_worker_at (&h, "app", "1", "h:1");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
+    char suspect[FERRY_ID_LEN + 1], busy[FERRY_ID_LEN + 1];
+    ferry_id_generate (suspect);
+    ferry_id_generate (busy);
+    broker_harness_request (edge, "app", suspect, ferry_wall_ms () + 400,
+                            "r", "s", 1);
+    FERRY_CHECK (broker_harness_got_work (dying, suspect));
+    zsock_t *worker = broker_harness_worker_at (&h, "app", "2", "h:2");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    broker_harness_request (edge, "app", busy, broker_harness_deadline (),
+                            "", "b", 1);
+    FERRY_CHECK (broker_harness_got_work (worker, busy));
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:1", "SIGKILL",
+                NULL);
+    FERRY_CHECK (broker_harness_got_problem (edge, suspect, 504, false));
+    FERRY_CHECK (broker_harness_work (worker, NULL, 50) == NULL);
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.workers == 1 && status.inflight == 1
+                 && status.queued == 0);
+    broker_harness_reply (worker, busy, "b", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, busy, "b"));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_status_json_test (bool verbose)
+{
+    broker_harness_t h;
+    zsock_t *edge, *worker;
+    FERRY_CHECK (broker_harness_start_served (&h, NULL, "app", "3", verbose,
+                                              &edge, &worker)
+                 == 0);
+    zsock_t *second = broker_harness_worker_at (&h, "app", "2", "h:7");
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    char *services = broker_harness_edge_hb (edge);
+    free (services);
+    char id[FERRY_ID_LEN + 1];
+    ferry_id_generate (id);
+    broker_harness_request (edge, "app", id, broker_harness_deadline (), "",
+                            "x", 1);
+    zmsg_t *work = broker_harness_work (worker, id, S_WAIT);
+    if (!work)
+        work = broker_harness_work (second, id, S_WAIT);
+    FERRY_CHECK (work);
+    zmsg_destroy (&work);
+    /*  Nobody reported a breaker: closed.  Then one reports open and the
+        other closed: the service is mixed.  */
+    for (int round = 0; round < 3; round++) {
+        if (round == 1) {
+            zstr_sendx (worker, FERRY_PROTO, FERRY_CMD_HB, "open", NULL);
+            zstr_sendx (second, FERRY_PROTO, FERRY_CMD_HB, "closed", NULL);
+        }
+        if (round == 2) {
+            zstr_sendx (second, FERRY_PROTO, FERRY_CMD_HB, "open", NULL);
+            zstr_sendx (second, FERRY_PROTO, FERRY_CMD_HB, "bogus", NULL);
+        }
+        /*  The HBs travel on other sockets: wait for them to count.  */
+        const char *expect = round == 0 ? "closed"
+                             : round == 1 ? "mixed"
+                                          : "open";
+        json_t *root = NULL;
+        for (int i = 0; i < 100; i++) {
+            json_decref (root);
+            char *text = broker_harness_status_json (&h);
+            FERRY_CHECK (text);
+            json_error_t error;
+            root = json_loads (text, 0, &error);
+            free (text);
+            FERRY_CHECK (root);
+            json_t *svc = json_array_get (json_object_get (root, "services"),
+                                          0);
+            const char *state
+                = json_string_value (json_object_get (svc, "breaker"));
+            if (state && streq (state, expect))
+                break;
+            zclock_sleep (10);
+        }
+        json_t *list = json_object_get (root, "services");
+        FERRY_CHECK (json_array_size (list) == 1);
+        json_t *svc = json_array_get (list, 0);
+        FERRY_CHECK (streq (json_string_value (json_object_get (svc, "name")),
+                            "app"));
+        FERRY_CHECK (streq (
+            json_string_value (json_object_get (svc, "breaker")), expect));
+        FERRY_CHECK (json_integer_value (json_object_get (svc, "workers"))
+                     == 2);
+        FERRY_CHECK (json_integer_value (json_object_get (svc, "ready"))
+                     == 2);
+        FERRY_CHECK (json_integer_value (json_object_get (svc, "inflight"))
+                     == 1);
+        FERRY_CHECK (json_integer_value (json_object_get (svc, "queued"))
+                     == 0);
+        FERRY_CHECK (json_integer_value (json_object_get (svc, "queue_max"))
+                     == 1000);
+        list = json_object_get (root, "workers");
+        FERRY_CHECK (json_array_size (list) == 2);
+        json_int_t credits = 0, held = 0;
+        bool named = false;
+        for (size_t i = 0; i < 2; i++) {
+            json_t *w = json_array_get (list, i);
+            FERRY_CHECK (json_is_string (json_object_get (w, "id")));
+            FERRY_CHECK (streq (
+                json_string_value (json_object_get (w, "service")), "app"));
+            FERRY_CHECK (json_is_string (json_object_get (w, "breaker")));
+            FERRY_CHECK (json_integer_value (json_object_get (w, "idle_ms"))
+                         >= 0);
+            credits += json_integer_value (json_object_get (w, "credit"));
+            held += json_integer_value (json_object_get (w, "inflight"));
+            named |= streq (
+                json_string_value (json_object_get (w, "process")), "h:7");
+        }
+        FERRY_CHECK (credits == 4 && held == 1 && named);
+        FERRY_CHECK (json_integer_value (json_object_get (root, "edges"))
+                     == 1);
+        FERRY_CHECK (json_integer_value (json_object_get (root, "inflight"))
+                     == 1);
+        FERRY_CHECK (
+            json_integer_value (json_object_get (root, "inflight_max"))
+            == 100000);
+        FERRY_CHECK (json_is_false (json_object_get (root, "draining")));
+        json_decref (root);
+    }
+    /*  Garbage on the control socket is dropped; STATUS still answers. */
+    zsock_t *client = zsock_new_dealer (h.control);
+    FERRY_CHECK (client);
+    zsock_set_linger (client, 0);
+    zstr_sendx (client, FERRY_PROTO, "WHAT", NULL);
+    zstr_sendx (client, "FRY2", FERRY_CMD_STATUS, NULL);
+    FERRY_CHECK (broker_harness_silent (client, 50));
+    zsock_destroy (&client);
+    char *text = broker_harness_status_json (&h);
+    FERRY_CHECK (text && strstr (text, "\"services\""));
+    free (text);
     broker_harness_stop (&h);
     return 0;
 }

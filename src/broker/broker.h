@@ -8,6 +8,8 @@
 
       BIND frontend backend   -> "iss": 0 or -1, and the endpoints bound
                                  (tcp://host:* becomes the real port)
+      CONTROL endpoint        -> "is": 0 or -1, and the endpoint bound of
+                                 the control ROUTER (ferryctl status)
       VERBOSE                 -> no answer; logs per-message detail
       STATUS                  -> "iiii": workers, in flight, queued,
                                  services
@@ -43,5 +45,10 @@ int broker_inflight_expiry_test (bool verbose);
 int broker_late_reply_test (bool verbose);
 int broker_duplicate_id_test (bool verbose);
 int broker_back_test (bool verbose);
+int broker_attempt_test (bool verbose);
+int broker_died_test (bool verbose);
+int broker_isolation_test (bool verbose);
+int broker_suspect_deadline_test (bool verbose);
+int broker_status_json_test (bool verbose);
 
 #endif

@@ -82,7 +82,8 @@ broker_harness_stop (broker_harness_t *self)
     zactor_destroy (&self->actor);
     free (self->frontend);
     free (self->backend);
-    self->frontend = self->backend = NULL;
+    free (self->control);
+    self->frontend = self->backend = self->control = NULL;
 }
 
 static zsock_t *
@@ -118,6 +119,17 @@ broker_harness_worker (broker_harness_t *self, const char *service,
     return sock;
 }
 
+zsock_t *
+broker_harness_worker_at (broker_harness_t *self, const char *service,
+                          const char *credit, const char *process)
+{
+    zsock_t *sock = s_peer (self, self->backend);
+    if (sock)
+        zstr_sendx (sock, FERRY_PROTO, FERRY_CMD_READY, service, credit,
+                    process, NULL);
+    return sock;
+}
+
 void
 broker_harness_drop (broker_harness_t *self, zsock_t **peer_p)
 {
@@ -136,6 +148,35 @@ broker_harness_status (broker_harness_t *self)
     zsock_recv (self->actor, "iiii", &status.workers, &status.inflight,
                 &status.queued, &services);
     return status;
+}
+
+char *
+broker_harness_status_json (broker_harness_t *self)
+{
+    static int counter;
+    if (!self->control) {
+        char endpoint[64];
+        snprintf (endpoint, sizeof endpoint, "inproc://broker-test-ctl-%d",
+                  ++counter);
+        zstr_sendx (self->actor, "CONTROL", endpoint, NULL);
+        int rc = -1;
+        if (zsock_recv (self->actor, "is", &rc, &self->control) == -1
+            || rc != 0) {
+            zstr_free (&self->control);
+            return NULL;
+        }
+    }
+    zsock_t *client = zsock_new_dealer (self->control);
+    if (!client)
+        return NULL;
+    zsock_set_rcvtimeo (client, BROKER_HARNESS_WAIT);
+    zsock_set_linger (client, 0);
+    zstr_sendx (client, FERRY_PROTO, FERRY_CMD_STATUS, NULL);
+    zmsg_t *reply = broker_harness_recv (client, FERRY_CMD_STATUS, 1, 0);
+    char *json = reply ? zmsg_popstr (reply) : NULL;
+    zmsg_destroy (&reply);
+    zsock_destroy (&client);
+    return json;
 }
 
 bool
@@ -284,11 +325,50 @@ broker_harness_work (zsock_t *worker, const char *msg_id, int ms)
         zsock_set_rcvtimeo (worker, BROKER_HARNESS_WAIT);
         if (!msg)
             return NULL;
-        if (zmsg_size (msg) == 5 && zframe_streq (zmsg_first (msg), "FRY1")
+        if (zmsg_size (msg) == 6 && zframe_streq (zmsg_first (msg), "FRY1")
             && zframe_streq (zmsg_next (msg), FERRY_CMD_REQ)) {
             s_pop2 (msg);
             if (!msg_id || zframe_streq (zmsg_first (msg), msg_id))
                 return msg;
+        }
+        zmsg_destroy (&msg);
+    }
+    return NULL;
+}
+
+bool
+broker_harness_got_attempt (zsock_t *worker, const char *msg_id,
+                            const char *attempt)
+{
+    zmsg_t *work = broker_harness_work (worker, msg_id, BROKER_HARNESS_WAIT);
+    bool got = false;
+    if (work) {
+        zmsg_first (work);
+        zmsg_next (work);
+        zframe_t *frame = zmsg_next (work);
+        got = !attempt || zframe_streq (frame, attempt);
+        if (!got) {
+            char *text = zframe_strdup (frame);
+            fprintf (stderr, "# attempt %s, expected %s\n", text, attempt);
+            free (text);
+        }
+    }
+    zmsg_destroy (&work);
+    return got;
+}
+
+zmsg_t *
+broker_harness_dead (zsock_t *worker)
+{
+    int64_t until = ferry_mono_ms () + BROKER_HARNESS_WAIT;
+    while (ferry_mono_ms () < until) {
+        zmsg_t *msg = zmsg_recv (worker);
+        if (!msg)
+            return NULL;
+        if (zmsg_size (msg) == 5 && zframe_streq (zmsg_first (msg), "FRY1")
+            && zframe_streq (zmsg_next (msg), FERRY_CMD_DEAD)) {
+            s_pop2 (msg);
+            return msg;
         }
         zmsg_destroy (&msg);
     }

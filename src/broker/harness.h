@@ -15,6 +15,7 @@ typedef struct {
     zactor_t *actor;            /* the broker under test */
     char *frontend;             /* endpoints it bound */
     char *backend;
+    char *control;              /* bound by the first status_json */
     zsock_t *peers[BROKER_HARNESS_PEERS]; /* edges and workers, owned */
 } broker_harness_t;
 
@@ -54,10 +55,17 @@ zsock_t *broker_harness_edge (broker_harness_t *self);
     not NULL it has sent READY service credit.  Owned by self.  */
 zsock_t *broker_harness_worker (broker_harness_t *self, const char *service,
                                 const char *credit);
+/*  The same with READY service credit process (process is "host:pid").  */
+zsock_t *broker_harness_worker_at (broker_harness_t *self,
+                                   const char *service, const char *credit,
+                                   const char *process);
 /*  Destroys one peer before the end of the test.  */
 void broker_harness_drop (broker_harness_t *self, zsock_t **peer_p);
 
 broker_harness_status_t broker_harness_status (broker_harness_t *self);
+/*  Binds the control socket on first use, asks it STATUS from a fresh
+    DEALER and returns the JSON text (caller frees), or NULL.  */
+char *broker_harness_status_json (broker_harness_t *self);
 /*  Waits until the broker has expected workers.  */
 bool broker_harness_wait_workers (broker_harness_t *self, int expected);
 /*  Heartbeats from keeper until the broker is down to expected workers
@@ -96,9 +104,16 @@ bool broker_harness_wait_alive (zsock_t *sock, zsock_t *keeper, int ms);
 void broker_harness_drain (zsock_t *sock);
 
 /*  A worker receives REQ for msg_id (any when NULL) within ms, skipping
-    broker heartbeats: returns its frames [msg_id, deadline, payload], or
-    NULL.  */
+    broker heartbeats: returns its frames [msg_id, deadline, attempt,
+    payload], or NULL.  */
 zmsg_t *broker_harness_work (zsock_t *worker, const char *msg_id, int ms);
+/*  True when worker receives REQ for msg_id within BROKER_HARNESS_WAIT
+    with attempt (any when NULL).  */
+bool broker_harness_got_attempt (zsock_t *worker, const char *msg_id,
+                                 const char *attempt);
+/*  A worker receives DEAD within BROKER_HARNESS_WAIT, skipping
+    heartbeats: returns its frames [msg_id, info, payload], or NULL.  */
+zmsg_t *broker_harness_dead (zsock_t *worker);
 /*  True when worker receives REQ for msg_id within BROKER_HARNESS_WAIT.  */
 bool broker_harness_got_work (zsock_t *worker, const char *msg_id);
 /*  True when edge receives REP for msg_id whose payload is body (any

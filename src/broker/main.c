@@ -6,7 +6,12 @@
     it watches the actor's pipe, so it also notices an actor that ended on
     its own.  On SIGTERM it asks the actor to drain (refuse new requests,
     let those in flight finish for up to broker.drain_timeout, answer the
-    rest, tell the workers) before it stops it.  */
+    rest, tell the workers) before it stops it.  SIGHUP reloads nothing:
+    the endpoints and queue caps are read once, and changing them under
+    queued requests is not worth the states it would add.
+
+    broker.control, when set, is bound like the other endpoints (a failure
+    is fatal at start-up): ferryctl status asks the broker's state there.  */
 
 #include "broker.h"
 #include "config.h"
@@ -46,6 +51,8 @@ s_drain (zactor_t *actor, int64_t wait_ms)
 static const ferry_flag_t s_flags[] = {
     {"frontend", "broker.frontend", "endpoint edges connect to"},
     {"backend", "broker.backend", "endpoint workers connect to"},
+    {"control", "broker.control",
+     "endpoint for ferryctl status (empty: off)"},
     {NULL, NULL, NULL},
 };
 
@@ -97,11 +104,27 @@ main (int argc, char **argv)
         free (backend);
         goto done;
     }
+    char *control = NULL;
+    if (*broker_settings_control (settings)) {
+        zstr_sendx (actor, "CONTROL", broker_settings_control (settings),
+                    NULL);
+        int control_rc = -1;
+        if (zsock_recv (actor, "is", &control_rc, &control) == -1
+            || control_rc != 0) {
+            log_error ("cannot bind control=%s",
+                       broker_settings_control (settings));
+            free (frontend);
+            free (backend);
+            free (control);
+            goto done;
+        }
+    }
     ferry_daemon_notify ("READY=1");
-    log_info ("ready frontend=%s backend=%s", frontend,
-              backend);
+    log_info ("ready frontend=%s backend=%s control=%s", frontend, backend,
+              control ? control : "-");
     free (frontend);
     free (backend);
+    free (control);
 
     /*  The actor only talks on its pipe when asked; input there means it
         ended (or the pipe broke), which is fatal.  */
@@ -114,7 +137,12 @@ main (int argc, char **argv)
             status = 1;
             break;
         }
-        (void) ferry_daemon_reload_requested ();
+        if (ferry_daemon_reload_requested ()) {
+            ferry_daemon_notify ("RELOADING=1");
+            log_info ("reload: nothing to reload (endpoints and queue caps "
+                      "need a restart)");
+            ferry_daemon_notify ("READY=1");
+        }
     }
     zpoller_destroy (&poller);
     if (status == 0) {

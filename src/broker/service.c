@@ -44,6 +44,7 @@ broker_request_new (const void *edge, size_t edge_size, const char *msg_id,
     self->worker = NULL;
     self->handle = NULL;
     self->deaths = 0;
+    self->history = NULL;
     return self;
 }
 
@@ -54,6 +55,10 @@ broker_request_destroy (broker_request_t **self_p)
     broker_request_t *self = *self_p;
     if (self) {
         zmq_msg_close (&self->payload);
+        if (self->history)
+            for (size_t i = 0; i < self->history->worker_count; i++)
+                free (self->history->workers[i]);
+        free (self->history);
         free (self);
         *self_p = NULL;
     }
@@ -63,6 +68,21 @@ bool
 broker_request_retryable (const broker_request_t *self)
 {
     return strchr (self->flags, FERRY_FLAG_RETRYABLE) != NULL;
+}
+
+void
+broker_request_died (broker_request_t *self, const char *worker_key,
+                     const char *signal)
+{
+    self->deaths++;
+    if (!self->history)
+        self->history = ferry_calloc (1, sizeof *self->history);
+    broker_deaths_t *history = self->history;
+    if (history->worker_count < BROKER_DEATHS_KEPT)
+        history->workers[history->worker_count++] = ferry_strdup (worker_key);
+    if (signal && *signal && history->signal_count < BROKER_DEATHS_KEPT)
+        snprintf (history->signals[history->signal_count++],
+                  sizeof history->signals[0], "%s", signal);
 }
 
 static void
@@ -171,6 +191,12 @@ broker_service_pop (broker_service_t *self)
         req = (broker_request_t *) zlistx_detach_cur (self->queue);
     s_reset_if_empty (self);
     return req;
+}
+
+broker_request_t *
+broker_service_peek (broker_service_t *self)
+{
+    return (broker_request_t *) zlistx_first (self->queue);
 }
 
 /*  Scans the queue once: detaches the first request that is due and
@@ -301,6 +327,19 @@ broker_service_ready_next (broker_service_t *self)
     return worker;
 }
 
+void *
+broker_service_ready_find (broker_service_t *self,
+                           bool (*match) (void *worker))
+{
+    for (void *worker = zlistx_first (self->ready); worker;
+         worker = zlistx_next (self->ready))
+        if (match (worker)) {
+            zlistx_move_end (self->ready, zlistx_cursor (self->ready));
+            return worker;
+        }
+    return NULL;
+}
+
 size_t
 broker_service_ready (const broker_service_t *self)
 {
@@ -320,6 +359,18 @@ s_test_request (const char *id, uint64_t deadline, int64_t queued,
         = broker_request_new ("E", 1, id, flags, deadline, queued, &payload);
     zmq_msg_close (&payload);
     return req;
+}
+
+static bool
+s_test_is_two (void *worker)
+{
+    return *(int *) worker == 2;
+}
+
+static bool
+s_test_is_three (void *worker)
+{
+    return *(int *) worker == 3;
 }
 
 int
@@ -354,6 +405,15 @@ broker_service_test (bool verbose)
     FERRY_CHECK (zmq_msg_size (&req->payload) == 1
                  && memcmp (zmq_msg_data (&req->payload), "d", 1) == 0);
     FERRY_CHECK (req->edge_size == 1 && req->edge[0] == 'E');
+    /*  Deaths: counted always, keys and known signals kept up to a bound. */
+    FERRY_CHECK (req->deaths == 0 && !req->history);
+    for (int i = 0; i < BROKER_DEATHS_KEPT + 2; i++)
+        broker_request_died (req, "W1", i == 0 ? NULL : "SIGABRT");
+    FERRY_CHECK (req->deaths == BROKER_DEATHS_KEPT + 2 && req->history);
+    FERRY_CHECK (req->history->worker_count == BROKER_DEATHS_KEPT);
+    FERRY_CHECK (req->history->signal_count == BROKER_DEATHS_KEPT);
+    FERRY_CHECK (strcmp (req->history->signals[0], "SIGABRT") == 0);
+    FERRY_CHECK (broker_service_peek (svc) != NULL);
     broker_request_destroy (&req);
     broker_request_destroy (&req);
 
@@ -395,8 +455,11 @@ broker_service_test (bool verbose)
     FERRY_CHECK (broker_service_ready_next (svc) == &w1);
     FERRY_CHECK (broker_service_ready_next (svc) == &w2);
     FERRY_CHECK (broker_service_ready_next (svc) == &w1);
+    FERRY_CHECK (broker_service_ready_find (svc, s_test_is_two) == &w2);
+    FERRY_CHECK (broker_service_ready_next (svc) == &w1);
     broker_service_ready_remove (svc, &h1);
     FERRY_CHECK (h1 == NULL && broker_service_ready (svc) == 1);
+    FERRY_CHECK (broker_service_ready_find (svc, s_test_is_three) == NULL);
     broker_service_ready_remove (svc, &h1);
     FERRY_CHECK (broker_service_ready_next (svc) == &w2);
     FERRY_CHECK (broker_service_ready_next (svc) == &w2);

@@ -15,6 +15,21 @@
 /*  ZeroMQ routing identities are 1 to 255 bytes.  */
 #define BROKER_IDENTITY_MAX 255
 
+/*  Worker keys and exit signals a request remembers from the deaths it
+    was in flight for, for its dead letter; later ones are not kept.  */
+#define BROKER_DEATHS_KEPT 8
+/*  Longest signal name a DIED may carry ("SIGABRT").  */
+#define BROKER_SIGNAL_MAX 15
+
+/*  What a request saw die, allocated at its first death only.  */
+typedef struct {
+    char *workers[BROKER_DEATHS_KEPT];    /* keys of the dead workers */
+    size_t worker_count;
+    char signals[BROKER_DEATHS_KEPT][BROKER_SIGNAL_MAX + 1]; /* known
+                                             exit signals, in order */
+    size_t signal_count;
+} broker_deaths_t;
+
 /*  A request, from its arrival until it is answered: first in a service
     queue, then in flight at a worker.  The broker never decodes the
     payload; it keeps the message part it received and sends that same part
@@ -31,7 +46,11 @@ typedef struct {
                                              once sent unless retryable */
     void *worker;                         /* in flight: who holds it */
     void *handle;                         /* in flight: in its worker list */
-    unsigned deaths;                      /* workers that died holding it */
+    unsigned deaths;                      /* workers that died holding it;
+                                             > 0 makes it a suspect, and
+                                             deaths + 1 is the attempt of
+                                             its next delivery */
+    broker_deaths_t *history;             /* NULL until the first death */
 } broker_request_t;
 
 /*  Moves *payload into the request (payload is left empty) and copies the
@@ -44,6 +63,11 @@ broker_request_t *broker_request_new (const void *edge, size_t edge_size,
 void broker_request_destroy (broker_request_t **self_p);
 /*  True when flags contain FERRY_FLAG_RETRYABLE.  */
 bool broker_request_retryable (const broker_request_t *self);
+/*  Counts a death of the worker worker_key while it held the request and
+    remembers the key and, when not NULL, the signal that killed it (up to
+    BROKER_DEATHS_KEPT of each).  */
+void broker_request_died (broker_request_t *self, const char *worker_key,
+                          const char *signal);
 
 typedef struct _broker_service_t broker_service_t;
 
@@ -68,6 +92,8 @@ void broker_service_push_front (broker_service_t *self,
                                 broker_request_t **req_p);
 /*  Removes and returns the head request, or NULL when the queue is empty.  */
 broker_request_t *broker_service_pop (broker_service_t *self);
+/*  The head request, left in place, or NULL.  */
+broker_request_t *broker_service_peek (broker_service_t *self);
 
 /*  Removes and returns one queued request whose deadline is at or before
     wall_now, or NULL when there is none.  Call until NULL.  */
@@ -98,6 +124,10 @@ void *broker_service_ready_add (broker_service_t *self, void *worker);
 void broker_service_ready_remove (broker_service_t *self, void **handle_p);
 /*  The next worker in the ring, which moves to the back, or NULL.  */
 void *broker_service_ready_next (broker_service_t *self);
+/*  The first worker in the ring for which match (worker) is true, which
+    moves to the back, or NULL.  Walks the ring: for rare cases only.  */
+void *broker_service_ready_find (broker_service_t *self,
+                                 bool (*match) (void *worker));
 size_t broker_service_ready (const broker_service_t *self);
 
 int broker_service_test (bool verbose);

@@ -13,6 +13,7 @@
 struct _broker_settings_t {
     char *frontend;              /* endpoint edges connect to */
     char *backend;               /* endpoint workers connect to */
+    char *control;               /* endpoint ferryctl asks, "" = none */
     int64_t heartbeat;           /* ms between heartbeats */
     int64_t liveness;            /* heartbeats missed before a peer is dead */
     int64_t no_worker_grace;     /* ms a request waits for a first worker */
@@ -37,6 +38,9 @@ broker_settings_new (void)
     broker_settings_t *self = ferry_calloc (1, sizeof *self);
     self->frontend = ferry_strdup ("tcp://127.0.0.1:5555");
     self->backend = ferry_strdup ("tcp://127.0.0.1:5556");
+    /*  Off unless configured: a second broker on the same host (tests,
+        benchmarks) must not fight over a port it did not ask for.  */
+    self->control = ferry_strdup ("");
     self->heartbeat = 1000;
     self->liveness = 3;
     self->no_worker_grace = 2000;
@@ -60,6 +64,7 @@ broker_settings_destroy (broker_settings_t **self_p)
         zhashx_destroy (&self->limits);
         free (self->frontend);
         free (self->backend);
+        free (self->control);
         free (self);
         *self_p = NULL;
     }
@@ -71,8 +76,10 @@ broker_settings_dup (const broker_settings_t *src)
     broker_settings_t *self = broker_settings_new ();
     free (self->frontend);
     free (self->backend);
+    free (self->control);
     self->frontend = ferry_strdup (src->frontend);
     self->backend = ferry_strdup (src->backend);
+    self->control = ferry_strdup (src->control);
     self->heartbeat = src->heartbeat;
     self->liveness = src->liveness;
     self->no_worker_grace = src->no_worker_grace;
@@ -105,13 +112,15 @@ broker_name_valid (const char *name)
 int
 broker_settings_load (broker_settings_t *self, ferry_config_t *config)
 {
-    const char *frontend, *backend;
+    const char *frontend, *backend, *control;
     int64_t heartbeat, liveness, grace, inflight, dflt_limit, deaths, drain;
     uint64_t max_message;
     if (ferry_config_str (config, NULL, "broker.frontend", self->frontend,
                           &frontend)
         || ferry_config_str (config, NULL, "broker.backend", self->backend,
                              &backend)
+        || ferry_config_str (config, NULL, "broker.control", self->control,
+                             &control)
         || ferry_config_duration_ms (config, NULL, "broker.heartbeat", 10,
                                      3600000, self->heartbeat, &heartbeat)
         || ferry_config_int (config, NULL, "broker.liveness", 1, 1000,
@@ -135,10 +144,13 @@ broker_settings_load (broker_settings_t *self, ferry_config_t *config)
         return -1;
     /*  Copy before replacing: the strings may be our own defaults.  */
     char *fe = ferry_strdup (frontend), *be = ferry_strdup (backend);
+    char *ctl = ferry_strdup (control);
     free (self->frontend);
     free (self->backend);
+    free (self->control);
     self->frontend = fe;
     self->backend = be;
+    self->control = ctl;
     self->heartbeat = heartbeat;
     self->liveness = liveness;
     self->no_worker_grace = grace;
@@ -182,6 +194,20 @@ const char *
 broker_settings_backend (const broker_settings_t *self)
 {
     return self->backend;
+}
+
+const char *
+broker_settings_control (const broker_settings_t *self)
+{
+    return self->control;
+}
+
+void
+broker_settings_set_control (broker_settings_t *self, const char *endpoint)
+{
+    char *copy = ferry_strdup (endpoint);
+    free (self->control);
+    self->control = copy;
 }
 
 int64_t
@@ -301,6 +327,7 @@ broker_settings_test (bool verbose)
     const char *yaml
         = "broker:\n"
           "  frontend: tcp://127.0.0.1:21001\n"
+          "  control: tcp://127.0.0.1:21003\n"
           "  heartbeat: 250ms\n"
           "  liveness: 4\n"
           "  no_worker_grace: 1s\n"
@@ -321,6 +348,15 @@ broker_settings_test (bool verbose)
                         "tcp://127.0.0.1:21001"));
     FERRY_CHECK (streq (broker_settings_backend (settings),
                         "tcp://127.0.0.1:5556"));
+    FERRY_CHECK (streq (broker_settings_control (settings),
+                        "tcp://127.0.0.1:21003"));
+    broker_settings_t *copy = broker_settings_dup (settings);
+    FERRY_CHECK (streq (broker_settings_control (copy),
+                        "tcp://127.0.0.1:21003"));
+    broker_settings_destroy (&copy);
+    copy = broker_settings_new ();
+    FERRY_CHECK (streq (broker_settings_control (copy), ""));
+    broker_settings_destroy (&copy);
     FERRY_CHECK (settings->heartbeat == 250 && settings->liveness == 4);
     FERRY_CHECK (settings->no_worker_grace == 1000);
     FERRY_CHECK (broker_settings_drain_timeout (settings) == 1500);

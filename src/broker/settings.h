@@ -23,6 +23,8 @@ int broker_settings_load (broker_settings_t *self, ferry_config_t *config);
 
 const char *broker_settings_frontend (const broker_settings_t *self);
 const char *broker_settings_backend (const broker_settings_t *self);
+/*  Endpoint of the control socket (ferryctl status), "" when off.  */
+const char *broker_settings_control (const broker_settings_t *self);
 /*  Milliseconds between heartbeats; a peer silent for liveness of them is
     dead.  */
 int64_t broker_settings_heartbeat (const broker_settings_t *self);
@@ -46,6 +48,8 @@ void broker_settings_set_heartbeat (broker_settings_t *self, int64_t ms,
                                     int64_t liveness);
 void broker_settings_set_no_worker_grace (broker_settings_t *self,
                                           int64_t ms);
+void broker_settings_set_control (broker_settings_t *self,
+                                  const char *endpoint);
 void broker_settings_set_max_inflight (broker_settings_t *self, size_t n);
 void broker_settings_set_max_deaths (broker_settings_t *self, int64_t n);
 void broker_settings_set_drain_timeout (broker_settings_t *self,

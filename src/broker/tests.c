@@ -26,5 +26,10 @@ const ferry_test_t broker_tests[] = {
     {"late_reply", broker_late_reply_test},
     {"duplicate_id", broker_duplicate_id_test},
     {"back", broker_back_test},
+    {"attempt", broker_attempt_test},
+    {"died", broker_died_test},
+    {"isolation", broker_isolation_test},
+    {"suspect_deadline", broker_suspect_deadline_test},
+    {"status_json", broker_status_json_test},
     {NULL, NULL},
 };
