@@ -128,6 +128,7 @@ EOF
     local sets=(--config "$config"
         --set "broker.frontend=tcp://127.0.0.1:$front"
         --set "broker.backend=tcp://127.0.0.1:$back"
+        --set "broker.control=tcp://127.0.0.1:$(free_port)"
         --set "edge.broker=tcp://127.0.0.1:$front"
         --set "edge.listen=127.0.0.1:$KS_HTTP_PORT"
         --set "worker.database=$db"

@@ -18,11 +18,22 @@
     produces through ferry's idempotent producer (kafka.h) and waits for
     every delivery report before it says what it replayed.
 
+    `status` asks a running broker for its state on its control socket
+    (broker.control in the configuration, docs/broker.md): a DEALER sends
+    FRY1 STATUS and prints the JSON answer as tables, or raw with --json.
+    A broker that does not answer within two seconds is an error, not an
+    empty table, so scripts can tell "down" from "idle".
+
     Exit codes: 0 success, 1 failure, 2 usage error.  */
 
+#include "config.h"
 #include "ferry.h"
 #include "kafka.h"
 #include "log.h"
+#include "proto.h"
+
+#include <czmq.h>
+#include <jansson.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -81,6 +92,13 @@ static const char *s_usage =
     "        ferry-attempts and ferry-original-* headers.\n"
     "        --property: any librdkafka property (security.protocol, ...);\n"
     "        --bootstrap H:P is bootstrap.servers (default 127.0.0.1:9092).\n"
+    "  status [-c FILE] [--endpoint ENDPOINT] [--json]\n"
+    "        Print the broker's services (queue, workers, in flight,\n"
+    "        breaker) and workers (credit, in flight, breaker, idle time)\n"
+    "        from its control socket, broker.control in FILE (default\n"
+    "        $FERRY_CONFIG); --endpoint names the socket instead.  --json\n"
+    "        prints the broker's JSON as it came.  Fails (exit 1) when\n"
+    "        the broker does not answer within 2 s.\n"
     "  help  Print this help.\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n";
@@ -883,6 +901,207 @@ s_cmd_dlq (int argc, char **argv)
     return rc;
 }
 
+/* ---- status --------------------------------------------------------------- */
+
+/*  How long status waits for the broker's answer.  */
+#define STATUS_TIMEOUT_MS 2000
+
+/*  Asks the broker at endpoint for its status.  Returns the JSON text
+    (caller frees), or NULL after saying why on stderr.  */
+static char *
+s_status_query (const char *endpoint)
+{
+    zsys_set_logstream (NULL);
+    zsock_t *sock = zsock_new (ZMQ_DEALER);
+    if (!sock || zsock_connect (sock, "%s", endpoint) == -1) {
+        fprintf (stderr, "ferryctl status: cannot connect to '%s': %s\n",
+                 endpoint, zmq_strerror (zmq_errno ()));
+        zsock_destroy (&sock);
+        return NULL;
+    }
+    zsock_set_linger (sock, 0);
+    zsock_set_sndtimeo (sock, STATUS_TIMEOUT_MS);
+    zsock_set_rcvtimeo (sock, STATUS_TIMEOUT_MS);
+    char *json = NULL;
+    if (zstr_sendx (sock, FERRY_PROTO, FERRY_CMD_STATUS, NULL) == 0) {
+        zmsg_t *reply = zmsg_recv (sock);
+        char *proto = reply ? zmsg_popstr (reply) : NULL;
+        char *command = reply ? zmsg_popstr (reply) : NULL;
+        if (proto && command && streq (proto, FERRY_PROTO)
+            && streq (command, FERRY_CMD_STATUS) && zmsg_size (reply) == 1)
+            json = zmsg_popstr (reply);
+        free (proto);
+        free (command);
+        zmsg_destroy (&reply);
+    }
+    if (!json)
+        fprintf (stderr,
+                 "ferryctl status: no answer from the broker at %s within "
+                 "%d s (is it running, with broker.control set?)\n",
+                 endpoint, STATUS_TIMEOUT_MS / 1000);
+    zsock_destroy (&sock);
+    return json;
+}
+
+/*  The string member key of item, "-" when absent.  */
+static const char *
+s_json_str (json_t *item, const char *key)
+{
+    const char *value = json_string_value (json_object_get (item, key));
+    return value && *value ? value : "-";
+}
+
+static long long
+s_json_int (json_t *item, const char *key)
+{
+    return (long long) json_integer_value (json_object_get (item, key));
+}
+
+/*  Widest value of the string member key over list, at least min.  */
+static int
+s_json_width (json_t *list, const char *key, int min)
+{
+    int width = min;
+    for (size_t i = 0; i < json_array_size (list); i++) {
+        int len = (int) strlen (s_json_str (json_array_get (list, i), key));
+        if (len > width)
+            width = len;
+    }
+    return width;
+}
+
+/*  Prints the status as two tables.  Returns 0, or -1 when json is not
+    the broker's status object.  */
+static int
+s_status_print (const char *json)
+{
+    json_error_t error;
+    json_t *root = json_loads (json, 0, &error);
+    json_t *services = json_object_get (root, "services");
+    json_t *workers = json_object_get (root, "workers");
+    if (!json_is_object (root) || !json_is_array (services)
+        || !json_is_array (workers)) {
+        fprintf (stderr, "ferryctl status: the broker's answer is not a "
+                         "status object\n");
+        json_decref (root);
+        return -1;
+    }
+    printf ("broker: inflight %lld/%lld, edges %lld%s\n\n",
+            s_json_int (root, "inflight"), s_json_int (root, "inflight_max"),
+            s_json_int (root, "edges"),
+            json_is_true (json_object_get (root, "draining")) ? ", draining"
+                                                               : "");
+    int name = s_json_width (services, "name", 7);
+    printf ("%-*s %8s %9s %7s %5s %8s  %s\n", name, "SERVICE", "QUEUED",
+            "QUEUE_MAX", "WORKERS", "READY", "INFLIGHT", "BREAKER");
+    for (size_t i = 0; i < json_array_size (services); i++) {
+        json_t *svc = json_array_get (services, i);
+        printf ("%-*s %8lld %9lld %7lld %5lld %8lld  %s\n", name,
+                s_json_str (svc, "name"), s_json_int (svc, "queued"),
+                s_json_int (svc, "queue_max"), s_json_int (svc, "workers"),
+                s_json_int (svc, "ready"), s_json_int (svc, "inflight"),
+                s_json_str (svc, "breaker"));
+    }
+    int id = s_json_width (workers, "id", 6);
+    int service = s_json_width (workers, "service", 7);
+    int process = s_json_width (workers, "process", 7);
+    printf ("\n%-*s %-*s %-*s %7s %8s %-9s %8s\n", id, "WORKER", service,
+            "SERVICE", process, "PROCESS", "CREDIT", "INFLIGHT", "BREAKER",
+            "IDLE_MS");
+    for (size_t i = 0; i < json_array_size (workers); i++) {
+        json_t *w = json_array_get (workers, i);
+        printf ("%-*s %-*s %-*s %7lld %8lld %-9s %8lld\n", id,
+                s_json_str (w, "id"), service, s_json_str (w, "service"),
+                process, s_json_str (w, "process"), s_json_int (w, "credit"),
+                s_json_int (w, "inflight"), s_json_str (w, "breaker"),
+                s_json_int (w, "idle_ms"));
+    }
+    json_decref (root);
+    return 0;
+}
+
+static int
+s_cmd_status (int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"endpoint", required_argument, NULL, 'e'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *path = getenv ("FERRY_CONFIG");
+    const char *endpoint = NULL;
+    bool raw = false;
+    int opt;
+    optind = 1;
+    argv[0] = (char *) "ferryctl status";
+    while ((opt = getopt_long (argc, argv, "c:", options, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'e':
+            endpoint = optarg;
+            break;
+        case 'j':
+            raw = true;
+            break;
+        case 'h':
+            fputs (s_usage, stdout);
+            return EXIT_SUCCESS;
+        default:
+            fputs ("Try 'ferryctl --help'.\n", stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf (stderr, "ferryctl status: unexpected argument '%s'\n",
+                 argv[optind]);
+        return EXIT_USAGE;
+    }
+    ferry_config_t *config = NULL;
+    if (!endpoint) {
+        if (!path || !*path) {
+            fputs ("ferryctl status: no configuration: give -c FILE, set "
+                   "FERRY_CONFIG, or --endpoint\n",
+                   stderr);
+            return EXIT_USAGE;
+        }
+        char err[512];
+        config = ferry_config_load (path, err, sizeof err);
+        if (!config) {
+            fprintf (stderr, "ferryctl status: %s\n", err);
+            return EXIT_FAILURE;
+        }
+        if (ferry_config_str (config, NULL, "broker.control", "",
+                              &endpoint)) {
+            fprintf (stderr, "ferryctl status: %s\n",
+                     ferry_config_error (config));
+            ferry_config_destroy (&config);
+            return EXIT_FAILURE;
+        }
+        if (!*endpoint) {
+            fprintf (stderr,
+                     "ferryctl status: broker.control is not set in %s: "
+                     "the broker has no control socket\n",
+                     path);
+            ferry_config_destroy (&config);
+            return EXIT_FAILURE;
+        }
+    }
+    char *json = s_status_query (endpoint);
+    ferry_config_destroy (&config);
+    int rc = EXIT_FAILURE;
+    if (json && raw) {
+        printf ("%s\n", json);
+        rc = EXIT_SUCCESS;
+    }
+    else if (json && s_status_print (json) == 0)
+        rc = EXIT_SUCCESS;
+    free (json);
+    return rc;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -905,6 +1124,8 @@ main (int argc, char **argv)
         return s_cmd_migrate (argc - 1, argv + 1);
     if (strcmp (cmd, "dlq") == 0)
         return s_cmd_dlq (argc - 1, argv + 1);
+    if (strcmp (cmd, "status") == 0)
+        return s_cmd_status (argc - 1, argv + 1);
     fprintf (stderr, "ferryctl: unknown command '%s'\nTry 'ferryctl --help'.\n",
              cmd);
     return EXIT_USAGE;

@@ -608,10 +608,12 @@ class Stack:
     def plan_ports(self, heartbeat="200ms", grace="500ms", sets=()):
         self.frontend = "tcp://127.0.0.1:%d" % free_port()
         self.backend = "tcp://127.0.0.1:%d" % free_port()
+        self.control = "tcp://127.0.0.1:%d" % free_port()
         self.http_port = free_port()
         self.sets = [
             "broker.frontend=" + self.frontend,
             "broker.backend=" + self.backend,
+            "broker.control=" + self.control,
             "broker.heartbeat=" + heartbeat,
             "broker.no_worker_grace=" + grace,
             "edge.broker=" + self.frontend,

@@ -65,6 +65,7 @@ def safe_sets():
     """Free ports, so a daemon that wrongly starts binds nothing shared."""
     return ["--set", "broker.frontend=tcp://127.0.0.1:%d" % harness.free_port(),
             "--set", "broker.backend=tcp://127.0.0.1:%d" % harness.free_port(),
+            "--set", "broker.control=tcp://127.0.0.1:%d" % harness.free_port(),
             "--set", "edge.listen=127.0.0.1:%d" % harness.free_port(),
             "--set", "worker.database=host=127.0.0.1 port=1 dbname=none "
             "connect_timeout=1"]
