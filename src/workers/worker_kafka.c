@@ -491,15 +491,17 @@ s_pg_success (const worker_kafka_t *cfg)
         worker_breaker_success (cfg->breaker);
 }
 
-/*  Connects *conn when not connected.  A connection the server closed
-    meanwhile (a restart, a fast shutdown: its last words wait in the
-    socket) is found without a round trip and counts as lost.  Returns 0
-    when a connection is up.  */
+/*  Connects *conn when not connected.  With stale, a connection the
+    server closed meanwhile (a restart, a fast shutdown: its last words
+    wait in the socket) is found without a round trip (one recv) and
+    counts as lost.  Returns 0 when a connection is up.  */
 static int
-s_pg_connect (const worker_kafka_t *cfg, PGconn **conn, const char *who)
+s_pg_connect (const worker_kafka_t *cfg, PGconn **conn, const char *who,
+              bool stale)
 {
     if (*conn && PQstatus (*conn) == CONNECTION_OK
-        && PQconsumeInput (*conn) && PQstatus (*conn) == CONNECTION_OK)
+        && (!stale || (PQconsumeInput (*conn)
+                       && PQstatus (*conn) == CONNECTION_OK)))
         return 0;
     if (*conn) {
         log_warn ("kafka %s lost its PostgreSQL connection pool=%s", who,
@@ -535,7 +537,7 @@ s_pg_ensure (s_lane_t *self)
 {
     char who[32];
     snprintf (who, sizeof who, "lane %zu", self->index);
-    return s_pg_connect (self->cfg, &self->conn, who);
+    return s_pg_connect (self->cfg, &self->conn, who, true);
 }
 
 /*  Runs sql without parameters; true when it succeeded.  */
@@ -566,7 +568,7 @@ s_resume_offsets (s_consumer_t *self,
                   self->cfg->pool);
         return;
     }
-    if (s_pg_connect (self->cfg, &self->conn, "consumer"))
+    if (s_pg_connect (self->cfg, &self->conn, "consumer", true))
         return;
     const char *values[1] = {self->cfg->group};
     PGresult *r = PQexecParams (
@@ -2753,8 +2755,15 @@ s_consumer (zsock_t *pipe, void *arg)
         }
         /*  Assignment reads the offsets from PostgreSQL: without it, no
             polling.  A long outage exceeds max.poll.interval.ms and the
-            group moves the partitions to a consumer that can work.  */
-        if (s_pg_connect (cfg, &self->conn, "consumer")) {
+            group moves the partitions to a consumer that can work.  But
+            while the pool's breaker is not closed the outage is known:
+            polling goes on without PostgreSQL, so that requests are
+            answered 503 at once (s_part_shed) and events wait in their
+            lanes, which pause partitions as they fill; an assignment then
+            starts from Kafka's offsets (s_resume_offsets), which are
+            never ahead of PostgreSQL's but for requests answered so.  */
+        bool closed = !cfg->breaker || worker_breaker_closed (cfg->breaker);
+        if (closed && s_pg_connect (cfg, &self->conn, "consumer", false)) {
             s_wait (self, s_next_backoff (&self->backoff_ms));
             continue;
         }

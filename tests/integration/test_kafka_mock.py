@@ -7,10 +7,14 @@ applies the migrations with ferryctl, and runs tests/kafka/ferry-kafka-mock
 pool's consumer (src/workers/worker_kafka.c, through worker_kafka.h) in
 process against an in-process mock Kafka cluster, and prints one TAP line
 per case: a stream, the broker down and back, injected request errors, a
-rebalance in the middle of a stream.  This file runs each case in its own
+rebalance in the middle of a stream, PostgreSQL stopped and started again
+(the pool's circuit breaker).  This file runs each case in its own
 process, relays its TAP line, reports a case whose process died before
 reporting as a failure, and checks that every process exited 0 without a
-sanitizer report.  Needs no network: it never skips.
+sanitizer report.  For the breaker case it stops and starts PostgreSQL
+when the program asks ("pg stop" / "pg start" on its stdout, "ok" back on
+its stdin), and checks that the breaker's state changes are in its log.
+Needs no network: it never skips.
 Prints TAP.
 """
 
@@ -18,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,7 +30,11 @@ sys.path.insert(0, HERE)
 import harness  # noqa: E402
 from harness import check, check_eq  # noqa: E402
 
-CASES = ["stream", "down", "errors", "rebalance"]
+CASES = ["stream", "down", "errors", "rebalance", "breaker"]
+# FERRY_KMOCK_CASES=breaker,stream runs only those.
+if os.environ.get("FERRY_KMOCK_CASES"):
+    CASES = [c for c in CASES
+             if c in os.environ["FERRY_KMOCK_CASES"].split(",")]
 PROGRAM = os.path.join(harness.BUILDDIR, "tests/kafka/ferry-kafka-mock")
 TIMEOUT = 240        # one case; each takes 10 to 40 s
 
@@ -46,6 +55,90 @@ def setup():
           "%s is not built (make check builds it)" % PROGRAM)
 
 
+def pg_stop():
+    stack._run(stack._as_pg([os.path.join(harness.PG_BINDIR, "pg_ctl"),
+                             "stop", "-D", stack.pg_data, "-m", "fast",
+                             "-w", "-t", "30"]),
+               timeout=40, what="pg_ctl stop")
+    stack.pg_proc.wait(10)
+
+
+def pg_start():
+    """The same server again (port, data, socket), as harness.Stack
+    started it: a foreground child with a parent-death signal."""
+    argv = [os.path.join(harness.PG_BINDIR, "postgres"), "-D", stack.pg_data,
+            "-p", str(stack.pg_port), "-k", stack.pg_sock,
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
+            "-c", "max_connections=200"]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=postgres", "--regid=postgres",
+                "--clear-groups", "--pdeathsig", "KILL"] + argv
+    stack.pg_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                     stdout=stack.pg_logf,
+                                     stderr=subprocess.STDOUT, env=stack.env,
+                                     preexec_fn=harness._pdeathsig)
+    t0 = time.monotonic()
+    while True:
+        try:
+            stack.psql("SELECT 1", timeout=5)
+            return
+        except RuntimeError:
+            if stack.pg_proc.poll() is not None \
+                    or time.monotonic() - t0 > 30:
+                raise
+            time.sleep(0.1)
+
+
+def pg_control(proc, what):
+    """Runs the program's "pg stop" / "pg start" and answers it."""
+    try:
+        pg_stop() if what == "stop" else pg_start()
+        answer = "ok"
+    except Exception as e:
+        answer = "failed: %s" % str(e).replace("\n", " ")[:200]
+    print("# pg %s: %s" % (what, answer), flush=True)
+    proc.stdin.write(answer + "\n")
+    proc.stdin.flush()
+
+
+def case_log(name):
+    """The part of the program's stderr that case name wrote."""
+    with open(log_path, errors="replace") as f:
+        text = f.read()
+    start = text.rfind("==== %s\n" % name)
+    if start < 0:
+        return ""
+    end = text.find("\n==== ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def breaker_logged():
+    """The breaker case: its state changes in the log, and no lane went
+    to PostgreSQL between the breaker's opening and its first half-open
+    (but those already on their way)."""
+    text = case_log("breaker")
+    for state in ("open", "half-open", "closed"):
+        check("breaker %s pool=kmock" % state in text,
+              "no `breaker %s pool=kmock` in the breaker case's log"
+              % state)
+    lines = text.splitlines()
+    first_open = next(i for i, line in enumerate(lines)
+                      if "breaker open pool=kmock" in line)
+    half = next((i for i, line in enumerate(lines)
+                 if i > first_open and "breaker half-open pool=kmock"
+                 in line), len(lines))
+    # A lane that was connecting as another one's failure opened it may
+    # log after the opening: one per lane (4) at most.  Without the breaker
+    # each lane tries again every 0.1 to 1.6 s of its backoff in the 2 s
+    # cool-down.
+    tries = [line for line in lines[first_open + 1:half]
+             if "cannot connect to PostgreSQL" in line
+             or "connected to PostgreSQL" in line]
+    check(len(tries) <= 4, "lanes went to PostgreSQL while the breaker was "
+          "open:\n%s" % "\n".join(tries[:10]))
+
+
 def run_case(name):
     """Runs one case in its own process (a crash cannot hide the others),
     relaying its TAP line and diagnostics."""
@@ -57,7 +150,7 @@ def run_case(name):
     with open(log_path, "ab") as log:
         log.write(("==== %s\n" % name).encode())
         log.flush()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=log,
                                 env=stack.env, text=True)
         timer = harness.threading.Timer(TIMEOUT, proc.kill)
@@ -72,6 +165,8 @@ def run_case(name):
                     result = (ok, "%s: %s" % (name, m.group(3)))
                 elif line.startswith("#"):
                     print(line, flush=True)
+                elif line in ("pg stop", "pg start"):
+                    pg_control(proc, line[3:])
             code = proc.wait()
         finally:
             timer.cancel()
@@ -109,6 +204,9 @@ else:
     tap.result(True, "PostgreSQL started and migrated")
     for case in CASES:
         run_case(case)
+    if "breaker" in CASES:
+        tap.run_one("breaker: its state changes logged, no PostgreSQL calls "
+                    "while open", breaker_logged)
     tap.run_one("ferry-kafka-mock exits 0 without sanitizer reports",
                 program_clean)
 tap.finish()

@@ -32,11 +32,23 @@
                  can be counted, so the case proves they were all served);
     - rebalance: a second consumer of the same pool configuration joins
                  (cooperative-sticky moves some partitions to it while the
-                 first keeps the others), then the first leaves.  */
+                 first keeps the others), then the first leaves;
+    - breaker:   PostgreSQL stops in the middle of the stream and starts
+                 again: the pool's circuit breaker opens (no dead letters,
+                 the events wait), requests on a ferry topic are answered
+                 503 with retry-after at once while it is open, and it
+                 closes once PostgreSQL is back.
+
+    The consumer gets a circuit breaker built from the pool's `breaker`
+    settings, as worker_pool.c builds it.  The breaker case cannot stop
+    PostgreSQL itself (test_kafka_mock.py runs it): it writes "pg stop" or
+    "pg start" on stdout and reads a line from stdin, "ok" once done.  */
 
 #include "ferry.h"
 #include "config.h"
 #include "log.h"
+#include "envelope.h"
+#include "worker_breaker.h"
 #include "worker_kafka.h"
 #include "worker_ops.h"
 
@@ -93,6 +105,7 @@ typedef struct {
 typedef struct {
     ferry_config_t *config;
     worker_ops_t *ops;
+    worker_breaker_t *breaker;
     worker_kafka_t *kafka;
 } s_worker_t;
 
@@ -173,11 +186,19 @@ s_log_cb (const rd_kafka_t *rk, int level, const char *fac, const char *buf)
         fprintf (stderr, "rdkafka %d %s: %s\n", level, fac, buf);
 }
 
+/*  The delivery opaque of a request (the breaker case): not an event.  */
+static int s_request_mark;
+
 static void
 s_dr_cb (rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     (void) rk;
     s_case_t *c = opaque;
+    if (m->_private == &s_request_mark) {
+        if (m->err)
+            s_diag ("request delivery failed: %s", rd_kafka_err2str (m->err));
+        return;
+    }
     if (m->err) {
         c->failed++;
         s_diag ("delivery failed: %s", rd_kafka_err2str (m->err));
@@ -464,6 +485,7 @@ s_worker_destroy (s_worker_t **self_p)
         return;
     s_worker_t *self = *self_p;
     worker_kafka_destroy (&self->kafka);
+    worker_breaker_destroy (&self->breaker);
     worker_ops_destroy (&self->ops);
     ferry_config_destroy (&self->config);
     free (self);
@@ -472,9 +494,11 @@ s_worker_destroy (s_worker_t **self_p)
 
 /*  A pool `kmock` of 4 actors consuming the case's topic into its table,
     through ferry's configuration reader; marker names the consumer in the
-    rows it writes (the rebalance case runs two).  */
+    rows it writes (the rebalance case runs two).  more is YAML for the
+    pool's map (indented 4) and topics (indented 8), may be "".  */
 static s_worker_t *
-s_worker_new (s_case_t *c, const char *marker)
+s_worker_new_with (s_case_t *c, const char *marker, const char *pool_more,
+                   const char *topics_more)
 {
     /*  FERRY_KMOCK_DEBUG: librdkafka debug contexts (e.g. cgrp,consumer)
         for the consumer, shown with -v.  */
@@ -482,12 +506,14 @@ s_worker_new (s_case_t *c, const char *marker)
     char extra[128] = "";
     if (debug && *debug)
         snprintf (extra, sizeof extra, "        - \"debug=%s\"\n", debug);
-    char yaml[2048];
+    char yaml[4096];
     snprintf (yaml, sizeof yaml,
               "pools:\n"
               "  kmock:\n"
               "    actors: 4\n"
+              "%s"
               "    operations:\n"
+              "      ask: {sql: SELECT 1 AS one, result: one}\n"
               "      take:\n"
               "        sql: INSERT INTO %s (id, consumer, part, off)"
               " VALUES ($1, '%s', $2, $3)\n"
@@ -499,8 +525,10 @@ s_worker_new (s_case_t *c, const char *marker)
               "      properties:\n"
               "        - \"bootstrap.servers=%s\"\n" S_PROPERTIES "%s"
               "      topics:\n"
-              "        - {topic: %s, format: json, operation: take}\n",
-              c->table, marker, c->group, c->bootstraps, extra, c->topic);
+              "        - {topic: %s, format: json, operation: take}\n"
+              "%s",
+              pool_more, c->table, marker, c->group, c->bootstraps, extra,
+              c->topic, topics_more);
     s_worker_t *self = ferry_calloc (1, sizeof *self);
     char err[512];
     self->config
@@ -516,9 +544,21 @@ s_worker_new (s_case_t *c, const char *marker)
         s_diag ("operations: %s", ferry_config_error (self->config));
         goto fail;
     }
+    worker_breaker_settings_t bs;
+    if (worker_breaker_settings_load (
+            self->config,
+            ferry_config_node (self->config, NULL, "pools.kmock"), &bs)) {
+        s_diag ("breaker: %s", ferry_config_error (self->config));
+        goto fail;
+    }
+    self->breaker = worker_breaker_new ("kmock", &bs);
+    if (!self->breaker) {
+        s_diag ("breaker: cannot create");
+        goto fail;
+    }
     self->kafka = worker_kafka_new (
         self->config, ferry_config_node (self->config, NULL, "pools.kmock.kafka"),
-        "kmock", self->ops, s_conninfo);
+        "kmock", self->ops, s_conninfo, self->breaker);
     if (!self->kafka) {
         s_diag ("kafka: %s", ferry_config_error (self->config));
         goto fail;
@@ -531,6 +571,12 @@ s_worker_new (s_case_t *c, const char *marker)
 fail:
     s_worker_destroy (&self);
     return NULL;
+}
+
+static s_worker_t *
+s_worker_new (s_case_t *c, const char *marker)
+{
+    return s_worker_new_with (c, marker, "", "");
 }
 
 /* ---- cases ------------------------------------------------------------------ */
@@ -734,6 +780,248 @@ s_rebalance_case (s_case_t *c)
     return 0;
 }
 
+
+/* ---- the breaker case ------------------------------------------------------ */
+
+/*  Asks test_kafka_mock.py to stop or start PostgreSQL and waits until it
+    did.  */
+static int
+s_pg_control (const char *what)
+{
+    printf ("pg %s\n", what);
+    fflush (stdout);
+    char line[256];
+    if (!fgets (line, sizeof line, stdin)) {
+        s_diag ("pg %s: no answer on stdin", what);
+        return -1;
+    }
+    line[strcspn (line, "\n")] = '\0';
+    if (strcmp (line, "ok") != 0) {
+        s_diag ("pg %s: %s", what, line);
+        return -1;
+    }
+    return 0;
+}
+
+/*  Produces a request envelope for operation `ask` to topic, answered on
+    reply_to; its id goes to id.  */
+static int
+s_request (s_case_t *c, const char *topic, const char *reply_to,
+           char id[FERRY_ID_LEN + 1])
+{
+    ferry_id_generate (id);
+    ferry_envelope_t *req = ferry_envelope_new (FERRY_KIND_REQUEST);
+    ferry_envelope_set_id (req, id);
+    ferry_envelope_set_service (req, "kmock");
+    ferry_envelope_set_operation (req, "ask");
+    ferry_envelope_set_reply_to (req, reply_to);
+    ferry_envelope_set_deadline (req, ferry_wall_ms () + 20000);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init (&buf);
+    int rc = ferry_envelope_encode (req, &buf);
+    ferry_envelope_destroy (&req);
+    if (rc == 0) {
+        rd_kafka_resp_err_t err = rd_kafka_producev (
+            c->producer, RD_KAFKA_V_TOPIC (topic),
+            RD_KAFKA_V_MSGFLAGS (RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_KEY (id, strlen (id)),
+            RD_KAFKA_V_VALUE (buf.data, buf.size),
+            RD_KAFKA_V_OPAQUE (&s_request_mark), RD_KAFKA_V_END);
+        if (err) {
+            s_diag ("produce request: %s", rd_kafka_err2str (err));
+            rc = -1;
+        }
+    } else
+        s_diag ("cannot encode a request");
+    msgpack_sbuffer_destroy (&buf);
+    rd_kafka_poll (c->producer, 0);
+    return rc;
+}
+
+/*  A consumer of the reply topic (partition 0, from its start).  */
+static rd_kafka_t *
+s_replies_new (s_case_t *c, const char *topic)
+{
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new ();
+    rd_kafka_conf_set_log_cb (conf, s_log_cb);
+    if (s_set (conf, "bootstrap.servers", c->bootstraps)
+        || s_set (conf, "group.id", "ferry.kmock.replies")
+        || s_set (conf, "enable.auto.commit", "false")
+        || s_set (conf, "fetch.wait.max.ms", "50")) {
+        rd_kafka_conf_destroy (conf);
+        return NULL;
+    }
+    rd_kafka_t *rk = rd_kafka_new (RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (!rk) {
+        rd_kafka_conf_destroy (conf);
+        s_diag ("reply consumer: %s", err);
+        return NULL;
+    }
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new (1);
+    rd_kafka_topic_partition_list_add (l, topic, 0)->offset
+        = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_resp_err_t rc = rd_kafka_assign (rk, l);
+    rd_kafka_topic_partition_list_destroy (l);
+    if (rc) {
+        s_diag ("reply consumer assign: %s", rd_kafka_err2str (rc));
+        rd_kafka_destroy (rk);
+        return NULL;
+    }
+    return rk;
+}
+
+/*  Waits at most ms for the reply to request id; fills its status and
+    retry-after header ("" when none).  */
+static int
+s_reply_wait (s_case_t *c, rd_kafka_t *rk, const char *id, int64_t ms,
+              unsigned *status, char *retry, size_t retrylen)
+{
+    int64_t end = ferry_mono_ms () + ms;
+    while (ferry_mono_ms () < end) {
+        rd_kafka_poll (c->producer, 0);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll (rk, 50);
+        if (!m)
+            continue;
+        bool mine = false;
+        if (!m->err && m->payload) {
+            char reason[128];
+            ferry_envelope_t *rep = ferry_envelope_decode (
+                m->payload, m->len, NULL, reason, sizeof reason);
+            const char *re = rep ? ferry_envelope_re (rep) : NULL;
+            if (re && strcmp (re, id) == 0) {
+                mine = true;
+                *status = ferry_envelope_status (rep);
+                const char *after = ferry_envelope_header (rep, "retry-after");
+                snprintf (retry, retrylen, "%s", after ? after : "");
+            }
+            ferry_envelope_destroy (&rep);
+        }
+        rd_kafka_message_destroy (m);
+        if (mine)
+            return 0;
+    }
+    s_diag ("no reply to request %s in %" PRId64 " ms", id, ms);
+    return -1;
+}
+
+/*  Waits at most ms until the breaker is in state want.  */
+static int
+s_breaker_wait (s_case_t *c, worker_breaker_t *b, worker_breaker_state_t want,
+                int64_t ms)
+{
+    int64_t end = ferry_mono_ms () + ms;
+    while (ferry_mono_ms () < end) {
+        if (worker_breaker_state (b, ferry_mono_ms ()) == want)
+            return 0;
+        s_serve (c, 20);
+    }
+    s_diag ("breaker not %s after %" PRId64 " ms",
+            worker_breaker_state_name (want), ms);
+    return -1;
+}
+
+/*  PostgreSQL stops in the middle of the stream and starts again.  */
+static int
+s_breaker_run (s_case_t *c, s_worker_t *w, rd_kafka_t *replies,
+               const char *req)
+{
+    char id[FERRY_ID_LEN + 1], retry[16];
+    unsigned status = 0;
+    char rtopic[96];
+    snprintf (rtopic, sizeof rtopic, "%s.reply", c->topic);
+    /*  The request path works, and the partitions are assigned.  */
+    S_CHECK (s_request (c, req, rtopic, id) == 0);
+    S_CHECK (s_reply_wait (c, replies, id, 30000, &status, retry,
+                           sizeof retry)
+             == 0);
+    S_CHECK (status == 200);
+    S_CHECK (s_stream (c, 1000, 100, 50) == 0);
+    S_CHECK (s_wait_rows (c, NULL, 300, 30000) == 0);
+    S_CHECK (worker_breaker_state (w->breaker, ferry_mono_ms ())
+             == WORKER_BREAKER_CLOSED);
+
+    S_CHECK (s_pg_control ("stop") == 0);
+    int64_t stopped = ferry_mono_ms ();
+    /*  Events keep coming while PostgreSQL is away: they must wait.  */
+    S_CHECK (s_stream (c, 300, 100, 100) == 0);
+    S_CHECK (s_breaker_wait (c, w->breaker, WORKER_BREAKER_OPEN, 20000) == 0);
+    int64_t opened = ferry_mono_ms ();
+
+    /*  Requests are answered 503 with retry-after at once, open or
+        half-open (a probe finds PostgreSQL refusing and it opens again),
+        not at their deadline (20 s).  */
+    int64_t slowest = 0;
+    for (int i = 0; i < 5; i++) {
+        int64_t t0 = ferry_mono_ms ();
+        S_CHECK (s_request (c, req, rtopic, id) == 0);
+        S_CHECK (s_reply_wait (c, replies, id, 5000, &status, retry,
+                               sizeof retry)
+                 == 0);
+        int64_t took = ferry_mono_ms () - t0;
+        if (took > slowest)
+            slowest = took;
+        if (status != 503 || !*retry)
+            s_diag ("breaker: request %d answered %u retry-after '%s'", i,
+                    status, retry);
+        S_CHECK (status == 503 && atoi (retry) >= 1);
+        S_CHECK (s_produce (c, 50) == 0);
+        s_serve (c, 300);
+    }
+    S_CHECK (s_pg_control ("start") == 0);
+    int64_t started = ferry_mono_ms ();
+    PQreset (c->pg);
+    S_CHECK (PQstatus (c->pg) == CONNECTION_OK);
+    S_CHECK (s_breaker_wait (c, w->breaker, WORKER_BREAKER_CLOSED, 30000)
+             == 0);
+    int64_t closed = ferry_mono_ms ();
+    s_diag ("breaker: open %" PRId64 " ms after PostgreSQL stopped, 503s in "
+            "%" PRId64 " ms at most, closed %" PRId64
+            " ms after it started",
+            opened - stopped, slowest, closed - started);
+    S_CHECK (s_stream (c, 1000, 100, 50) == 0);
+    S_CHECK (s_request (c, req, rtopic, id) == 0);
+    S_CHECK (s_reply_wait (c, replies, id, 30000, &status, retry,
+                           sizeof retry)
+             == 0);
+    S_CHECK (status == 200);
+    return 0;
+}
+
+static int
+s_breaker_case (s_case_t *c)
+{
+    char req[96], rtopic[96], topics[160];
+    snprintf (req, sizeof req, "%s.req", c->topic);
+    snprintf (rtopic, sizeof rtopic, "%s.reply", c->topic);
+    S_CHECK (rd_kafka_mock_topic_create (c->mc, req, 1, 1) == 0);
+    S_CHECK (rd_kafka_mock_topic_create (c->mc, rtopic, 1, 1) == 0);
+    snprintf (topics, sizeof topics, "        - {topic: %s, format: ferry}\n",
+              req);
+    /*  The breaker's state changes go to the log, which
+        test_kafka_mock.py reads.  */
+    int level = ferry_log_level;
+    if (ferry_log_level < FERRY_LOG_INFO)
+        ferry_log_level = FERRY_LOG_INFO;
+    s_worker_t *w = s_worker_new_with (
+        c, "a",
+        "    breaker: {failures: 3, window: 10s, cooldown: 2s, probes: 2}\n",
+        topics);
+    rd_kafka_t *replies = w ? s_replies_new (c, rtopic) : NULL;
+    int rc = replies ? s_breaker_run (c, w, replies, req) : -1;
+    if (rc == 0)
+        rc = s_finish (c, 90000);
+    s_worker_destroy (&w);
+    if (replies) {
+        rd_kafka_consumer_close (replies);
+        rd_kafka_destroy (replies);
+    }
+    ferry_log_level = level;
+    S_CHECK (rc == 0);
+    S_CHECK (s_check_once (c) == 0);
+    return 0;
+}
+
 typedef struct {
     const char *name;
     const char *title;
@@ -754,6 +1042,10 @@ static const s_entry_t s_cases[] = {
      "a second consumer joins and the first leaves in the middle of the "
      "stream: exactly once",
      3, s_rebalance_case},
+    {"breaker",
+     "PostgreSQL stopped and started in the middle of the stream: the "
+     "breaker opens (requests 503 at once) and closes, events exactly once",
+     1, s_breaker_case},
 };
 #define S_NCASES (sizeof s_cases / sizeof s_cases[0])
 
