@@ -611,7 +611,9 @@ main (int argc, char **argv)
     ferry_config_t *config = NULL;
     int rc = ferry_cli_load (nargs, args, "ferry-worker",
                              "Runs pools of actors that answer ferry "
-                             "requests from PostgreSQL.",
+                             "requests from PostgreSQL, in a child process "
+                             "that a supervisor restarts when it crashes "
+                             "(--no-supervise: no supervisor).",
                              s_flags, &config);
     if (rc != 0) {
         free (args);
