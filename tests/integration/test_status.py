@@ -6,8 +6,9 @@ app and reports with their workers, credit and breaker "closed" (no pool
 has seen a failure), the edges and the in-flight counters; the table
 names the same services and workers when the endpoint comes from a
 configuration file (-c); a broker that does not answer, or a configuration
-without broker.control, makes ferryctl exit 1 with a message, quickly.
-Prints TAP.
+without broker.control, makes ferryctl exit 1 with a message, quickly;
+with PostgreSQL stopped pool app's breaker shows "open" (its workers report
+it in their heartbeats), and "closed" once PostgreSQL is back.  Prints TAP.
 """
 
 import json
@@ -158,8 +159,70 @@ def _():
     check_eq(code, 2, "exit code of a usage error")
 
 
+def pg_stop():
+    stack._run(stack._as_pg([os.path.join(harness.PG_BINDIR, "pg_ctl"),
+                             "stop", "-D", stack.pg_data, "-m", "fast",
+                             "-w", "-t", "30"]),
+               timeout=40, what="pg_ctl stop")
+    stack.pg_proc.wait(10)
+
+
+def pg_start():
+    """The same server again, as harness.Stack started it (see
+    tests/faults/test_breaker.py)."""
+    argv = [os.path.join(harness.PG_BINDIR, "postgres"), "-D", stack.pg_data,
+            "-p", str(stack.pg_port), "-k", stack.pg_sock,
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
+            "-c", "max_connections=200"]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=postgres", "--regid=postgres",
+                "--clear-groups", "--pdeathsig", "KILL"] + argv
+    stack.pg_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                     stdout=stack.pg_logf,
+                                     stderr=subprocess.STDOUT, env=stack.env,
+                                     preexec_fn=harness._pdeathsig)
+
+
+def breaker_is(want, timeout):
+    """Sends GET /users/1 (the breaker moves on calls) until status says
+    pool app's breaker is want; returns the last status."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            harness.request(stack.http_port, "GET", "/users/1", timeout=5)
+        except harness.TestFailure:
+            pass
+        s = status_json()
+        svc = [x for x in s["services"] if x["name"] == "app"]
+        if svc and svc[0]["breaker"] == want:
+            return s
+        if time.monotonic() - t0 > timeout:
+            raise harness.TestFailure("breaker of app not %s: %s"
+                                      % (want, json.dumps(s)[:1500]))
+        time.sleep(0.1)
+
+
+@tap.test("status: pool app's breaker is open with PostgreSQL stopped, "
+          "closed once it is back")
+def _():
+    pg_stop()
+    try:
+        s = breaker_is("open", 15)
+        # A worker reports its breaker in its heartbeats, which it sends
+        # when idle: one that has not reported yet counts as closed.
+        check(any(w["breaker"] == "open" for w in pool_workers(s, "app")),
+              "app workers: %r" % pool_workers(s, "app"))
+        reports = [x for x in s["services"] if x["name"] == "reports"]
+        check(reports and reports[0]["breaker"] in ("closed", "open"),
+              "reports: %r" % reports)
+    finally:
+        pg_start()
+    breaker_is("closed", 30)
+
+
 harness.sanitizer_test(tap, stack)
 
-err = harness.bring_up(tap, stack)
+err = harness.bring_up(tap, stack, sets=("pools.app.breaker.cooldown=1s",))
 tap.run(setup_error=err, pg_ready=stack.pg_ready)
 tap.finish()
