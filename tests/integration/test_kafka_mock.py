@@ -38,7 +38,7 @@ if os.environ.get("FERRY_KMOCK_CASES"):
 PROGRAM = os.path.join(harness.BUILDDIR, "tests/kafka/ferry-kafka-mock")
 TIMEOUT = 240        # one case; each takes 10 to 40 s
 
-harness.install_guards(600)
+harness.install_guards(900)
 tap = harness.Tap()
 stack = harness.Stack("ferry-kmock")
 log_path = os.path.join(stack.tmp, "ferry-kafka-mock.log")
