@@ -57,7 +57,14 @@
     the steps, job_finish and idem_finish.  A stored outcome, a refused
     key or a failed handler is answered from a transaction that claims
     the offset too, so the offset is claimed once whatever the outcome;
-    a request dead-lettered after its retries ends its job `dead`.  */
+    a request dead-lettered after its retries ends its job `dead`.
+
+    The lanes share the pool's circuit breaker with its ZeroMQ actors
+    (docs/kafka.md, "The pool's circuit breaker"): they report PostgreSQL
+    unreachable to it, and successes.  While it is open no lane calls
+    PostgreSQL: events wait in their partitions (nothing dead-lettered,
+    offsets unstored), requests are answered 503 at once (s_part_shed);
+    half-open, only the runs it admits go through.  */
 
 #include "ferry.h"
 #include "envelope.h"
