@@ -206,6 +206,9 @@ typedef struct {
     bool registered;                 /* READY sent, BYE not yet */
     int64_t broker_seen;             /* mono ms of the last broker message */
     int64_t broker_sent;             /* mono ms of our last message */
+    int64_t hb_sent;                 /* mono ms of our last HB: replies
+                                        do not carry the breaker state,
+                                        so a busy actor sends one too */
 
     PGconn *conn;
     s_pg_state_t pg;
@@ -481,7 +484,7 @@ s_timers (s_actor_t *self, int64_t now)
             self->registered = false;
             s_register (self);
         }
-        else if (now - self->broker_sent >= a->heartbeat_ms)
+        else if (now - self->hb_sent >= a->heartbeat_ms)
             s_heartbeat (self);
     }
     else if (self->leaving) {
@@ -491,7 +494,7 @@ s_timers (s_actor_t *self, int64_t now)
             log_warn ("broker silent while draining actor=%s", self->name);
             self->leaving = false;
         }
-        else if (now - self->broker_sent >= a->heartbeat_ms)
+        else if (now - self->hb_sent >= a->heartbeat_ms)
             s_heartbeat (self);
     }
     s_breaker_follow (self, now);
@@ -515,25 +518,33 @@ s_timers (s_actor_t *self, int64_t now)
     would make them wait for the broker's no-worker grace); once it
     closes, an actor without a connection withdraws again.  When it turns
     half-open an actor without a connection tries one at once: that is a
-    probe too.  */
+    probe too.  A change is told to the broker at once, in a HB after
+    the READY or BYE it may cause (the broker keeps the state of the
+    workers it knows, for `ferryctl status`).  */
 static void
 s_breaker_follow (s_actor_t *self, int64_t now)
 {
     worker_breaker_state_t bs = worker_breaker_state (self->args->breaker,
                                                       now);
-    if (bs != self->breaker) {
+    bool changed = bs != self->breaker;
+    if (changed) {
         if (bs == WORKER_BREAKER_HALF_OPEN && self->pg == S_PG_DOWN) {
             self->pg_backoff = BACKOFF_MIN_MS;
             self->pg_next_try = now + s_jitter (self, BACKOFF_MIN_MS);
         }
         self->breaker = bs;
     }
-    if (self->terminating || self->leaving)
-        return;
-    if (bs != WORKER_BREAKER_CLOSED)
-        s_register (self);
-    else if (self->registered && self->pg != S_PG_UP)
-        s_withdraw (self);
+    bool was = self->registered;
+    if (!self->terminating && !self->leaving) {
+        if (bs != WORKER_BREAKER_CLOSED)
+            s_register (self); /* which sends the HB */
+        else if (self->registered && self->pg != S_PG_UP)
+            s_withdraw (self);
+    }
+    /*  Only to a broker that knows us: it answers a HB from a stranger
+        with BYE.  */
+    if (changed && ((was && self->registered) || self->leaving))
+        s_heartbeat (self);
 }
 
 static long
@@ -542,7 +553,7 @@ s_poll_timeout (s_actor_t *self, int64_t now)
     const worker_actor_args_t *a = self->args;
     int64_t next = now + 1000;
     if (self->registered || self->leaving) {
-        int64_t hb = self->broker_sent + a->heartbeat_ms;
+        int64_t hb = self->hb_sent + a->heartbeat_ms;
         int64_t dead
             = self->broker_seen + a->heartbeat_ms * (int64_t) a->liveness + 1;
         next = hb < next ? hb : next;
@@ -621,6 +632,7 @@ s_heartbeat (s_actor_t *self)
 {
     s_broker_send (self, FERRY_CMD_HB,
                    worker_breaker_state_name (self->breaker), NULL, NULL, 0);
+    self->hb_sent = self->broker_sent;
 }
 
 static void
@@ -638,6 +650,9 @@ s_register (s_actor_t *self)
                        NULL, 0);
     self->registered = true;
     self->broker_seen = ferry_mono_ms ();
+    /*  READY carries no breaker state: tell it now, not a heartbeat
+        later, so that status never shows a stale one.  */
+    s_heartbeat (self);
 }
 
 static void
