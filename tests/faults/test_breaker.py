@@ -14,7 +14,6 @@ the slowest 503 once open, time from the start to the first 200 again.
 """
 
 import os
-import subprocess
 import sys
 import time
 
@@ -35,31 +34,6 @@ def log_lines(d, text):
         return [line for line in f if text in line]
 
 
-def pg_stop():
-    stack._run(stack._as_pg([os.path.join(harness.PG_BINDIR, "pg_ctl"),
-                             "stop", "-D", stack.pg_data, "-m", "fast",
-                             "-w", "-t", "30"]),
-               timeout=40, what="pg_ctl stop")
-    stack.pg_proc.wait(10)
-
-
-def pg_start():
-    """The same server again (port, data, socket), as harness.Stack
-    started it: a foreground child with a parent-death signal."""
-    argv = [os.path.join(harness.PG_BINDIR, "postgres"), "-D", stack.pg_data,
-            "-p", str(stack.pg_port), "-k", stack.pg_sock,
-            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-            "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
-            "-c", "max_connections=200"]
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=postgres", "--regid=postgres",
-                "--clear-groups", "--pdeathsig", "KILL"] + argv
-    stack.pg_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=stack.pg_logf,
-                                     stderr=subprocess.STDOUT, env=stack.env,
-                                     preexec_fn=harness._pdeathsig)
-
-
 @tap.test("PostgreSQL stopped under load: the breaker opens (fast 503s "
           "with Retry-After), and closes once it is back")
 def _():
@@ -70,14 +44,14 @@ def _():
                      clients=8, pause=0.01, timeout=DEADLINE_S + 5).start()
     time.sleep(1.5)
     t_stop = time.monotonic()
-    pg_stop()
+    stack.pg_stop()
     ok = faults.wait_for(lambda: log_lines(worker, "breaker open pool=app"),
                          10)
     check(ok, "no `breaker open pool=app` in the worker's log")
     time.sleep(3.0)
     open_records = ld.snapshot()
     t_start = time.monotonic()
-    pg_start()
+    stack.pg_start()
     back = faults.wait_for(
         lambda: any(r[0] >= t_start and r[2] == 200 for r in ld.snapshot()),
         30)
@@ -120,7 +94,7 @@ def _():
 
 @tap.test("a 503 of the open breaker carries Retry-After")
 def _():
-    pg_stop()
+    stack.pg_stop()
     try:
         ok = faults.wait_for(
             lambda: harness.request(stack.http_port, "GET",
@@ -130,7 +104,7 @@ def _():
         harness.check_problem(r, 503)
         check(r.header("retry-after"), "no Retry-After: %s" % r.describe())
     finally:
-        pg_start()
+        stack.pg_start()
     ok = faults.wait_for(
         lambda: harness.request(stack.http_port, "GET",
                                 "/users/2").status == 200, 30)

@@ -13,7 +13,6 @@ cover both loops.
 """
 
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -26,31 +25,6 @@ from faults import harness, check  # noqa: E402
 harness.install_guards(300)
 tap = harness.Tap()
 stack = harness.Stack("ferry-fault-edge-pg")
-
-
-def pg_stop():
-    stack._run(stack._as_pg([os.path.join(harness.PG_BINDIR, "pg_ctl"),
-                             "stop", "-D", stack.pg_data, "-m", "fast",
-                             "-w", "-t", "30"]),
-               timeout=40, what="pg_ctl stop")
-    stack.pg_proc.wait(10)
-
-
-def pg_start():
-    """The same server again (port, data, socket), as harness.Stack
-    started it: a foreground child with a parent-death signal."""
-    argv = [os.path.join(harness.PG_BINDIR, "postgres"), "-D", stack.pg_data,
-            "-p", str(stack.pg_port), "-k", stack.pg_sock,
-            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-            "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
-            "-c", "max_connections=200"]
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=postgres", "--regid=postgres",
-                "--clear-groups", "--pdeathsig", "KILL"] + argv
-    stack.pg_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=stack.pg_logf,
-                                     stderr=subprocess.STDOUT, env=stack.env,
-                                     preexec_fn=harness._pdeathsig)
 
 
 def submit(seconds):
@@ -76,7 +50,7 @@ def _():
                          == "succeeded", 20)
     check(ok, "the job did not finish: %s" % job(loc).describe())
     pid = stack.edge.pid
-    pg_stop()
+    stack.pg_stop()
     t_stop = time.monotonic()
     ok = faults.wait_for(lambda: job(loc).status == 503, 10)
     check(ok, "GET %s with PostgreSQL down: %s" % (loc, job(loc).describe()))
@@ -86,7 +60,7 @@ def _():
     check(r.elapsed < 1.0, "the 503 took %.2f s" % r.elapsed)
     time.sleep(max(0.0, 2.0 - (time.monotonic() - t_stop)))
     t_start = time.monotonic()
-    pg_start()
+    stack.pg_start()
     # Every loop: a streak of 200s on new connections.
     streak = [0]
 

@@ -503,9 +503,20 @@ class Stack:
                                "-E", "UTF8", "--locale=C", "--no-sync"]),
                   timeout=120, what="initdb")
         self.pg_port = free_port()
-        # postgres runs in the foreground as our child with a parent-death
-        # signal (setpriv keeps it across the switch to the postgres user),
-        # so even a SIGKILLed test leaves no server behind.
+        self.pg_logf = open(self.pg_log, "ab")
+        self._pg_spawn()
+        self.pg_started = True
+        self.pg_wait(db="postgres")
+        self.psql("CREATE DATABASE ferry", db="postgres")
+        self.conninfo = ("host=127.0.0.1 port=%d dbname=ferry user=postgres"
+                         % self.pg_port)
+        self.pg_uri = "postgresql://postgres@127.0.0.1:%d/ferry" % self.pg_port
+
+    def _pg_spawn(self):
+        """Starts the server on pg_data, pg_port and pg_sock.  postgres
+        runs in the foreground as our child with a parent-death signal
+        (setpriv keeps it across the switch to the postgres user), so even
+        a SIGKILLed test leaves no server behind."""
         argv = [os.path.join(PG_BINDIR, "postgres"), "-D", self.pg_data,
                 "-p", str(self.pg_port), "-k", self.pg_sock,
                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
@@ -514,29 +525,43 @@ class Stack:
         if os.geteuid() == 0:
             argv = ["setpriv", "--reuid=postgres", "--regid=postgres",
                     "--clear-groups", "--pdeathsig", "KILL"] + argv
-        self.pg_logf = open(self.pg_log, "ab")
         self.pg_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                         stdout=self.pg_logf,
                                         stderr=subprocess.STDOUT,
                                         env=self.env, preexec_fn=_pdeathsig)
-        self.pg_started = True
+
+    def pg_wait(self, db="ferry", timeout=30.0):
+        """Waits until the server answers a query."""
         t0 = time.monotonic()
         while True:
             if self.pg_proc.poll() is not None:
                 raise RuntimeError("postgres exited %s: %s" % (
                     self.pg_proc.returncode, "\n".join(_tail(self.pg_log))))
             try:
-                self.psql("SELECT 1", db="postgres", timeout=5)
-                break
+                self.psql("SELECT 1", db=db, timeout=5)
+                return
             except RuntimeError:
-                if time.monotonic() - t0 > 30:
-                    raise RuntimeError("postgres not ready in 30 s: %s"
-                                       % "\n".join(_tail(self.pg_log)))
+                if time.monotonic() - t0 > timeout:
+                    raise RuntimeError("postgres not ready in %g s: %s"
+                                       % (timeout,
+                                          "\n".join(_tail(self.pg_log))))
                 time.sleep(0.1)
-        self.psql("CREATE DATABASE ferry", db="postgres")
-        self.conninfo = ("host=127.0.0.1 port=%d dbname=ferry user=postgres"
-                         % self.pg_port)
-        self.pg_uri = "postgresql://postgres@127.0.0.1:%d/ferry" % self.pg_port
+
+    def pg_stop(self):
+        """Stops PostgreSQL (fast shutdown: sessions are cut), for the
+        tests of what ferry does while it is away."""
+        self._run(self._as_pg([os.path.join(PG_BINDIR, "pg_ctl"), "stop",
+                               "-D", self.pg_data, "-m", "fast", "-w",
+                               "-t", "30"]),
+                  timeout=40, what="pg_ctl stop")
+        self.pg_proc.wait(10)
+
+    def pg_start(self, wait=False):
+        """Starts the same server again (port, data, socket) after
+        pg_stop; with wait, returns once it answers."""
+        self._pg_spawn()
+        if wait:
+            self.pg_wait()
 
     def psql(self, sql, db="ferry", timeout=30):
         """Runs SQL, returns the unaligned, tuples-only output."""

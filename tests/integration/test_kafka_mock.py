@@ -22,7 +22,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,45 +54,10 @@ def setup():
           "%s is not built (make check builds it)" % PROGRAM)
 
 
-def pg_stop():
-    stack._run(stack._as_pg([os.path.join(harness.PG_BINDIR, "pg_ctl"),
-                             "stop", "-D", stack.pg_data, "-m", "fast",
-                             "-w", "-t", "30"]),
-               timeout=40, what="pg_ctl stop")
-    stack.pg_proc.wait(10)
-
-
-def pg_start():
-    """The same server again (port, data, socket), as harness.Stack
-    started it: a foreground child with a parent-death signal."""
-    argv = [os.path.join(harness.PG_BINDIR, "postgres"), "-D", stack.pg_data,
-            "-p", str(stack.pg_port), "-k", stack.pg_sock,
-            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-            "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
-            "-c", "max_connections=200"]
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=postgres", "--regid=postgres",
-                "--clear-groups", "--pdeathsig", "KILL"] + argv
-    stack.pg_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=stack.pg_logf,
-                                     stderr=subprocess.STDOUT, env=stack.env,
-                                     preexec_fn=harness._pdeathsig)
-    t0 = time.monotonic()
-    while True:
-        try:
-            stack.psql("SELECT 1", timeout=5)
-            return
-        except RuntimeError:
-            if stack.pg_proc.poll() is not None \
-                    or time.monotonic() - t0 > 30:
-                raise
-            time.sleep(0.1)
-
-
 def pg_control(proc, what):
     """Runs the program's "pg stop" / "pg start" and answers it."""
     try:
-        pg_stop() if what == "stop" else pg_start()
+        stack.pg_stop() if what == "stop" else stack.pg_start(wait=True)
         answer = "ok"
     except Exception as e:
         answer = "failed: %s" % str(e).replace("\n", " ")[:200]

@@ -159,31 +159,6 @@ def _():
     check_eq(code, 2, "exit code of a usage error")
 
 
-def pg_stop():
-    stack._run(stack._as_pg([os.path.join(harness.PG_BINDIR, "pg_ctl"),
-                             "stop", "-D", stack.pg_data, "-m", "fast",
-                             "-w", "-t", "30"]),
-               timeout=40, what="pg_ctl stop")
-    stack.pg_proc.wait(10)
-
-
-def pg_start():
-    """The same server again, as harness.Stack started it (see
-    tests/faults/test_breaker.py)."""
-    argv = [os.path.join(harness.PG_BINDIR, "postgres"), "-D", stack.pg_data,
-            "-p", str(stack.pg_port), "-k", stack.pg_sock,
-            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-            "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
-            "-c", "max_connections=200"]
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=postgres", "--regid=postgres",
-                "--clear-groups", "--pdeathsig", "KILL"] + argv
-    stack.pg_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=stack.pg_logf,
-                                     stderr=subprocess.STDOUT, env=stack.env,
-                                     preexec_fn=harness._pdeathsig)
-
-
 def breaker_is(want, timeout):
     """Sends GET /users/1 (the breaker moves on calls) until status says
     pool app's breaker is want; returns the last status."""
@@ -206,7 +181,7 @@ def breaker_is(want, timeout):
 @tap.test("status: pool app's breaker is open with PostgreSQL stopped, "
           "closed once it is back")
 def _():
-    pg_stop()
+    stack.pg_stop()
     try:
         s = breaker_is("open", 15)
         # A worker reports its breaker in its heartbeats, which it sends
@@ -217,7 +192,7 @@ def _():
         check(reports and reports[0]["breaker"] in ("closed", "open"),
               "reports: %r" % reports)
     finally:
-        pg_start()
+        stack.pg_start()
     breaker_is("closed", 30)
 
 
