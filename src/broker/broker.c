@@ -69,6 +69,24 @@
 #define BROKER_CONTROL_MAX 4096
 
 
+/*  A worker process: the workers whose READY named the same process (a
+    worker that named none is a process of its own).  A death kills the
+    whole process, every worker of it at once, so poison isolation works
+    per process: a suspect goes only to a process that holds nothing, and
+    while it holds the suspect none of its workers is sent anything else.
+    In the normal path this costs a counter per dispatch and answer.  */
+typedef struct {
+    char name[BROKER_PROCESS_MAX + 1]; /* READY's process; "" for a
+                                   worker's own (not in the processes
+                                   table, freed with the worker) */
+    zlistx_t *workers;          /* s_worker_t, not owned */
+    size_t inflight;            /* messages its workers hold */
+    bool isolating;             /* holds a suspect (a message that was in
+                                   flight at a worker death): its workers
+                                   get nothing else until that one is
+                                   done, i.e. until inflight is 0 */
+} s_process_t;
+
 typedef struct {
     uint8_t identity[BROKER_IDENTITY_MAX]; /* ROUTER routing identity */
     size_t identity_size;
@@ -83,11 +101,9 @@ typedef struct {
     bool leaving;               /* sent BYE; removed when inflight empties */
     bool dead;                  /* being removed as lost: takes nothing,
                                    not even a dead letter */
-    bool isolating;             /* holds a suspect (a message that was in
-                                   flight at a worker death): it gets no
-                                   other message until that one is done */
-    char process[BROKER_PROCESS_MAX + 1]; /* READY's process, "" if none:
-                                   DIED names it */
+    s_process_t *proc;          /* its process, never NULL while in the
+                                   workers table */
+    void *proc_handle;          /* handle in proc->workers */
     char breaker[16];           /* last HB breaker state, "" if none */
     int64_t idle_since;         /* monotonic ms it last held nothing */
 } s_worker_t;
@@ -140,6 +156,8 @@ typedef struct {
     broker_settings_t *settings; /* private copy */
     zhashx_t *services;         /* name -> broker_service_t, owned */
     zhashx_t *workers;          /* key -> s_worker_t, owned */
+    zhashx_t *processes;        /* READY's process -> s_process_t, owned;
+                                   each has at least one worker */
     zhashx_t *edges;            /* identity hex -> s_edge_t, owned */
     zhashx_t *requests;         /* msg_id -> broker_request_t, every
                                    request admitted and not yet answered,
@@ -147,6 +165,10 @@ typedef struct {
                                    request's own msg_id.  Owns the ones in
                                    flight (queues own the others).  */
     size_t inflight;            /* requests dispatched, not answered */
+    bool rejoined;              /* a process stopped isolating: its
+                                   workers, of any service, may take work
+                                   again, so every service is dispatched
+                                   once the current message is handled */
     uint64_t inflight_deadline; /* lower bound of in-flight deadlines
                                    (wall ms), UINT64_MAX when none */
     int64_t heartbeat_at;       /* monotonic ms of the next heartbeat */
@@ -354,10 +376,31 @@ s_fail_request (s_broker_t *self, broker_request_t **req_p, unsigned status,
 /* ---- workers -------------------------------------------------------------- */
 
 static void
+s_process_destroy (s_process_t **self_p)
+{
+    s_process_t *self = *self_p;
+    if (self) {
+        zlistx_destroy (&self->workers);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+static void
+s_process_destructor (void **item_p)
+{
+    s_process_destroy ((s_process_t **) item_p);
+}
+
+/*  A worker still in the table when the broker ends frees its own process
+    record; the processes table frees the shared ones.  */
+static void
 s_worker_destructor (void **item_p)
 {
     s_worker_t *worker = (s_worker_t *) *item_p;
     if (worker) {
+        if (worker->proc && !*worker->proc->name)
+            s_process_destroy (&worker->proc);
         zlistx_destroy (&worker->inflight);
         free (worker);
         *item_p = NULL;
@@ -408,15 +451,65 @@ s_worker_refresh (s_broker_t *self, s_worker_t *worker)
 }
 
 /*  Keeps the worker in its service's ready ring exactly while it may be
-    sent work: it has credit, is not leaving, and holds no suspect.  */
+    sent work: it has credit, is not leaving or dead, and its process holds
+    no suspect.  */
 static void
 s_worker_update_ready (s_worker_t *worker)
 {
-    bool ready = worker->credit > 0 && !worker->leaving && !worker->isolating;
+    bool ready = worker->credit > 0 && !worker->leaving && !worker->dead
+                 && !worker->proc->isolating;
     if (ready && !worker->ready)
         worker->ready = broker_service_ready_add (worker->service, worker);
     else if (!ready && worker->ready)
         broker_service_ready_remove (worker->service, &worker->ready);
+}
+
+/*  The process started or stopped holding a suspect: each of its workers
+    leaves or rejoins its service's ready ring.  Only suspects get here,
+    and a process has a few workers.  */
+static void
+s_process_update_ready (s_process_t *proc)
+{
+    for (s_worker_t *worker = (s_worker_t *) zlistx_first (proc->workers);
+         worker; worker = (s_worker_t *) zlistx_next (proc->workers))
+        s_worker_update_ready (worker);
+}
+
+/*  Puts a new worker into the record of the process its READY named
+    (created on first use), or into one of its own when it named none.  */
+static void
+s_process_join (s_broker_t *self, s_worker_t *worker, const char *name)
+{
+    s_process_t *proc
+        = *name ? (s_process_t *) zhashx_lookup (self->processes, name)
+                : NULL;
+    if (!proc) {
+        proc = ferry_calloc (1, sizeof *proc);
+        snprintf (proc->name, sizeof proc->name, "%s", name);
+        proc->workers = zlistx_new ();
+        assert (proc->workers);
+        if (*name)
+            zhashx_insert (self->processes, name, proc);
+    }
+    worker->proc = proc;
+    worker->proc_handle = zlistx_add_end (proc->workers, worker);
+}
+
+/*  Takes a worker that holds nothing out of its process record, which
+    goes with its last worker.  */
+static void
+s_process_leave (s_broker_t *self, s_worker_t *worker)
+{
+    s_process_t *proc = worker->proc;
+    zlistx_detach (proc->workers, worker->proc_handle);
+    worker->proc = worker->proc_handle = NULL;
+    if (zlistx_size (proc->workers) > 0)
+        return;
+    assert (proc->inflight == 0);
+    if (*proc->name)
+        zhashx_delete (self->processes, proc->name);
+    else
+        s_process_destroy (&proc);
 }
 
 /*  Forgets a worker that holds nothing in flight.  */
@@ -425,6 +518,7 @@ s_worker_remove (s_broker_t *self, s_worker_t *worker)
 {
     assert (zlistx_size (worker->inflight) == 0);
     broker_service_ready_remove (worker->service, &worker->ready);
+    s_process_leave (self, worker);
     broker_service_worker_left (worker->service, ferry_mono_ms ());
     zhashx_delete (self->workers, worker->key);
 }
@@ -445,11 +539,16 @@ s_inflight_take (s_broker_t *self, broker_request_t *req)
     s_worker_t *worker = (s_worker_t *) req->worker;
     zlistx_detach (worker->inflight, req->handle);
     req->worker = req->handle = NULL;
-    /*  An isolating worker held the suspect alone: with it gone the
-        worker may take any work again.  */
-    if (zlistx_size (worker->inflight) == 0) {
-        worker->isolating = false;
+    if (zlistx_size (worker->inflight) == 0)
         worker->idle_since = ferry_mono_ms ();
+    /*  An isolating process held the suspect alone: with it gone its
+        workers may take any work again.  */
+    s_process_t *proc = worker->proc;
+    assert (proc->inflight > 0);
+    if (--proc->inflight == 0 && proc->isolating) {
+        proc->isolating = false;
+        s_process_update_ready (proc);
+        self->rejoined = true;
     }
     assert (self->inflight > 0);
     if (--self->inflight == 0)
@@ -691,27 +790,34 @@ s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
     if (s_send (&self->backend, worker->identity, worker->identity_size,
                 parts, 4, &req->payload, broker_request_retryable (req)))
         return -1;
-    if (req->deaths > 0)
-        worker->isolating = true;
     req->worker = worker;
     req->handle = zlistx_add_end (worker->inflight, req);
     self->inflight++;
+    worker->proc->inflight++;
     if (req->deadline && req->deadline < self->inflight_deadline)
         self->inflight_deadline = req->deadline;
     *req_p = NULL;
     worker->credit--;
-    s_worker_update_ready (worker);
+    if (req->deaths > 0) {
+        /*  The process was idle (s_worker_idle): now the suspect is all
+            it holds until it is done.  */
+        worker->proc->isolating = true;
+        s_process_update_ready (worker->proc);
+    }
+    else
+        s_worker_update_ready (worker);
     s_trace (self, "broker: dispatch msg=%s service=%s worker=%s",
              req->msg_id, broker_service_name (worker->service),
              worker->key);
     return 0;
 }
 
-/*  True for a worker that holds nothing: it may take a suspect.  */
+/*  True for a worker whose whole process holds nothing: it may take a
+    suspect, whose death would then kill no innocent message with it.  */
 static bool
 s_worker_idle (void *worker)
 {
-    return zlistx_size (((s_worker_t *) worker)->inflight) == 0;
+    return ((s_worker_t *) worker)->proc->inflight == 0;
 }
 
 /*  Moves queued requests of svc to its workers while someone has credit
@@ -735,10 +841,12 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
                             "deadline passed before dispatch", 0);
             continue;
         }
-        /*  A suspect goes only to a worker holding nothing, so that no
-            innocent message shares its next death; it waits at the head
-            until one is idle (workers finish what they hold, and get
-            nothing new meanwhile) or its deadline passes.  */
+        /*  A suspect goes only to a worker whose process holds nothing,
+            so that no innocent message shares its next death (which
+            kills the whole process); it waits at the head until some
+            process is idle (the service's workers finish what they hold,
+            and get nothing new from its queue meanwhile) or its deadline
+            passes.  */
         s_worker_t *worker
             = (s_worker_t *) (req->deaths > 0
                                   ? broker_service_ready_find (svc,
@@ -757,6 +865,7 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
 static void
 s_dispatch_all (s_broker_t *self)
 {
+    self->rejoined = false;
     for (broker_service_t *svc = (broker_service_t *) zhashx_first (
              self->services);
          svc; svc = (broker_service_t *) zhashx_next (self->services))
@@ -992,7 +1101,7 @@ s_worker_ready (s_broker_t *self, s_message_t *msg, const char *key)
     worker->credit = credit;
     worker->inflight = zlistx_new ();
     assert (worker->inflight);
-    snprintf (worker->process, sizeof worker->process, "%s", process);
+    s_process_join (self, worker, process);
     worker->idle_since = ferry_mono_ms ();
     s_worker_refresh (self, worker);
     zhashx_insert (self->workers, worker->key, worker);
@@ -1125,14 +1234,19 @@ s_process_died (s_broker_t *self, s_message_t *msg)
         log_debug ("broker: malformed DIED dropped");
         return;
     }
+    /*  A copy of its workers: losing them empties the record.  */
     zlistx_t *dead = zlistx_new ();
     assert (dead);
-    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
-         worker; worker = (s_worker_t *) zhashx_next (self->workers))
-        if (streq (worker->process, process)) {
-            worker->dead = true;
-            zlistx_add_end (dead, worker);
-        }
+    s_process_t *proc = *process ? (s_process_t *) zhashx_lookup (
+                                       self->processes, process)
+                                 : NULL;
+    for (s_worker_t *worker = proc ? (s_worker_t *) zlistx_first (
+                                         proc->workers)
+                                   : NULL;
+         worker; worker = (s_worker_t *) zlistx_next (proc->workers)) {
+        worker->dead = true;
+        zlistx_add_end (dead, worker);
+    }
     log_info ("broker: process died process=%s signal=%s workers=%zu",
               process, signal, zlistx_size (dead));
     char reason[sizeof signal + 16];
@@ -1417,6 +1531,7 @@ s_broker_destroy (s_broker_t **self_p)
         zhashx_destroy (&self->requests);
         zlistx_destroy (&self->dead_letters);
         zhashx_destroy (&self->workers);
+        zhashx_destroy (&self->processes);
         zhashx_destroy (&self->edges);
         zhashx_destroy (&self->services);
         zsock_destroy (&self->frontend.sock);
@@ -1436,13 +1551,14 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     self->settings = broker_settings_dup (settings);
     self->services = zhashx_new ();
     self->workers = zhashx_new ();
+    self->processes = zhashx_new ();
     self->edges = zhashx_new ();
     self->requests = zhashx_new ();
     self->dead_letters = zlistx_new ();
     self->inflight_deadline = UINT64_MAX;
     if (s_router_init (&self->frontend, settings)
         || s_router_init (&self->backend, settings) || !self->services
-        || !self->workers || !self->edges || !self->requests
+        || !self->workers || !self->processes || !self->edges || !self->requests
         || !self->dead_letters) {
         s_broker_destroy (&self);
         return NULL;
@@ -1451,6 +1567,7 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     zsock_set_router_handover (self->backend.sock, 1);
     zhashx_set_destructor (self->services, s_service_destructor);
     zhashx_set_destructor (self->workers, s_worker_destructor);
+    zhashx_set_destructor (self->processes, s_process_destructor);
     zhashx_set_destructor (self->edges, s_edge_destructor);
     zlistx_set_destructor (self->dead_letters, s_dead_letter_destructor);
     /*  The key is the request's own msg_id: no copy per request.  */
@@ -1520,7 +1637,7 @@ s_status_json (s_broker_t *self)
         json_t *item = json_pack (
             "{s:s, s:s, s:s, s:I, s:I, s:s, s:I}", "id", worker->key,
             "service", broker_service_name (worker->service), "process",
-            worker->process, "credit", (json_int_t) worker->credit,
+            worker->proc->name, "credit", (json_int_t) worker->credit,
             "inflight", (json_int_t) inflight, "breaker",
             *worker->breaker ? worker->breaker : "closed", "idle_ms",
             (json_int_t) (idle > 0 ? idle : 0));
@@ -1757,6 +1874,9 @@ s_read_batch (s_broker_t *self, s_router_t *router,
             break;
         handle (self, &msg);
         s_message_close (&msg);
+        /*  The handler dispatched its own service only.  */
+        if (self->rejoined)
+            s_dispatch_all (self);
     }
 }
 
@@ -2843,6 +2963,208 @@ broker_suspect_deadline_test (bool verbose)
     FERRY_CHECK (status.workers == 1 && status.inflight == 1
                  && status.queued == 0);
     broker_harness_reply (worker, busy, "b", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, busy, "b"));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+/*  Waits for REQ msg_id with attempt at worker a or b, whichever gets it
+    first; returns that worker, or NULL.  */
+static zsock_t *
+s_test_work_either (zsock_t *a, zsock_t *b, const char *msg_id,
+                    const char *attempt)
+{
+    zpoller_t *poller = zpoller_new (a, b, NULL);
+    zsock_t *which
+        = poller ? (zsock_t *) zpoller_wait (poller, BROKER_HARNESS_WAIT)
+                 : NULL;
+    zpoller_destroy (&poller);
+    if (!which || !broker_harness_got_attempt (which, msg_id, attempt))
+        return NULL;
+    return which;
+}
+
+/*  Waits for a REQ at worker a or b: returns its frames [msg_id,
+    deadline, attempt, payload] and sets *at to the worker, or NULL.  */
+static zmsg_t *
+s_test_next_work (zsock_t *a, zsock_t *b, zsock_t **at)
+{
+    zpoller_t *poller = zpoller_new (a, b, NULL);
+    *at = poller ? (zsock_t *) zpoller_wait (poller, BROKER_HARNESS_WAIT)
+                 : NULL;
+    zpoller_destroy (&poller);
+    return *at ? broker_harness_work (*at, NULL, BROKER_HARNESS_WAIT) : NULL;
+}
+
+/*  True when work is [msg_id, deadline, attempt, payload] for msg_id with
+    attempt.  */
+static bool
+s_test_work_is (zmsg_t *work, const char *msg_id, const char *attempt)
+{
+    zframe_t *id = zmsg_first (work);
+    zmsg_next (work);
+    zframe_t *frame = zmsg_next (work);
+    return id && frame && zframe_streq (id, msg_id)
+           && zframe_streq (frame, attempt);
+}
+
+int
+broker_process_isolation_test (bool verbose)
+{
+    /*  Two workers (actors) of one process hold a poison and an innocent
+        message when the process dies; both are suspects then.  A death
+        kills the whole process, so from then on each goes to a process
+        that holds nothing, and no other worker of that process gets
+        anything while it holds one: the poison's later deaths are its
+        own, and the innocent message is served, never dead-lettered.  */
+    broker_settings_t *settings = broker_harness_settings (false);
+    broker_settings_set_max_deaths (settings, 3);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, &settings, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *supervisor = broker_harness_worker (&h, NULL, NULL);
+    zsock_t *x = broker_harness_worker_at (&h, "app", "1", "h:1");
+    zsock_t *y = broker_harness_worker_at (&h, "app", "1", "h:1");
+    FERRY_CHECK (edge && supervisor && x && y);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    char poison[FERRY_ID_LEN + 1], innocent[FERRY_ID_LEN + 1];
+    ferry_id_generate (poison);
+    ferry_id_generate (innocent);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", poison, deadline, "r", "poison", 6);
+    zsock_t *first = s_test_work_either (x, y, poison, "1");
+    FERRY_CHECK (first);
+    broker_harness_request (edge, "app", innocent, deadline, "r", "fine", 4);
+    FERRY_CHECK (broker_harness_got_attempt (first == x ? y : x, innocent,
+                                             "1"));
+    const char *signals[] = {"SIGABRT", "SIGKILL", "SIGSEGV"};
+    char process[16];
+    bool served = false;
+    for (int death = 1; death <= 3; death++) {
+        snprintf (process, sizeof process, "h:%d", death);
+        zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, process,
+                    signals[death - 1], NULL);
+        FERRY_CHECK (broker_harness_wait_workers (&h, 0));
+        broker_harness_drop (&h, &x);
+        broker_harness_drop (&h, &y);
+        if (death == 3)
+            break;
+        /*  A new process of two idle workers.  Either suspect may come
+            first (the deaths requeue them worker by worker); whichever
+            it is, the other worker gets nothing meanwhile.  The innocent
+            one is answered; the poison kills the process again.  */
+        snprintf (process, sizeof process, "h:%d", death + 1);
+        x = broker_harness_worker_at (&h, "app", "1", process);
+        y = broker_harness_worker_at (&h, "app", "1", process);
+        FERRY_CHECK (x && y);
+        zsock_t *at;
+        zmsg_t *work = s_test_next_work (x, y, &at);
+        FERRY_CHECK (work);
+        if (!served && s_test_work_is (work, innocent, "2")) {
+            FERRY_CHECK (broker_harness_work (at == x ? y : x, NULL, 100)
+                         == NULL);
+            broker_harness_status_t status = broker_harness_status (&h);
+            FERRY_CHECK (status.inflight == 1 && status.queued == 1);
+            broker_harness_reply (at, innocent, "ok", 2);
+            FERRY_CHECK (broker_harness_got_reply (edge, innocent, "ok"));
+            served = true;
+            zmsg_destroy (&work);
+            work = s_test_next_work (x, y, &at);
+            FERRY_CHECK (work);
+        }
+        char attempt[8];
+        snprintf (attempt, sizeof attempt, "%d", death + 1);
+        FERRY_CHECK (s_test_work_is (work, poison, attempt));
+        zmsg_destroy (&work);
+        FERRY_CHECK (broker_harness_work (x, NULL, 100) == NULL);
+        FERRY_CHECK (broker_harness_work (y, NULL, 10) == NULL);
+        broker_harness_status_t status = broker_harness_status (&h);
+        FERRY_CHECK (status.inflight == 1
+                     && status.queued == (served ? 0 : 1));
+    }
+    /*  Three deaths of its own: the poison is answered 502 and its dead
+        letter waits for a worker; the innocent one, which shared only
+        the first death, was served or is now, on its second attempt.  */
+    FERRY_CHECK (broker_harness_got_problem (edge, poison, 502, false));
+    FERRY_CHECK (broker_harness_silent (edge, 50));
+    x = broker_harness_worker_at (&h, "app", "1", "h:4");
+    zmsg_t *dead = broker_harness_dead (x);
+    FERRY_CHECK (dead
+                 && s_test_dead_info (dead, poison, 3, "poison", signals, 3));
+    zmsg_destroy (&dead);
+    if (!served) {
+        FERRY_CHECK (broker_harness_got_attempt (x, innocent, "2"));
+        broker_harness_reply (x, innocent, "ok", 2);
+        FERRY_CHECK (broker_harness_got_reply (edge, innocent, "ok"));
+    }
+    FERRY_CHECK (broker_harness_status (&h).inflight == 0);
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_process_busy_test (bool verbose)
+{
+    /*  A suspect skips an idle worker whose sibling (same process) is
+        busy and waits for a process that holds nothing; while that
+        process holds it, none of its workers (another service's too) is
+        sent anything else, and the busy process's idle worker still takes
+        ordinary work.  */
+    broker_settings_t *settings = broker_harness_settings (false);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, &settings, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *supervisor = broker_harness_worker (&h, NULL, NULL);
+    zsock_t *dying = broker_harness_worker_at (&h, "app", "1", "h:1");
+    FERRY_CHECK (edge && supervisor && dying);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
+    char suspect[FERRY_ID_LEN + 1], busy[FERRY_ID_LEN + 1];
+    char plain[FERRY_ID_LEN + 1], other[FERRY_ID_LEN + 1];
+    ferry_id_generate (suspect);
+    ferry_id_generate (busy);
+    ferry_id_generate (plain);
+    ferry_id_generate (other);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", suspect, deadline, "r", "s", 1);
+    FERRY_CHECK (broker_harness_got_work (dying, suspect));
+    zsock_t *a = broker_harness_worker_at (&h, "app", "1", "h:2");
+    zsock_t *b = broker_harness_worker_at (&h, "app", "1", "h:2");
+    FERRY_CHECK (a && b);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 3));
+    broker_harness_request (edge, "app", busy, deadline, "", "b", 1);
+    zsock_t *holder = s_test_work_either (a, b, busy, "1");
+    FERRY_CHECK (holder);
+    zsock_t *idle = holder == a ? b : a;
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:1", "SIGKILL",
+                NULL);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    FERRY_CHECK (broker_harness_work (idle, NULL, 100) == NULL);
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 1 && status.queued == 1);
+
+    /*  Process h:3 holds nothing: the suspect goes there.  */
+    zsock_t *c = broker_harness_worker_at (&h, "app", "2", "h:3");
+    FERRY_CHECK (broker_harness_got_attempt (c, suspect, "2"));
+    zsock_t *d = broker_harness_worker_at (&h, "other", "1", "h:3");
+    FERRY_CHECK (d);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 4));
+    broker_harness_request (edge, "other", other, deadline, "", "o", 1);
+    broker_harness_request (edge, "app", plain, deadline, "", "p", 1);
+    FERRY_CHECK (broker_harness_got_attempt (idle, plain, "1"));
+    FERRY_CHECK (broker_harness_work (c, NULL, 50) == NULL);
+    FERRY_CHECK (broker_harness_work (d, NULL, 50) == NULL);
+    status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 3 && status.queued == 1);
+
+    /*  The suspect answered, h:3 takes any work again.  */
+    broker_harness_reply (c, suspect, "s", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, suspect, "s"));
+    FERRY_CHECK (broker_harness_got_attempt (d, other, "1"));
+    broker_harness_reply (d, other, "o", 1);
+    broker_harness_reply (idle, plain, "p", 1);
+    broker_harness_reply (holder, busy, "b", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, other, "o"));
+    FERRY_CHECK (broker_harness_got_reply (edge, plain, "p"));
     FERRY_CHECK (broker_harness_got_reply (edge, busy, "b"));
     broker_harness_stop (&h);
     return 0;

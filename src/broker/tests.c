@@ -30,6 +30,8 @@ const ferry_test_t broker_tests[] = {
     {"died", broker_died_test},
     {"isolation", broker_isolation_test},
     {"suspect_deadline", broker_suspect_deadline_test},
+    {"process_isolation", broker_process_isolation_test},
+    {"process_busy", broker_process_busy_test},
     {"status_json", broker_status_json_test},
     {NULL, NULL},
 };
