@@ -1,17 +1,19 @@
 """test_poison.py: a request that kills every worker process it reaches.
 
 Pool `slow` runs in two worker processes, each under its supervisor, with
-credit 4 per actor, so innocent requests sit in the same processes as the
-poison when it first strikes.  The poison is a GET (retryable) of the
-operation `boom`, which the worker's test-only hook
-FERRY_TEST_ABORT_OPERATION=boom turns into abort (): the process dies by
-SIGABRT with whatever its actors hold, its supervisor tells the broker
-(DIED) and starts a new one.  The broker must isolate what was in flight
-at a death (a suspect goes alone to an idle worker), stop redelivering the
-poison after broker.max_deaths (2) deaths, answer it with a problem and
-hand its dead letter to a worker, which writes it to ferry.dead_letters
-with the signal; the innocent requests are redelivered and succeed, none
-is dead-lettered.  Prints TAP.
+two actors of credit 4 each, so innocent requests sit in the poison's
+actor and in its sibling actor (same process) when it first strikes.  The
+poison is a GET (retryable) of the operation `boom`, which the worker's
+test-only hook FERRY_TEST_ABORT_OPERATION=boom turns into abort (): the
+process dies by SIGABRT with whatever its actors hold, its supervisor
+tells the broker (DIED) and starts a new one.  The broker must isolate
+what was in flight at a death per process (a death kills every actor of
+the process: a suspect goes only to a process that holds nothing, and no
+actor of that process gets anything else while it holds it), stop
+redelivering the poison after broker.max_deaths (2) deaths, answer it
+with a problem and hand its dead letter to a worker, which writes it to
+ferry.dead_letters with the signal; the innocent requests are redelivered
+and succeed, none is dead-lettered.  Prints TAP.
 """
 
 import os
@@ -28,11 +30,10 @@ harness.install_guards(300)
 tap = harness.Tap()
 stack = harness.Stack("ferry-fault-poison")
 MAX_DEATHS = 2
-# One actor per process: the broker isolates a suspect per worker (actor),
-# but a death takes the whole process, so with two actors an innocent
-# suspect isolated on the poison's sibling actor dies a second time and
-# is dead-lettered too (seen with ACTORS = 2: 1 innocent 502 in 62).
-ACTORS, CREDIT = 1, 4
+# Two actors per process: with isolation per actor instead of per process
+# an innocent suspect placed on the poison's sibling actor died with it a
+# second time and was dead-lettered too (1 innocent 502 in 62).
+ACTORS, CREDIT = 2, 4
 ROUTES, POOLS = faults.slow_config("20s", actors=ACTORS, credit=CREDIT)
 ROUTES += """\
     - route: GET /slow/boom
