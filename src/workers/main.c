@@ -255,9 +255,15 @@ static const char *const s_restart_paths[]
 /*  SIGHUP: loads the configuration the way the start did (same file,
     same command line) into a fresh config and fresh, unstarted pools,
     then applies what can change in place: each running pool's size.
-    running is the configuration the process started with; it stays
-    (the pools borrow from it), so later reloads compare against it
-    too.  */
+    Each reload compares against what is in effect, whatever came
+    before: a pool's new size against its size now (the last successful
+    reload's), everything else against running, the configuration the
+    process started with, which is the only one those settings ever
+    took effect from (it stays: the pools borrow from it).  So reverting
+    a change that was reported as needing a restart reports nothing, a
+    change still waiting for one is reported again, and reloading the
+    same file changes nothing.  A shrink returns once the surplus actors
+    have drained (up to worker.drain_timeout).  */
 static void
 s_reload (int argc, char **argv, ferry_config_t *running,
           const worker_settings_t *settings, worker_pool_t **pools,

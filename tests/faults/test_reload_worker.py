@@ -6,8 +6,13 @@ rewrites the configuration file and sends SIGHUP to the worker (its
 supervisor forwards it): growing the pool to 6 actors starts 4 new
 actors (4 new READYs at the broker, more statements running at once),
 shrinking it to 1 drains 5 of them the way SIGTERM drains one, and a
-configuration that does not load changes nothing.  Every request gets a
-200 throughout, and no PostgreSQL connection of an actor that stays is
+configuration that does not load changes nothing.  Each reload compares
+against the configuration in effect: going back to the original file
+(2 actors, credit 4) after a reload that asked for credit 5 grows the
+pool to 2 and reports nothing (credit 4 is what runs), reloading the same
+file again changes nothing, and growing to 4 then at once back to 2
+keeps the 2 actors that were there.  Every request gets a 200
+throughout, and no PostgreSQL connection of an actor that stays is
 dropped.  Prints TAP.
 """
 
@@ -154,6 +159,70 @@ def _():
     check(backends() == conns, "connections changed after a bad reload")
     with open(stack.config, "w") as f:
         f.write(good)
+
+
+@tap.test("under load, SIGHUP back to the original configuration grows "
+          "the pool to 2 and reports nothing")
+def _():
+    conns = backends()
+    readies = ready_count()
+    since = reload(2)
+    ok = faults.wait_for(lambda: log_has("reloaded", since), 10)
+    check(ok, "the reload did not finish")
+    check(log_has("pool grown pool=slow actors=2 was=1", since),
+          "no 'pool grown ... actors=2 was=1' in the worker log")
+    check(not log_has("needs a restart", since),
+          "the original configuration was reported as needing a restart")
+    ok = faults.wait_for(lambda: ready_count() >= readies + 1, 15)
+    check(ok, "no new READY at the broker")
+    gone = conns - backends()
+    check(not gone, "connections dropped by the reload: %r" % sorted(gone))
+    top = most_naps(1.5)
+    check(top == 2, "%d statements at once from 2 actors" % top)
+
+
+@tap.test("under load, a SIGHUP that changes nothing changes nothing")
+def _():
+    conns = backends()
+    readies = ready_count()
+    since = reload(2)
+    ok = faults.wait_for(lambda: log_has("reloaded", since), 10)
+    check(ok, "the reload did not finish")
+    for text in ("pool grown", "pool shrunk", "needs a restart"):
+        check(not log_has(text, since), "'%s' after a reload of the same "
+              "configuration" % text)
+    time.sleep(1.0)
+    check(ready_count() == readies, "new READYs after a reload that "
+          "changes nothing")
+    check(backends() == conns, "connections changed after a reload that "
+          "changes nothing")
+
+
+@tap.test("under load, SIGHUP grows the pool to 4 and a second one "
+          "reverts it to 2")
+def _():
+    conns = backends()
+    since = reload(4)
+    ok = faults.wait_for(lambda: log_has("pool grown pool=slow actors=4 "
+                                         "was=2", since), 10)
+    check(ok, "no 'pool grown ... actors=4 was=2' in the worker log")
+    since = reload(2)
+    ok = faults.wait_for(lambda: log_has("pool shrunk pool=slow actors=2 "
+                                         "was=4", since), 20)
+    check(ok, "no 'pool shrunk ... actors=2 was=4' in the worker log")
+    check(not log_has("needs a restart", since),
+          "the revert was reported as needing a restart")
+    time.sleep(0.5)
+    top = most_naps(2.0)
+    check(top <= 2, "%d statements at once from 2 actors" % top)
+    gone = conns - backends()
+    check(not gone, "connections of the 2 actors that stay dropped: %r"
+          % sorted(gone))
+    check(stack.worker_slow.alive(), "the worker exited")
+
+
+@tap.test("every request during the reloads got a 200")
+def _():
     records = state["load"].stop()
     tap.diag("requests during the reloads: %s" % faults.summary(records))
     bad = [r for r in records if r[2] != 200]
