@@ -70,11 +70,12 @@
 
 
 /*  A worker process: the workers whose READY named the same process (a
-    worker that named none is a process of its own).  A death kills the
-    whole process, every worker of it at once, so poison isolation works
-    per process: a suspect goes only to a process that holds nothing, and
-    while it holds the suspect none of its workers is sent anything else.
-    In the normal path this costs a counter per dispatch and answer.  */
+    worker that named none is a process of its own).  A crash kills the
+    whole process, every worker of it at once, so a suspect of a crash
+    (s_crash_suspect) is isolated per process: it goes only to a process
+    that holds nothing, and while it holds the suspect none of its workers
+    is sent anything else.  In the normal path this costs a counter per
+    dispatch and answer.  */
 typedef struct {
     char name[BROKER_PROCESS_MAX + 1]; /* READY's process; "" for a
                                    worker's own (not in the processes
@@ -101,6 +102,9 @@ typedef struct {
     bool leaving;               /* sent BYE; removed when inflight empties */
     bool dead;                  /* being removed as lost: takes nothing,
                                    not even a dead letter */
+    bool isolating;             /* holds a suspect of a death whose cause
+                                   is unknown (no DIED): it gets no other
+                                   message until that one is done */
     s_process_t *proc;          /* its process, never NULL while in the
                                    workers table */
     void *proc_handle;          /* handle in proc->workers */
@@ -457,7 +461,7 @@ static void
 s_worker_update_ready (s_worker_t *worker)
 {
     bool ready = worker->credit > 0 && !worker->leaving && !worker->dead
-                 && !worker->proc->isolating;
+                 && !worker->isolating && !worker->proc->isolating;
     if (ready && !worker->ready)
         worker->ready = broker_service_ready_add (worker->service, worker);
     else if (!ready && worker->ready)
@@ -539,8 +543,12 @@ s_inflight_take (s_broker_t *self, broker_request_t *req)
     s_worker_t *worker = (s_worker_t *) req->worker;
     zlistx_detach (worker->inflight, req->handle);
     req->worker = req->handle = NULL;
-    if (zlistx_size (worker->inflight) == 0)
+    /*  An isolating worker held its suspect alone: with it gone the worker
+        may take any work again (the caller updates its readiness).  */
+    if (zlistx_size (worker->inflight) == 0) {
+        worker->isolating = false;
         worker->idle_since = ferry_mono_ms ();
+    }
     /*  An isolating process held the suspect alone: with it gone its
         workers may take any work again.  */
     s_process_t *proc = worker->proc;
@@ -773,6 +781,21 @@ s_worker_lost (s_broker_t *self, s_worker_t *worker, const char *reason,
     s_worker_remove (self, worker);
 }
 
+/*  True for a suspect that was in flight at a crash: a supervisor told
+    (DIED) that its worker process died by a signal, which is what a
+    poison message does, and takes every actor of the process with it.
+    Other deaths (heartbeat silence, an unreachable or re-registered
+    worker: a process killed from outside, with its supervisor, or run
+    without one) isolate per worker, so that after a mass loss the
+    suspects are redelivered in parallel, one per idle worker, rather than
+    one per idle process.  */
+static bool
+s_crash_suspect (const broker_request_t *req)
+{
+    return req->deaths > 0 && req->history
+           && req->history->signal_count > 0;
+}
+
 /*  Sends *req_p to worker and records it in flight.  Returns 0 (the
     in-flight table owns the request), or -1 when the worker cannot be
     reached (the request stays with the caller, untouched).  */
@@ -798,24 +821,36 @@ s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
         self->inflight_deadline = req->deadline;
     *req_p = NULL;
     worker->credit--;
-    if (req->deaths > 0) {
-        /*  The process was idle (s_worker_idle): now the suspect is all
+    if (s_crash_suspect (req)) {
+        /*  The process was idle (s_process_idle): now the suspect is all
             it holds until it is done.  */
         worker->proc->isolating = true;
         s_process_update_ready (worker->proc);
     }
-    else
+    else {
+        if (req->deaths > 0)
+            worker->isolating = true;
         s_worker_update_ready (worker);
+    }
     s_trace (self, "broker: dispatch msg=%s service=%s worker=%s",
              req->msg_id, broker_service_name (worker->service),
              worker->key);
     return 0;
 }
 
-/*  True for a worker whose whole process holds nothing: it may take a
-    suspect, whose death would then kill no innocent message with it.  */
+/*  True for a worker that holds nothing: it may take a suspect whose
+    deaths had no known cause.  */
 static bool
 s_worker_idle (void *worker)
+{
+    return zlistx_size (((s_worker_t *) worker)->inflight) == 0;
+}
+
+/*  True for a worker whose whole process holds nothing: it may take a
+    crash suspect, whose next crash would then kill no innocent message
+    with it.  */
+static bool
+s_process_idle (void *worker)
 {
     return ((s_worker_t *) worker)->proc->inflight == 0;
 }
@@ -841,17 +876,20 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
                             "deadline passed before dispatch", 0);
             continue;
         }
-        /*  A suspect goes only to a worker whose process holds nothing,
-            so that no innocent message shares its next death (which
-            kills the whole process); it waits at the head until some
-            process is idle (the service's workers finish what they hold,
-            and get nothing new from its queue meanwhile) or its deadline
+        /*  A suspect goes only to a worker that holds nothing, and a
+            crash suspect only to one whose whole process holds nothing
+            (a crash kills the process), so that no innocent message
+            shares its next death; it waits at the head until one is
+            idle (the service's workers finish what they hold, and get
+            nothing new from its queue meanwhile) or its deadline
             passes.  */
         s_worker_t *worker
-            = (s_worker_t *) (req->deaths > 0
-                                  ? broker_service_ready_find (svc,
-                                                               s_worker_idle)
-                                  : broker_service_ready_next (svc));
+            = (s_worker_t *) (req->deaths == 0
+                                  ? broker_service_ready_next (svc)
+                                  : broker_service_ready_find (
+                                      svc, s_crash_suspect (req)
+                                               ? s_process_idle
+                                               : s_worker_idle));
         if (!worker)
             break;
         req = broker_service_pop (svc);
@@ -1464,9 +1502,16 @@ s_timers (s_broker_t *self)
              self->services);
          svc; svc = (broker_service_t *) zhashx_next (self->services)) {
         broker_request_t *req;
-        while ((req = broker_service_pop_expired (svc, wall)))
+        bool expired = false;
+        while ((req = broker_service_pop_expired (svc, wall))) {
             s_fail_request (self, &req, 504, "deadline passed in the queue",
                             0);
+            expired = true;
+        }
+        /*  A suspect that expired at the head held back the requests
+            behind it, which idle workers may take now.  */
+        if (expired)
+            s_dispatch (self, svc);
         while ((req = broker_service_pop_orphaned (svc, now, grace)))
             s_fail_request (self, &req, 503, "no worker for this service",
                             1);
@@ -2957,13 +3002,24 @@ broker_suspect_deadline_test (bool verbose)
     FERRY_CHECK (broker_harness_got_work (worker, busy));
     zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:1", "SIGKILL",
                 NULL);
-    FERRY_CHECK (broker_harness_got_problem (edge, suspect, 504, false));
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
+    /*  A plain request behind the suspect waits with it, though the
+        worker has credit, and is dispatched as soon as the suspect
+        expires (not at some later event).  */
+    char behind[FERRY_ID_LEN + 1];
+    ferry_id_generate (behind);
+    broker_harness_request (edge, "app", behind, broker_harness_deadline (),
+                            "", "x", 1);
     FERRY_CHECK (broker_harness_work (worker, NULL, 50) == NULL);
+    FERRY_CHECK (broker_harness_got_problem (edge, suspect, 504, false));
+    FERRY_CHECK (broker_harness_got_attempt (worker, behind, "1"));
     broker_harness_status_t status = broker_harness_status (&h);
-    FERRY_CHECK (status.workers == 1 && status.inflight == 1
+    FERRY_CHECK (status.workers == 1 && status.inflight == 2
                  && status.queued == 0);
     broker_harness_reply (worker, busy, "b", 1);
     FERRY_CHECK (broker_harness_got_reply (edge, busy, "b"));
+    broker_harness_reply (worker, behind, "x", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, behind, "x"));
     broker_harness_stop (&h);
     return 0;
 }
@@ -3098,6 +3154,43 @@ broker_process_isolation_test (bool verbose)
         FERRY_CHECK (broker_harness_got_reply (edge, innocent, "ok"));
     }
     FERRY_CHECK (broker_harness_status (&h).inflight == 0);
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_suspect_parallel_test (bool verbose)
+{
+    /*  Suspects of a death with no known cause (no DIED: here a worker
+        that registers again) are isolated per worker, not per process:
+        two of them go at once to two idle workers of one process.  */
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, NULL, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *x = broker_harness_worker_at (&h, "app", "2", "h:1");
+    FERRY_CHECK (edge && x);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 1));
+    char one[FERRY_ID_LEN + 1], two[FERRY_ID_LEN + 1];
+    ferry_id_generate (one);
+    ferry_id_generate (two);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "app", one, deadline, "r", "1", 1);
+    broker_harness_request (edge, "app", two, deadline, "r", "2", 1);
+    FERRY_CHECK (broker_harness_got_attempt (x, one, "1"));
+    FERRY_CHECK (broker_harness_got_attempt (x, two, "1"));
+    zsock_t *y = broker_harness_worker_at (&h, "app", "1", "h:1");
+    FERRY_CHECK (y && broker_harness_wait_workers (&h, 2));
+    zstr_sendx (x, FERRY_PROTO, FERRY_CMD_READY, "app", "1", "h:1", NULL);
+    zsock_t *first, *second;
+    zmsg_t *work = s_test_next_work (x, y, &first);
+    FERRY_CHECK (work);
+    bool is_one = s_test_work_is (work, one, "2");
+    FERRY_CHECK (is_one || s_test_work_is (work, two, "2"));
+    zmsg_destroy (&work);
+    work = s_test_next_work (x, y, &second);
+    FERRY_CHECK (work && second != first);
+    FERRY_CHECK (s_test_work_is (work, is_one ? two : one, "2"));
+    zmsg_destroy (&work);
     broker_harness_stop (&h);
     return 0;
 }

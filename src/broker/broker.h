@@ -51,6 +51,7 @@ int broker_isolation_test (bool verbose);
 int broker_suspect_deadline_test (bool verbose);
 int broker_process_isolation_test (bool verbose);
 int broker_process_busy_test (bool verbose);
+int broker_suspect_parallel_test (bool verbose);
 int broker_status_json_test (bool verbose);
 
 #endif

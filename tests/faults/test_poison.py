@@ -7,9 +7,10 @@ poison is a GET (retryable) of the operation `boom`, which the worker's
 test-only hook FERRY_TEST_ABORT_OPERATION=boom turns into abort (): the
 process dies by SIGABRT with whatever its actors hold, its supervisor
 tells the broker (DIED) and starts a new one.  The broker must isolate
-what was in flight at a death per process (a death kills every actor of
-the process: a suspect goes only to a process that holds nothing, and no
-actor of that process gets anything else while it holds it), stop
+what was in flight at a crash per process (a crash, told by DIED, kills
+every actor of the process: a suspect goes only to a process that holds
+nothing, and no actor of that process gets anything else while it holds
+it), stop
 redelivering the poison after broker.max_deaths (2) deaths, answer it
 with a problem and hand its dead letter to a worker, which writes it to
 ferry.dead_letters with the signal; the innocent requests are redelivered
