@@ -782,18 +782,28 @@ s_worker_lost (s_broker_t *self, s_worker_t *worker, const char *reason,
 }
 
 /*  True for a suspect that was in flight at a crash: a supervisor told
-    (DIED) that its worker process died by a signal, which is what a
-    poison message does, and takes every actor of the process with it.
-    Other deaths (heartbeat silence, an unreachable or re-registered
-    worker: a process killed from outside, with its supervisor, or run
-    without one) isolate per worker, so that after a mass loss the
-    suspects are redelivered in parallel, one per idle worker, rather than
-    one per idle process.  */
+    (DIED) that its worker process died by a signal a process raises on
+    itself (SIGSEGV, SIGABRT, SIGBUS...), which is what a poison message
+    does, and takes every actor of the process with it.  Other deaths
+    (heartbeat silence, an unreachable or re-registered worker, SIGKILL or
+    SIGTERM from outside: an operator, the OOM killer) isolate per worker,
+    so that after a mass loss the suspects are redelivered in parallel,
+    one per idle worker, rather than one per idle process.  */
 static bool
 s_crash_suspect (const broker_request_t *req)
 {
-    return req->deaths > 0 && req->history
-           && req->history->signal_count > 0;
+    static const char *const external[]
+        = {"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"};
+    if (req->deaths == 0 || !req->history)
+        return false;
+    for (size_t i = 0; i < req->history->signal_count; i++) {
+        bool outside = false;
+        for (size_t k = 0; k < sizeof external / sizeof external[0]; k++)
+            outside |= strcmp (req->history->signals[i], external[k]) == 0;
+        if (!outside)
+            return true;
+    }
+    return false;
 }
 
 /*  Sends *req_p to worker and records it in flight.  Returns 0 (the
@@ -3228,7 +3238,7 @@ broker_process_busy_test (bool verbose)
     zsock_t *holder = s_test_work_either (a, b, busy, "1");
     FERRY_CHECK (holder);
     zsock_t *idle = holder == a ? b : a;
-    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:1", "SIGKILL",
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:1", "SIGSEGV",
                 NULL);
     FERRY_CHECK (broker_harness_wait_workers (&h, 2));
     FERRY_CHECK (broker_harness_work (idle, NULL, 100) == NULL);
