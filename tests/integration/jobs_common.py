@@ -190,13 +190,17 @@ def bring_up(tap, stack, extra_routes="", pool_sets=None, pools=None,
 
 
 def start_worker(stack, pool, sets=(), env=None):
-    """One ferry-worker for pool, with extra --set and environment."""
+    """One ferry-worker for pool, with extra --set and environment.  A
+    worker with the crash hook runs without its supervisor, which would
+    start it again: the crash tests wait for the process to end."""
     saved = stack.env
+    extra = ["--pool", pool]
+    if env and "FERRY_TEST_CRASH_AFTER_COMMIT" in env:
+        extra.append("--no-supervise")
     if env:
         stack.env = dict(saved, **env)
     try:
-        return stack.start_daemon("worker-" + pool, "worker",
-                                  ["--pool", pool],
+        return stack.start_daemon("worker-" + pool, "worker", extra,
                                   sets=stack.sets + list(sets))
     finally:
         stack.env = saved

@@ -265,8 +265,9 @@ def _():
     env = dict(stack.env)
     env["FERRY_TEST_CRASH_AFTER_COMMIT"] = "add"
     log = os.path.join(stack.tmp, "worker-crash.log")
+    # Without the supervisor, which would start it again.
     doomed = harness.Daemon("worker-crash", stack._argv(
-        "worker", ["--pool", "crash"]), log, env)
+        "worker", ["--pool", "crash", "--no-supervise"]), log, env)
     stack.daemons.append(doomed)
     stack.retired.append(doomed)
     # Until the worker has registered the broker answers 503; a repeat
