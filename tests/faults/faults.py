@@ -21,6 +21,49 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
 import harness  # noqa: E402
 from harness import TestFailure, check  # noqa: E402
 
+NETNS_ENV = "FERRY_TEST_NETNS"
+
+
+def migrating_listeners():
+    """Runs this test in a network namespace of its own, where closing a
+    listening socket hands the connections still in its queues to the
+    other sockets on the port (net.ipv4.tcp_migrate_req, Linux 5.14).
+    Without it a rolling restart of the edge on one port resets the few
+    connections whose handshake completes between the old edge's last
+    accept and its close, whatever the edge does.  The setting is per
+    namespace, so the host's is left alone.  Re-executes the test under
+    `unshare --net` (root only; elsewhere, or when that fails, the test
+    runs as it is and says so).  Returns a line for tap.diag."""
+    if os.environ.get(NETNS_ENV) == "1":
+        import fcntl
+        import socket
+        import struct
+        siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifr = fcntl.ioctl(s, siocgifflags, struct.pack("16sh", b"lo", 0))
+            flags = struct.unpack("16sh", ifr[:18])[1]
+            fcntl.ioctl(s, siocsifflags,
+                        struct.pack("16sh", b"lo", flags | iff_up))
+        with open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
+            f.write("1\n")
+        return "own network namespace, net.ipv4.tcp_migrate_req=1"
+    if os.environ.get(NETNS_ENV) != "0" and os.geteuid() == 0 \
+            and os.path.exists("/proc/sys/net/ipv4/tcp_migrate_req"):
+        import subprocess
+        try:
+            probe = subprocess.run(["unshare", "--net", "true"],
+                                   stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, timeout=10)
+            if probe.returncode == 0:
+                env = dict(os.environ, **{NETNS_ENV: "1"})
+                os.execvpe("unshare", ["unshare", "--net", "--",
+                                       sys.executable] + sys.argv, env)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "host network namespace (no tcp_migrate_req): a reset during " \
+           "the edge's restart is then possible"
+
+
 # A pool `slow` with an operation that sleeps in PostgreSQL (its SQL
 # holds the marker NAP, found in pg_stat_activity), a GET route
 # (retryable) and a POST route (not retryable) for it, and a fast

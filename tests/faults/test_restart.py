@@ -21,8 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import faults  # noqa: E402
 from faults import harness, check  # noqa: E402
 
+NETNS = faults.migrating_listeners()
 harness.install_guards(300)
 tap = harness.Tap()
+tap.diag(NETNS)
 stack = harness.Stack("ferry-fault-restart")
 DEADLINE = 3.0          # edge.default_timeout
 MAX_OUTAGE = 5.0        # seconds of non-200 answers allowed per restart
