@@ -1222,6 +1222,30 @@ s_plan (s_job_t *job, s_slot_kind_t kind, size_t step)
     job->plan_len++;
 }
 
+/*  Starts a segment of job on the connection: a fresh outcome and plan,
+    and the job queued to read its results in order.  */
+static void
+s_segment_begin (s_actor_t *self, s_job_t *job)
+{
+    s_outcome_reset (job);
+    job->plan_len = job->plan_pos = 0;
+    job->slot_done = false;
+    s_fifo_push (&self->sent, job);
+}
+
+/*  Ends the segment with its Sync.  ok says whether every statement of
+    it was sent; when that or the Sync failed the connection is lost.
+    Returns whether the segment is on its way.  */
+static bool
+s_segment_end (s_actor_t *self, s_job_t *job, bool ok)
+{
+    ok = ok && PQpipelineSync (self->conn) == 1;
+    s_plan (job, SLOT_SYNC, 0);
+    if (!ok)
+        s_pg_lost (self, "send failed");
+    return ok;
+}
+
 static void
 s_outcome_reset (s_job_t *job)
 {
@@ -1349,10 +1373,7 @@ s_pg_connect_poll (s_actor_t *self)
     PQsetNoticeProcessor (self->conn, s_notice, self);
     memset (self->prepared, 0, worker_ops_steps (self->args->ops) + 1);
     s_job_t *job = &self->setup;
-    s_outcome_reset (job);
-    job->plan_len = job->plan_pos = 0;
-    job->slot_done = false;
-    s_fifo_push (&self->sent, job);
+    s_segment_begin (self, job);
     int ok = PQsendQueryParams (self->conn, s_setup_sql, 0, NULL, NULL, NULL,
                                 NULL, 0);
     s_plan (job, SLOT_SETUP, 0);
@@ -1669,11 +1690,8 @@ s_tracked_segment (s_actor_t *self, s_job_t *job, s_phase_t phase)
 {
     PGconn *conn = self->conn;
     bool open = PQtransactionStatus (conn) != PQTRANS_IDLE;
-    s_outcome_reset (job);
     job->phase = phase;
-    job->plan_len = job->plan_pos = 0;
-    job->slot_done = false;
-    s_fifo_push (&self->sent, job);
+    s_segment_begin (self, job);
     bool ok = true;
     if (phase == PH_COMMIT) {
         /*  The result is in hand: recording it must not be cancelled by
@@ -1716,11 +1734,7 @@ s_tracked_segment (s_actor_t *self, s_job_t *job, s_phase_t phase)
             ok = ok && s_send_call (self, job, WORKER_JOBS_JOB_FINISH,
                                     SLOT_JOB);
     }
-    ok = ok && PQpipelineSync (conn) == 1;
-    s_plan (job, SLOT_SYNC, 0);
-    if (!ok)
-        s_pg_lost (self, "send failed");
-    else
+    if (s_segment_end (self, job, ok))
         s_pg_flush (self);
 }
 
@@ -1735,17 +1749,11 @@ s_tracked_reject (s_actor_t *self, s_job_t *job, ferry_envelope_t *reply)
         s_tracked_end (self, job, reply);
         return;
     }
-    s_outcome_reset (job);
     job->phase = PH_RECORD;
-    job->plan_len = job->plan_pos = 0;
-    job->slot_done = false;
-    s_fifo_push (&self->sent, job);
+    s_segment_begin (self, job);
     bool ok = s_send_call (self, job, WORKER_JOBS_START, SLOT_JOB)
-              && s_send_call (self, job, WORKER_JOBS_JOB_FINISH, SLOT_JOB)
-              && PQpipelineSync (self->conn) == 1;
-    s_plan (job, SLOT_SYNC, 0);
-    if (!ok)
-        s_pg_lost (self, "send failed");
+              && s_send_call (self, job, WORKER_JOBS_JOB_FINISH, SLOT_JOB);
+    (void) s_segment_end (self, job, ok);
 }
 
 /*  The message is done: release the pipeline and answer.  */
@@ -1904,19 +1912,10 @@ static bool
 s_cleanup_send (s_actor_t *self)
 {
     s_job_t *job = &self->cleanup;
-    s_outcome_reset (job);
-    job->plan_len = job->plan_pos = 0;
-    job->slot_done = false;
-    s_fifo_push (&self->sent, job);
+    s_segment_begin (self, job);
     self->cleanup_busy = true;
     bool ok = s_send_call (self, job, WORKER_JOBS_CLEANUP, SLOT_STORED);
-    ok = ok && PQpipelineSync (self->conn) == 1;
-    s_plan (job, SLOT_SYNC, 0);
-    if (!ok) {
-        s_pg_lost (self, "send failed");
-        return false;
-    }
-    return true;
+    return s_segment_end (self, job, ok);
 }
 
 static void
@@ -2000,24 +1999,15 @@ s_dead_send (s_actor_t *self)
                              row.error, row.attempts};
     int lengths[7] = {0, 0, 0, 0, (int) zmq_msg_size (&job->payload), 0, 0};
     int formats[7] = {0, 0, 0, 0, 1, 0, 0};
-    s_outcome_reset (job);
-    job->plan_len = job->plan_pos = 0;
-    job->slot_done = false;
-    s_fifo_push (&self->sent, job);
+    s_segment_begin (self, job);
     self->dead_sent++;
     s_plan (job, SLOT_JOB, 0);
     bool ok = PQsendQueryParams (self->conn, worker_dead_insert_sql, 7, NULL,
                                  values, lengths, formats, 0)
               == 1;
     worker_dead_row_free (&row);
-    ok = ok && PQpipelineSync (self->conn) == 1;
-    s_plan (job, SLOT_SYNC, 0);
-    if (!ok) {
-        /*  s_pg_lost puts it back in `dead`.  */
-        s_pg_lost (self, "send failed");
-        return false;
-    }
-    return true;
+    /*  On failure s_pg_lost puts it back in `dead`.  */
+    return s_segment_end (self, job, ok);
 }
 
 /*  The INSERT's Sync came back: the row is there, or it never will be

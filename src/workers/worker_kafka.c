@@ -875,6 +875,24 @@ s_begin_claim (s_lane_t *self, const rd_kafka_message_t *m,
     return S_DONE;
 }
 
+/*  Binds step st's parameters from args and body and runs it on conn.
+    Returns 0 with its result in *r_p (the caller clears it), or -1 with
+    the binding error in err when a parameter does not bind (nothing
+    ran).  */
+static int
+s_step_exec (PGconn *conn, const worker_step_t *st,
+             const msgpack_object *args, const msgpack_object *body,
+             PGresult **r_p, char *err, size_t errlen)
+{
+    char *values[st->nparams ? st->nparams : 1];
+    if (worker_step_bind (st, args, body, values, err, errlen))
+        return -1;
+    *r_p = PQexecParams (conn, st->sql, (int) st->nparams, st->oids,
+                         (const char *const *) values, NULL, NULL, 0);
+    worker_step_values_free (st, values);
+    return 0;
+}
+
 /*  Runs op's steps in the open transaction.  Returns S_DONE with the
     last step's result in res->last (the transaction still open), or a
     failure outcome with the transaction over: S_DEAD with res->status
@@ -888,16 +906,12 @@ s_steps (s_lane_t *self, const worker_op_t *op, const msgpack_object *args,
 {
     for (size_t s = 0; s < op->nsteps; s++) {
         const worker_step_t *st = &op->steps[s];
-        char *values[st->nparams ? st->nparams : 1];
-        if (worker_step_bind (st, args, body, values, err, errlen)) {
+        PGresult *r;
+        if (s_step_exec (self->conn, st, args, body, &r, err, errlen)) {
             (void) s_exec (self->conn, "ROLLBACK");
             res->status = 422;
             return S_DEAD;
         }
-        PGresult *r = PQexecParams (self->conn, st->sql, (int) st->nparams,
-                                    st->oids, (const char *const *) values,
-                                    NULL, NULL, 0);
-        worker_step_values_free (st, values);
         ExecStatusType rs = PQresultStatus (r);
         if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
             char sqlstate[6];
@@ -1880,19 +1894,15 @@ s_batch_one (s_lane_t *self, const ferry_envelope_t *req,
     const msgpack_object *body = ferry_envelope_body (req);
     for (size_t s = 0; s < op->nsteps; s++) {
         const worker_step_t *st = &op->steps[s];
-        char *values[st->nparams ? st->nparams : 1];
+        PGresult *r;
         char err[512];
-        if (worker_step_bind (st, args, body, values, err, sizeof err)) {
+        if (s_step_exec (self->conn, st, args, body, &r, err, sizeof err)) {
             /*  Nothing of this request ran yet only at its first step.  */
             if (s > 0)
                 return false;
             *reply_p = worker_reply_problem (req, 422, err, NULL);
             return true;
         }
-        PGresult *r = PQexecParams (self->conn, st->sql, (int) st->nparams,
-                                    st->oids, (const char *const *) values,
-                                    NULL, NULL, 0);
-        worker_step_values_free (st, values);
         ExecStatusType rs = PQresultStatus (r);
         if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
             PQclear (r);
