@@ -86,6 +86,13 @@ typedef struct {
                                    flight at a worker death): its workers
                                    get nothing else until that one is
                                    done, i.e. until inflight is 0 */
+    broker_service_t *reserved; /* a crash suspect of this service waits
+                                   for the process to empty: its workers
+                                   get nothing new meanwhile, of any
+                                   service, so that busy pools sharing
+                                   the process cannot keep it from ever
+                                   holding nothing; NULL when not */
+    void *reserved_handle;      /* in the broker's reserved list */
 } s_process_t;
 
 typedef struct {
@@ -162,6 +169,8 @@ typedef struct {
     zhashx_t *workers;          /* key -> s_worker_t, owned */
     zhashx_t *processes;        /* READY's process -> s_process_t, owned;
                                    each has at least one worker */
+    zlistx_t *reserved;         /* s_process_t reserved for a crash
+                                   suspect, not owned; usually empty */
     zhashx_t *edges;            /* identity hex -> s_edge_t, owned */
     zhashx_t *requests;         /* msg_id -> broker_request_t, every
                                    request admitted and not yet answered,
@@ -461,7 +470,8 @@ static void
 s_worker_update_ready (s_worker_t *worker)
 {
     bool ready = worker->credit > 0 && !worker->leaving && !worker->dead
-                 && !worker->isolating && !worker->proc->isolating;
+                 && !worker->isolating && !worker->proc->isolating
+                 && !worker->proc->reserved;
     if (ready && !worker->ready)
         worker->ready = broker_service_ready_add (worker->service, worker);
     else if (!ready && worker->ready)
@@ -477,6 +487,19 @@ s_process_update_ready (s_process_t *proc)
     for (s_worker_t *worker = (s_worker_t *) zlistx_first (proc->workers);
          worker; worker = (s_worker_t *) zlistx_next (proc->workers))
         s_worker_update_ready (worker);
+}
+
+/*  Ends proc's reservation: its workers take any work again, of every
+    service (the loop dispatches them all).  */
+static void
+s_process_release (s_broker_t *self, s_process_t *proc)
+{
+    if (!proc->reserved)
+        return;
+    zlistx_detach (self->reserved, proc->reserved_handle);
+    proc->reserved = proc->reserved_handle = NULL;
+    s_process_update_ready (proc);
+    self->rejoined = true;
 }
 
 /*  Puts a new worker into the record of the process its READY named
@@ -507,6 +530,9 @@ s_process_leave (s_broker_t *self, s_worker_t *worker)
     s_process_t *proc = worker->proc;
     zlistx_detach (proc->workers, worker->proc_handle);
     worker->proc = worker->proc_handle = NULL;
+    /*  The suspect may have been waiting for this very worker: it looks
+        for a process again at its next dispatch.  */
+    s_process_release (self, proc);
     if (zlistx_size (proc->workers) > 0)
         return;
     assert (proc->inflight == 0);
@@ -558,6 +584,9 @@ s_inflight_take (s_broker_t *self, broker_request_t *req)
         s_process_update_ready (proc);
         self->rejoined = true;
     }
+    /*  A reserved process is empty at last: its suspect goes there.  */
+    else if (proc->inflight == 0 && proc->reserved)
+        self->rejoined = true;
     assert (self->inflight > 0);
     if (--self->inflight == 0)
         self->inflight_deadline = UINT64_MAX;
@@ -832,8 +861,9 @@ s_send_work (s_broker_t *self, s_worker_t *worker, broker_request_t **req_p)
     *req_p = NULL;
     worker->credit--;
     if (s_crash_suspect (req)) {
-        /*  The process was idle (s_process_idle): now the suspect is all
-            it holds until it is done.  */
+        /*  The process was idle (s_process_idle, or emptied for it): now
+            the suspect is all it holds until it is done.  */
+        s_process_release (self, worker->proc);
         worker->proc->isolating = true;
         s_process_update_ready (worker->proc);
     }
@@ -865,6 +895,59 @@ s_process_idle (void *worker)
     return ((s_worker_t *) worker)->proc->inflight == 0;
 }
 
+/*  A worker of svc in proc that may take a message, or NULL.  */
+static s_worker_t *
+s_process_worker (s_process_t *proc, broker_service_t *svc)
+{
+    for (s_worker_t *worker = (s_worker_t *) zlistx_first (proc->workers);
+         worker; worker = (s_worker_t *) zlistx_next (proc->workers))
+        if (worker->service == svc && worker->credit > 0 && !worker->leaving
+            && !worker->dead)
+            return worker;
+    return NULL;
+}
+
+/*  Where a crash suspect of svc goes: a worker whose whole process holds
+    nothing.  When there is none, one process with a worker of svc (the
+    one holding least) is reserved: it gets nothing new, of any service,
+    and the suspect goes there once it has answered what it holds.
+    Without that, pools that share the process could keep it busy until
+    the suspect's deadline.  Returns NULL while the suspect must wait.
+    Runs only for a crash suspect at the head of its queue: its cost,
+    a walk over the workers, is off the normal path.  */
+static s_worker_t *
+s_crash_target (s_broker_t *self, broker_service_t *svc)
+{
+    s_worker_t *worker
+        = (s_worker_t *) broker_service_ready_find (svc, s_process_idle);
+    if (worker)
+        return worker;
+    s_process_t *proc;
+    for (proc = (s_process_t *) zlistx_first (self->reserved); proc;
+         proc = (s_process_t *) zlistx_next (self->reserved))
+        if (proc->reserved == svc)
+            break;
+    if (!proc) {
+        for (worker = (s_worker_t *) zhashx_first (self->workers); worker;
+             worker = (s_worker_t *) zhashx_next (self->workers)) {
+            s_process_t *p = worker->proc;
+            if (worker->service == svc && !worker->leaving && !worker->dead
+                && !p->isolating && !p->reserved
+                && (!proc || p->inflight < proc->inflight))
+                proc = p;
+        }
+        if (!proc)
+            return NULL;
+        proc->reserved = svc;
+        proc->reserved_handle = zlistx_add_end (self->reserved, proc);
+        s_process_update_ready (proc);
+        log_info ("broker: process reserved for a crash suspect process=%s "
+                  "service=%s inflight=%zu",
+                  proc->name, broker_service_name (svc), proc->inflight);
+    }
+    return proc->inflight == 0 ? s_process_worker (proc, svc) : NULL;
+}
+
 /*  Moves queued requests of svc to its workers while someone has credit
     and the in-flight table has room.  Expired requests are answered 504 on
     the way and never dispatched.  Costs O(1) per request dispatched.  */
@@ -877,9 +960,12 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
         broker_request_t *req = broker_service_pop (svc);
         s_fail_request (self, &req, 503, "the broker is shutting down", 1);
     }
-    while (broker_service_queued (svc) > 0 && broker_service_ready (svc) > 0
-           && !s_inflight_full (self)) {
+    while (broker_service_queued (svc) > 0 && !s_inflight_full (self)) {
         broker_request_t *req = broker_service_peek (svc);
+        /*  A crash suspect may go to a reserved process, whose workers
+            are not in the ready ring.  */
+        if (req->deaths == 0 && broker_service_ready (svc) == 0)
+            break;
         if (req->deadline && req->deadline <= ferry_wall_ms ()) {
             req = broker_service_pop (svc);
             s_fail_request (self, &req, 504,
@@ -891,15 +977,17 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
             (a crash kills the process), so that no innocent message
             shares its next death; it waits at the head until one is
             idle (the service's workers finish what they hold, and get
-            nothing new from its queue meanwhile) or its deadline
+            nothing new from its queue meanwhile; a crash suspect's
+            process is reserved, s_crash_target) or its deadline
             passes.  */
-        s_worker_t *worker
-            = (s_worker_t *) (req->deaths == 0
-                                  ? broker_service_ready_next (svc)
-                                  : broker_service_ready_find (
-                                      svc, s_crash_suspect (req)
-                                               ? s_process_idle
-                                               : s_worker_idle));
+        s_worker_t *worker;
+        if (req->deaths == 0)
+            worker = (s_worker_t *) broker_service_ready_next (svc);
+        else if (s_crash_suspect (req))
+            worker = s_crash_target (self, svc);
+        else
+            worker = (s_worker_t *) broker_service_ready_find (
+                svc, s_worker_idle);
         if (!worker)
             break;
         req = broker_service_pop (svc);
@@ -908,6 +996,18 @@ s_dispatch (s_broker_t *self, broker_service_t *svc)
             s_worker_lost (self, worker, "unreachable", NULL);
         }
     }
+    /*  No crash suspect waits at the head any more (it went, expired, or
+        was refused): a process reserved for one takes work again.  */
+    if (zlistx_size (self->reserved) > 0
+        && (broker_service_queued (svc) == 0
+            || !s_crash_suspect (broker_service_peek (svc))))
+        for (s_process_t *proc = (s_process_t *) zlistx_first (
+                 self->reserved);
+             proc; proc = (s_process_t *) zlistx_next (self->reserved))
+            if (proc->reserved == svc) {
+                s_process_release (self, proc);
+                break;
+            }
 }
 
 static void
@@ -1526,6 +1626,8 @@ s_timers (s_broker_t *self)
             s_fail_request (self, &req, 503, "no worker for this service",
                             1);
     }
+    if (self->rejoined)
+        s_dispatch_all (self);
 }
 
 /*  Milliseconds to the nearest timer, for the poll.  In-flight expiry runs
@@ -1585,6 +1687,7 @@ s_broker_destroy (s_broker_t **self_p)
                     broker_request_destroy (&req);
         zhashx_destroy (&self->requests);
         zlistx_destroy (&self->dead_letters);
+        zlistx_destroy (&self->reserved);
         zhashx_destroy (&self->workers);
         zhashx_destroy (&self->processes);
         zhashx_destroy (&self->edges);
@@ -1610,11 +1713,12 @@ s_broker_new (zsock_t *pipe, const broker_settings_t *settings)
     self->edges = zhashx_new ();
     self->requests = zhashx_new ();
     self->dead_letters = zlistx_new ();
+    self->reserved = zlistx_new ();
     self->inflight_deadline = UINT64_MAX;
     if (s_router_init (&self->frontend, settings)
         || s_router_init (&self->backend, settings) || !self->services
         || !self->workers || !self->processes || !self->edges || !self->requests
-        || !self->dead_letters) {
+        || !self->dead_letters || !self->reserved) {
         s_broker_destroy (&self);
         return NULL;
     }
@@ -3269,6 +3373,89 @@ broker_process_busy_test (bool verbose)
     FERRY_CHECK (broker_harness_got_reply (edge, other, "o"));
     FERRY_CHECK (broker_harness_got_reply (edge, plain, "p"));
     FERRY_CHECK (broker_harness_got_reply (edge, busy, "b"));
+    broker_harness_stop (&h);
+    return 0;
+}
+
+int
+broker_process_reserve_test (bool verbose)
+{
+    /*  A crash suspect whose pool shares its only process with a busy
+        pool: the process is reserved for it, so the busy pool's next
+        message waits instead of keeping the process from ever holding
+        nothing, and the suspect goes there alone as soon as it is empty.
+        A suspect that expires while it waits ends the reservation.  */
+    broker_settings_t *settings = broker_harness_settings (false);
+    broker_harness_t h;
+    FERRY_CHECK (broker_harness_start (&h, &settings, false, verbose) == 0);
+    zsock_t *edge = broker_harness_edge (&h);
+    zsock_t *supervisor = broker_harness_worker (&h, NULL, NULL);
+    zsock_t *reports = broker_harness_worker_at (&h, "reports", "2", "h:2");
+    zsock_t *dying = broker_harness_worker_at (&h, "app", "1", "h:3");
+    FERRY_CHECK (edge && supervisor && reports && dying);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    char r[3][FERRY_ID_LEN + 1], s1[FERRY_ID_LEN + 1];
+    char s2[FERRY_ID_LEN + 1], plain[FERRY_ID_LEN + 1];
+    for (int i = 0; i < 3; i++)
+        ferry_id_generate (r[i]);
+    ferry_id_generate (s1);
+    ferry_id_generate (s2);
+    ferry_id_generate (plain);
+    uint64_t deadline = broker_harness_deadline ();
+    broker_harness_request (edge, "reports", r[0], deadline, "", "0", 1);
+    FERRY_CHECK (broker_harness_got_work (reports, r[0]));
+
+    /*  Suspect s1 (it expires): h:2, which has an app worker by then and
+        holds r[0], is reserved, so r[1] waits though reports has credit,
+        until s1 gets its 504.  */
+    broker_harness_request (edge, "app", s1, ferry_wall_ms () + 500, "r",
+                            "s", 1);
+    FERRY_CHECK (broker_harness_got_work (dying, s1));
+    zsock_t *app = broker_harness_worker_at (&h, "app", "1", "h:2");
+    FERRY_CHECK (app && broker_harness_wait_workers (&h, 3));
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:3", "SIGSEGV",
+                NULL);
+    broker_harness_drop (&h, &dying);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    broker_harness_request (edge, "reports", r[1], deadline, "", "1", 1);
+    FERRY_CHECK (broker_harness_work (reports, NULL, 100) == NULL);
+    broker_harness_status_t status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 1 && status.queued == 2);
+    FERRY_CHECK (broker_harness_got_problem (edge, s1, 504, false));
+    FERRY_CHECK (broker_harness_got_attempt (reports, r[1], "1"));
+
+    /*  Suspect s2: h:2 holds r[0], r[1] and an app request; r[2] waits.
+        Once h:2 has answered them all, s2 goes to it alone, and then
+        r[2].  */
+    broker_harness_request (edge, "app", plain, deadline, "", "p", 1);
+    FERRY_CHECK (broker_harness_got_work (app, plain));
+    dying = broker_harness_worker_at (&h, "app", "1", "h:4");
+    FERRY_CHECK (dying && broker_harness_wait_workers (&h, 3));
+    broker_harness_request (edge, "app", s2, deadline, "r", "s", 1);
+    FERRY_CHECK (broker_harness_got_work (dying, s2));
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:4", "SIGSEGV",
+                NULL);
+    broker_harness_drop (&h, &dying);
+    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    broker_harness_request (edge, "reports", r[2], deadline, "", "2", 1);
+    FERRY_CHECK (broker_harness_work (reports, NULL, 100) == NULL);
+    status = broker_harness_status (&h);
+    FERRY_CHECK (status.inflight == 3 && status.queued == 2);
+    broker_harness_reply (reports, r[0], "0", 1);
+    broker_harness_reply (reports, r[1], "1", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, r[0], "0"));
+    FERRY_CHECK (broker_harness_got_reply (edge, r[1], "1"));
+    FERRY_CHECK (broker_harness_work (reports, NULL, 50) == NULL);
+    broker_harness_reply (app, plain, "p", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, plain, "p"));
+    FERRY_CHECK (broker_harness_got_attempt (app, s2, "2"));
+    FERRY_CHECK (broker_harness_work (reports, NULL, 50) == NULL);
+    broker_harness_reply (app, s2, "s", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, s2, "s"));
+    FERRY_CHECK (broker_harness_got_attempt (reports, r[2], "1"));
+    broker_harness_reply (reports, r[2], "2", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, r[2], "2"));
+    FERRY_CHECK (broker_harness_status (&h).inflight == 0);
     broker_harness_stop (&h);
     return 0;
 }

@@ -50,6 +50,7 @@ int broker_died_test (bool verbose);
 int broker_isolation_test (bool verbose);
 int broker_suspect_deadline_test (bool verbose);
 int broker_process_isolation_test (bool verbose);
+int broker_process_reserve_test (bool verbose);
 int broker_process_busy_test (bool verbose);
 int broker_suspect_parallel_test (bool verbose);
 int broker_status_json_test (bool verbose);

@@ -32,6 +32,7 @@ const ferry_test_t broker_tests[] = {
     {"suspect_deadline", broker_suspect_deadline_test},
     {"process_isolation", broker_process_isolation_test},
     {"process_busy", broker_process_busy_test},
+    {"process_reserve", broker_process_reserve_test},
     {"suspect_parallel", broker_suspect_parallel_test},
     {"status_json", broker_status_json_test},
     {NULL, NULL},
