@@ -3377,11 +3377,30 @@ broker_process_busy_test (bool verbose)
     return 0;
 }
 
+/*  A new worker of process takes app request id (retryable), then its
+    process dies by SIGSEGV: id is a crash suspect at the head of app's
+    queue.  workers: how many the broker has besides the new one.  */
+static bool
+s_test_crash (broker_harness_t *h, zsock_t *edge, zsock_t *supervisor,
+              const char *process, int workers, const char *id,
+              uint64_t deadline)
+{
+    zsock_t *dying = broker_harness_worker_at (h, "app", "1", process);
+    if (!dying || !broker_harness_wait_workers (h, workers + 1))
+        return false;
+    broker_harness_request (edge, "app", id, deadline, "r", "s", 1);
+    bool got = broker_harness_got_work (dying, id);
+    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, process, "SIGSEGV",
+                NULL);
+    broker_harness_drop (h, &dying);
+    return got && broker_harness_wait_workers (h, workers);
+}
+
 int
 broker_process_reserve_test (bool verbose)
 {
-    /*  A crash suspect whose pool shares its only process with a busy
-        pool: the process is reserved for it, so the busy pool's next
+    /*  A crash suspect whose pool shares its only process (h:2) with a
+        busy pool: the process is reserved for it, so the busy pool's next
         message waits instead of keeping the process from ever holding
         nothing, and the suspect goes there alone as soon as it is empty.
         A suspect that expires while it waits ends the reservation.  */
@@ -3391,52 +3410,43 @@ broker_process_reserve_test (bool verbose)
     zsock_t *edge = broker_harness_edge (&h);
     zsock_t *supervisor = broker_harness_worker (&h, NULL, NULL);
     zsock_t *reports = broker_harness_worker_at (&h, "reports", "2", "h:2");
-    zsock_t *dying = broker_harness_worker_at (&h, "app", "1", "h:3");
-    FERRY_CHECK (edge && supervisor && reports && dying);
+    zsock_t *app = broker_harness_worker_at (&h, "app", "1", "h:2");
+    FERRY_CHECK (edge && supervisor && reports && app);
     FERRY_CHECK (broker_harness_wait_workers (&h, 2));
-    char r[3][FERRY_ID_LEN + 1], s1[FERRY_ID_LEN + 1];
-    char s2[FERRY_ID_LEN + 1], plain[FERRY_ID_LEN + 1];
+    char r[3][FERRY_ID_LEN + 1], a[2][FERRY_ID_LEN + 1];
+    char s1[FERRY_ID_LEN + 1], s2[FERRY_ID_LEN + 1];
     for (int i = 0; i < 3; i++)
         ferry_id_generate (r[i]);
+    ferry_id_generate (a[0]);
+    ferry_id_generate (a[1]);
     ferry_id_generate (s1);
     ferry_id_generate (s2);
-    ferry_id_generate (plain);
     uint64_t deadline = broker_harness_deadline ();
     broker_harness_request (edge, "reports", r[0], deadline, "", "0", 1);
     FERRY_CHECK (broker_harness_got_work (reports, r[0]));
+    broker_harness_request (edge, "app", a[0], deadline, "", "a", 1);
+    FERRY_CHECK (broker_harness_got_work (app, a[0]));
 
-    /*  Suspect s1 (it expires): h:2, which has an app worker by then and
-        holds r[0], is reserved, so r[1] waits though reports has credit,
-        until s1 gets its 504.  */
-    broker_harness_request (edge, "app", s1, ferry_wall_ms () + 500, "r",
-                            "s", 1);
-    FERRY_CHECK (broker_harness_got_work (dying, s1));
-    zsock_t *app = broker_harness_worker_at (&h, "app", "1", "h:2");
-    FERRY_CHECK (app && broker_harness_wait_workers (&h, 3));
-    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:3", "SIGSEGV",
-                NULL);
-    broker_harness_drop (&h, &dying);
-    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    /*  Suspect s1, which expires: h:2 holds r[0] and a[0] and is
+        reserved, so r[1] waits though reports has credit, until s1 gets
+        its 504.  */
+    FERRY_CHECK (s_test_crash (&h, edge, supervisor, "h:3", 2, s1,
+                               ferry_wall_ms () + 500));
     broker_harness_request (edge, "reports", r[1], deadline, "", "1", 1);
     FERRY_CHECK (broker_harness_work (reports, NULL, 100) == NULL);
     broker_harness_status_t status = broker_harness_status (&h);
-    FERRY_CHECK (status.inflight == 1 && status.queued == 2);
+    FERRY_CHECK (status.inflight == 2 && status.queued == 2);
     FERRY_CHECK (broker_harness_got_problem (edge, s1, 504, false));
     FERRY_CHECK (broker_harness_got_attempt (reports, r[1], "1"));
+    broker_harness_reply (app, a[0], "a", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, a[0], "a"));
 
-    /*  Suspect s2: h:2 holds r[0], r[1] and an app request; r[2] waits.
-        Once h:2 has answered them all, s2 goes to it alone, and then
-        r[2].  */
-    broker_harness_request (edge, "app", plain, deadline, "", "p", 1);
-    FERRY_CHECK (broker_harness_got_work (app, plain));
-    dying = broker_harness_worker_at (&h, "app", "1", "h:4");
-    FERRY_CHECK (dying && broker_harness_wait_workers (&h, 3));
-    broker_harness_request (edge, "app", s2, deadline, "r", "s", 1);
-    FERRY_CHECK (broker_harness_got_work (dying, s2));
-    zstr_sendx (supervisor, FERRY_PROTO, FERRY_CMD_DIED, "h:4", "SIGSEGV",
-                NULL);
-    broker_harness_drop (&h, &dying);
-    FERRY_CHECK (broker_harness_wait_workers (&h, 2));
+    /*  Suspect s2: h:2 holds r[0], r[1] and a[1]; r[2] waits.  Once h:2
+        has answered them all, s2 goes to it alone, and then r[2].  */
+    broker_harness_request (edge, "app", a[1], deadline, "", "a", 1);
+    FERRY_CHECK (broker_harness_got_work (app, a[1]));
+    FERRY_CHECK (s_test_crash (&h, edge, supervisor, "h:4", 2, s2,
+                               deadline));
     broker_harness_request (edge, "reports", r[2], deadline, "", "2", 1);
     FERRY_CHECK (broker_harness_work (reports, NULL, 100) == NULL);
     status = broker_harness_status (&h);
@@ -3446,8 +3456,8 @@ broker_process_reserve_test (bool verbose)
     FERRY_CHECK (broker_harness_got_reply (edge, r[0], "0"));
     FERRY_CHECK (broker_harness_got_reply (edge, r[1], "1"));
     FERRY_CHECK (broker_harness_work (reports, NULL, 50) == NULL);
-    broker_harness_reply (app, plain, "p", 1);
-    FERRY_CHECK (broker_harness_got_reply (edge, plain, "p"));
+    broker_harness_reply (app, a[1], "a", 1);
+    FERRY_CHECK (broker_harness_got_reply (edge, a[1], "a"));
     FERRY_CHECK (broker_harness_got_attempt (app, s2, "2"));
     FERRY_CHECK (broker_harness_work (reports, NULL, 50) == NULL);
     broker_harness_reply (app, s2, "s", 1);
